@@ -1,0 +1,589 @@
+//! Typed configuration: one TOML file, `${VAR}` expansion in every string, unknown keys
+//! rejected, and validation whose errors name the file and the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::crypto::KeyRing;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    pub security: SecurityConfig,
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub public_url: Url,
+    pub static_dir: Option<PathBuf>,
+    #[serde(default = "default_post_logout_redirect")]
+    pub post_logout_redirect: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "default_absolute_timeout")]
+    pub absolute_timeout_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: default_cookie_name(),
+            idle_timeout_secs: default_idle_timeout(),
+            absolute_timeout_secs: default_absolute_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub encryption_keys: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub id: String,
+    /// OpenID Connect: metadata from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: Option<Url>,
+    /// Plain OAuth 2.0: explicit endpoints instead of `issuer`.
+    pub authorization_endpoint: Option<Url>,
+    pub token_endpoint: Option<Url>,
+    pub userinfo_endpoint: Option<Url>,
+    pub revocation_endpoint: Option<Url>,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub authorize_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub login: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    User,
+    Client,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub base_url: Url,
+    pub provider: Option<String>,
+    #[serde(default = "default_token_mode")]
+    pub token: TokenMode,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub allowed_methods: Option<Vec<String>>,
+    pub allowed_paths: Option<Vec<String>>,
+    #[serde(default = "default_service_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_post_logout_redirect() -> String {
+    "/".to_owned()
+}
+fn default_max_connections() -> u32 {
+    16
+}
+fn default_cookie_name() -> String {
+    "__Host-courier".to_owned()
+}
+fn default_idle_timeout() -> u64 {
+    28_800
+}
+fn default_absolute_timeout() -> u64 {
+    604_800
+}
+fn default_token_mode() -> TokenMode {
+    TokenMode::User
+}
+fn default_service_timeout() -> u64 {
+    30
+}
+
+/// A configuration error: which file, which key, what is wrong. Never holds a secret value.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, expands and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `path`, looking environment variables up with `env`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: String, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            err(
+                String::new(),
+                format!("not valid TOML: {}", e.message().trim()),
+            )
+        })?;
+        for (key, value) in table.iter_mut() {
+            expand_value(value, key, env).map_err(|(k, m)| err(k, m))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+        config.validate().map_err(|(k, m)| err(k, m))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, message: &str| Err((key.to_owned(), message.to_owned()));
+
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return fail("server.listen", "must be an address like 127.0.0.1:8080");
+        }
+        check_base_url(&self.server.public_url, "server.public_url")?;
+        if self.server.public_url.path() != "/" {
+            return fail(
+                "server.public_url",
+                "must be an origin without a path (courier serves at the root)",
+            );
+        }
+        if !self.server.post_logout_redirect.starts_with('/')
+            && Url::parse(&self.server.post_logout_redirect).is_err()
+        {
+            return fail(
+                "server.post_logout_redirect",
+                "must be a path starting with / or an absolute URL",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections", "must be at least 1");
+        }
+        let name = &self.session.cookie_name;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return fail(
+                "session.cookie_name",
+                "must be a cookie name of letters, digits, '-', '_' and '.'",
+            );
+        }
+        if self.session.idle_timeout_secs == 0 {
+            return fail("session.idle_timeout_secs", "must be at least 1");
+        }
+        if self.session.absolute_timeout_secs < self.session.idle_timeout_secs {
+            return fail(
+                "session.absolute_timeout_secs",
+                "must not be shorter than session.idle_timeout_secs",
+            );
+        }
+        KeyRing::from_config(&self.security.encryption_keys)
+            .map_err(|(i, m)| (format!("security.encryption_keys[{i}]"), m))?;
+
+        self.validate_providers()?;
+        self.validate_services()
+    }
+
+    fn validate_providers(&self) -> Result<(), (String, String)> {
+        if self.providers.is_empty() {
+            return Err(("providers".into(), "at least one provider is needed".into()));
+        }
+        let mut ids = HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let key = |field: &str| format!("providers[{i}].{field}");
+            if !is_identifier(&p.id) {
+                return Err((
+                    key("id"),
+                    "must be lowercase letters, digits, '-' or '_'".into(),
+                ));
+            }
+            if !ids.insert(p.id.as_str()) {
+                return Err((key("id"), format!("`{}` is used twice", p.id)));
+            }
+            match (&p.issuer, &p.authorization_endpoint, &p.token_endpoint) {
+                (Some(issuer), None, None) => check_base_url(issuer, &key("issuer"))?,
+                (None, Some(auth), Some(token)) => {
+                    check_base_url(auth, &key("authorization_endpoint"))?;
+                    check_base_url(token, &key("token_endpoint"))?;
+                }
+                (Some(_), _, _) => {
+                    return Err((
+                        key("issuer"),
+                        "give either `issuer` (discovery) or explicit endpoints, not both".into(),
+                    ));
+                }
+                _ => {
+                    return Err((
+                        key("issuer"),
+                        "give `issuer`, or both `authorization_endpoint` and `token_endpoint`"
+                            .into(),
+                    ));
+                }
+            }
+            for (field, url) in [
+                ("userinfo_endpoint", &p.userinfo_endpoint),
+                ("revocation_endpoint", &p.revocation_endpoint),
+            ] {
+                if let Some(url) = url {
+                    if p.issuer.is_some() {
+                        return Err((
+                            key(field),
+                            "comes from discovery when `issuer` is set".into(),
+                        ));
+                    }
+                    check_base_url(url, &key(field))?;
+                }
+            }
+            if p.client_id.is_empty() {
+                return Err((key("client_id"), "must not be empty".into()));
+            }
+            if let Some((k, _)) = p
+                .authorize_params
+                .iter()
+                .find(|(k, _)| RESERVED_AUTHORIZE_PARAMS.contains(&k.as_str()))
+            {
+                return Err((
+                    key("authorize_params"),
+                    format!("`{k}` is set by courier and cannot be overridden"),
+                ));
+            }
+            if p.login && p.issuer.is_none() {
+                return Err((
+                    key("login"),
+                    "the login provider must speak OpenID Connect (set `issuer`)".into(),
+                ));
+            }
+        }
+        match self.providers.iter().filter(|p| p.login).count() {
+            1 => Ok(()),
+            0 => Err((
+                "providers".into(),
+                "exactly one provider must have login = true; none has".into(),
+            )),
+            _ => Err((
+                "providers".into(),
+                "exactly one provider must have login = true; several have".into(),
+            )),
+        }
+    }
+
+    fn validate_services(&self) -> Result<(), (String, String)> {
+        let mut names = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let key = |field: &str| format!("services[{i}].{field}");
+            if !is_identifier(&s.name) {
+                return Err((
+                    key("name"),
+                    "must be lowercase letters, digits, '-' or '_'".into(),
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err((key("name"), format!("`{}` is used twice", s.name)));
+            }
+            check_base_url(&s.base_url, &key("base_url"))?;
+            match (&s.provider, s.token) {
+                (Some(p), _) if !self.providers.iter().any(|q| &q.id == p) => {
+                    return Err((key("provider"), format!("no provider has id `{p}`")));
+                }
+                (None, TokenMode::User | TokenMode::Client) => {
+                    return Err((
+                        key("provider"),
+                        "is required unless token = \"none\"".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(methods) = &s.allowed_methods {
+                for (j, m) in methods.iter().enumerate() {
+                    let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
+                    if !valid || m == "CONNECT" || m == "TRACE" {
+                        return Err((
+                            format!("services[{i}].allowed_methods[{j}]"),
+                            "must be an uppercase HTTP method other than CONNECT and TRACE".into(),
+                        ));
+                    }
+                }
+            }
+            if let Some(paths) = &s.allowed_paths {
+                for (j, p) in paths.iter().enumerate() {
+                    if !p.starts_with('/') {
+                        return Err((
+                            format!("services[{i}].allowed_paths[{j}]"),
+                            "must start with /".into(),
+                        ));
+                    }
+                }
+            }
+            if s.timeout_secs == 0 {
+                return Err((key("timeout_secs"), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn login_provider(&self) -> &ProviderConfig {
+        self.providers
+            .iter()
+            .find(|p| p.login)
+            .expect("validated: exactly one login provider")
+    }
+
+    /// The callback URL registered at the provider for `provider_id`.
+    pub fn redirect_uri(&self, provider_id: &str) -> String {
+        format!("{}/auth/callback/{provider_id}", self.public_origin())
+    }
+
+    /// `public_url` without its trailing slash.
+    pub fn public_origin(&self) -> &str {
+        self.server.public_url.as_str().trim_end_matches('/')
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+}
+
+/// Parameters courier sets itself on every authorization request.
+const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_base_url(url: &Url, key: &str) -> Result<(), (String, String)> {
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err((key.to_owned(), "must be an http or https URL".into()));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err((
+            key.to_owned(),
+            "must not have a query, a fragment or credentials".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn expand_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(s) => *s = expand_string(s, env).map_err(|m| (path.to_owned(), m))?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                expand_value(v, &format!("{path}.{k}"), env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Replaces each `${NAME}` with the environment variable NAME.
+fn expand_string(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "has `${` without a closing `}`".to_owned())?;
+        let name = &after[..end];
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!("`${{{name}}}` is not a valid variable reference"));
+        }
+        let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            "SECRET" => Some("s3cret".into()),
+            _ => None,
+        }
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+[database]
+url = "postgres://localhost/courier"
+[security]
+encryption_keys = ["${KEY}"]
+[[providers]]
+id = "main"
+issuer = "http://127.0.0.1:9000"
+client_id = "courier"
+client_secret = "${SECRET}"
+login = true
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("courier.toml"), &env)
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.session.cookie_name, "__Host-courier");
+        assert_eq!(config.session.idle_timeout_secs, 28_800);
+        assert_eq!(config.database.max_connections, 16);
+        assert_eq!(
+            config.redirect_uri("main"),
+            "http://127.0.0.1:8080/auth/callback/main"
+        );
+        assert_eq!(
+            config.providers[0]
+                .client_secret
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "s3cret"
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_with_its_key() {
+        let text = MINIMAL.replace("${SECRET}", "${NOPE}");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("courier.toml"), "{e}");
+        assert!(e.contains("providers[0].client_secret"), "{e}");
+        assert!(e.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let text = MINIMAL.replace("[database]", "[database]\npoolsize = 3");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("database") && e.contains("poolsize"), "{e}");
+    }
+
+    #[test]
+    fn two_login_providers_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[providers]]\nid = \"b\"\nissuer = \"http://x\"\nclient_id = \"c\"\nlogin = true\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("exactly one provider"), "{e}");
+    }
+
+    #[test]
+    fn a_short_key_is_refused_without_printing_it() {
+        let text = MINIMAL.replace("${KEY}", "c2hvcnQ=");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("security.encryption_keys[0]"), "{e}");
+        assert!(!e.contains("c2hvcnQ="), "{e}");
+    }
+
+    #[test]
+    fn a_service_must_name_a_configured_provider() {
+        let text = format!(
+            "{MINIMAL}\n[[services]]\nname = \"orders\"\nbase_url = \"http://127.0.0.1:9100/\"\nprovider = \"nope\"\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("services[0].provider"), "{e}");
+    }
+
+    #[test]
+    fn expansion_replaces_every_reference() {
+        assert_eq!(
+            expand_string("a${SECRET}b${SECRET}", &env).unwrap(),
+            "as3cretbs3cret"
+        );
+        assert!(expand_string("${SECRET", &env).is_err());
+        assert!(expand_string("${1X}", &env).is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! Secrets shared by every instance, generated once and kept sealed in Postgres.
+
+use sqlx::PgPool;
+
+use crate::crypto::{CryptoError, KeyRing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("the shared secret `{0}` does not open with any configured key: {1}")]
+    Sealed(String, CryptoError),
+}
+
+/// Returns the secret called `name`, creating it from `generate` if no instance has yet.
+/// A secret sealed by an older key is re-sealed under the current one.
+pub async fn get_or_create(
+    pool: &PgPool,
+    keys: &KeyRing,
+    name: &str,
+    generate: impl FnOnce() -> Vec<u8>,
+) -> Result<Vec<u8>, SecretError> {
+    let aad = format!("shared_secrets.sealed:{name}");
+    sqlx::query("INSERT INTO shared_secrets (name, sealed) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .bind(keys.seal(&generate(), aad.as_bytes()))
+        .execute(pool)
+        .await?;
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM shared_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    let secret = keys
+        .open(&sealed, aad.as_bytes())
+        .map_err(|e| SecretError::Sealed(name.to_owned(), e))?;
+    if keys.is_stale(&sealed) {
+        sqlx::query("UPDATE shared_secrets SET sealed = $2 WHERE name = $1 AND sealed = $3")
+            .bind(name)
+            .bind(keys.seal(&secret, aad.as_bytes()))
+            .bind(&sealed)
+            .execute(pool)
+            .await?;
+    }
+    Ok(secret)
+}

@@ -1,0 +1,152 @@
+//! Server-side sessions, found by the SHA-256 of the cookie's key.
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub struct NewSession<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub provider: &'a str,
+    pub subject: &'a str,
+    pub provider_sid: Option<&'a str>,
+    pub now: DateTime<Utc>,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+}
+
+/// Inserts a session that no cookie can reach yet; `bind_key` makes it live.
+pub async fn insert_unbound(
+    conn: &mut PgConnection,
+    s: &NewSession<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, provider, subject, provider_sid, created_at,
+                               last_seen_at, idle_expires_at, absolute_expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(s.provider)
+    .bind(s.subject)
+    .bind(s.provider_sid)
+    .bind(s.now)
+    .bind(s.now + s.idle_timeout.min(s.absolute_timeout))
+    .bind(s.now + s.absolute_timeout)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Binds an unbound session to the hash of its cookie key. Succeeds once per session.
+pub async fn bind_key(
+    pool: &PgPool,
+    id: Uuid,
+    key_hash: &[u8],
+    state: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let bound = sqlx::query(
+        "UPDATE sessions SET key_hash = $2, state = $3 WHERE id = $1 AND key_hash IS NULL",
+    )
+    .bind(id)
+    .bind(key_hash)
+    .bind(state)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(bound == 1)
+}
+
+/// Loads a live session's state and extends its idle expiry, in one round trip. A session
+/// past either expiry is not returned.
+pub async fn touch(
+    pool: &PgPool,
+    key_hash: &[u8],
+    now: DateTime<Utc>,
+    idle_timeout: Duration,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE sessions
+         SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
+         WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
+         RETURNING state",
+    )
+    .bind(key_hash)
+    .bind(now)
+    .bind(now + idle_timeout)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn update_state(
+    pool: &PgPool,
+    key_hash: &[u8],
+    state: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query("UPDATE sessions SET state = $2 WHERE key_hash = $1")
+        .bind(key_hash)
+        .bind(state)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Ends a session; its tokens go with it.
+pub async fn delete_by_key(pool: &PgPool, key_hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE key_hash = $1")
+        .bind(key_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// What `/api/me` shows of a session and its user.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub provider: String,
+    pub subject: String,
+    pub claims: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn view(
+    pool: &PgPool,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<SessionView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.id, s.user_id, s.provider, s.subject, i.claims, s.created_at,
+                LEAST(s.idle_expires_at, s.absolute_expires_at) AS expires_at
+         FROM sessions s
+         JOIN identities i ON i.provider = s.provider AND i.subject = s.subject
+         WHERE s.id = $1 AND s.key_hash IS NOT NULL
+           AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Deletes sessions past their expiry, and unbound ones older than `unbound_before` (a login
+/// whose cookie never reached the browser).
+pub async fn purge_expired(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    unbound_before: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM sessions
+         WHERE idle_expires_at <= $1 OR absolute_expires_at <= $1
+            OR (key_hash IS NULL AND created_at < $2)",
+    )
+    .bind(now)
+    .bind(unbound_before)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,123 @@
+//! `ApiError`: every failure on `/api/*` becomes an RFC 9457 problem document with a stable
+//! `code`. Client errors say what was wrong; faults are logged with their cause and answered
+//! with an opaque message.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("there is no live session")]
+    LoginRequired,
+    #[error("the X-CSRF: 1 header is required")]
+    CsrfRequired,
+    #[error("no service named `{0}`")]
+    ServiceNotFound(String),
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("the service needs a connected account")]
+    ConnectRequired { connect_url: String },
+    #[error("the provider no longer accepts this session's grant; sign in again")]
+    ReauthRequired,
+    #[error("too many requests")]
+    RateLimited,
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("an internal error occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::LoginRequired => "login_required",
+            ApiError::CsrfRequired => "csrf_required",
+            ApiError::ServiceNotFound(_) => "service_not_found",
+            ApiError::NotAllowed(_) => "not_allowed",
+            ApiError::ConnectRequired { .. } => "connect_required",
+            ApiError::ReauthRequired => "reauth_required",
+            ApiError::RateLimited => "rate_limited",
+            ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ApiError::UpstreamTimeout(_) => "upstream_timeout",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            ApiError::UpstreamUnavailable("the database is not reachable".into())
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::LoginRequired | ApiError::ReauthRequired => StatusCode::UNAUTHORIZED,
+            ApiError::CsrfRequired | ApiError::NotAllowed(_) | ApiError::ConnectRequired { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::ServiceNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = ?anyhow_chain(self), "request failed");
+        }
+        let mut body = problem(status, self.code(), &self.to_string());
+        if let ApiError::ConnectRequired { connect_url } = self {
+            body["connect_url"] = json!(connect_url);
+        }
+        problem_response(status, body)
+    }
+}
+
+fn anyhow_chain(e: &ApiError) -> String {
+    match e {
+        ApiError::Internal(inner) => format!("{inner:#}"),
+        other => other.to_string(),
+    }
+}
+
+/// The problem document for `status` and `code`.
+pub fn problem(status: StatusCode, code: &str, detail: &str) -> serde_json::Value {
+    json!({
+        "type": format!("urn:courier:problem:{code}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code,
+    })
+}
+
+pub fn problem_response(status: StatusCode, body: serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((CONTENT_TYPE, "application/problem+json"))
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .body(body.to_string())
+}

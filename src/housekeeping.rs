@@ -1,0 +1,34 @@
+//! Background purge of what has expired: sessions and used login states. Deletes are
+//! idempotent, so any number of instances may run this at once.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::clock::SharedClock;
+use crate::db;
+use crate::oidc::login::PENDING_LOGIN_TTL;
+
+const INTERVAL: Duration = Duration::from_secs(300);
+
+pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), sqlx::Error> {
+    let now = clock.now();
+    let sessions = db::sessions::purge_expired(pool, now, now - PENDING_LOGIN_TTL).await?;
+    let states = db::login_states::purge_expired(pool, now).await?;
+    if sessions + states > 0 {
+        tracing::info!(sessions, login_states = states, "purged expired rows");
+    }
+    Ok(())
+}
+
+pub fn spawn(pool: PgPool, clock: SharedClock) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(INTERVAL);
+        loop {
+            ticker.tick().await;
+            if let Err(e) = purge_once(&pool, &clock).await {
+                tracing::warn!(error = %e, "housekeeping failed; will retry");
+            }
+        }
+    });
+}

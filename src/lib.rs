@@ -1,0 +1,15 @@
+//! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
+
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod housekeeping;
+pub mod middleware;
+pub mod oidc;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod telemetry;
+pub mod tokens;

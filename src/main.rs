@@ -1,0 +1,89 @@
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use courier::config::Config;
+use courier::startup::Application;
+use courier::telemetry::{self, LogFormat};
+
+/// courier: a backend-for-frontend for single-page apps.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "COURIER_CONFIG",
+        default_value = "courier.toml"
+    )]
+    config: PathBuf,
+    /// Log lines as text or JSON.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pending migrations, then serve (the default).
+    Serve,
+    /// Run pending migrations and exit.
+    Migrate,
+    /// Validate the configuration without serving.
+    CheckConfig,
+    /// Print a new base64 encryption key.
+    GenKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::GenKey = command {
+        println!("{}", courier::crypto::generate_key());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("courier: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = command {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(cli.log_format);
+    let result = actix_web::rt::System::new().block_on(async move {
+        match command {
+            Command::Migrate => migrate(&config).await,
+            _ => serve(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "courier stopped");
+            eprintln!("courier: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = courier::db::pool(config.database_url(), config.database.max_connections)?;
+    courier::db::migrate(&pool).await?;
+    tracing::info!("migrations are up to date");
+    Ok(())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.server.listen)?;
+    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url, "courier starting");
+    let app = Application::build(config, listener).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}

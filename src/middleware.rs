@@ -1,0 +1,90 @@
+//! Cross-cutting response rules: `Cache-Control: no-store` on `/auth` and `/api`, problem+json
+//! for every error on `/api` (including ones raised outside our handlers), no 500 page on the
+//! login callback, and one log line per request that never includes the query string.
+
+use std::time::Instant;
+
+use actix_web::HttpResponse;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use actix_web::middleware::Next;
+
+use crate::error::{problem, problem_response};
+
+pub async fn response_policy(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let path = req.path().to_owned();
+    let http_req = req.request().clone();
+    let mut res = match next.call(req).await {
+        Ok(res) => res.map_into_boxed_body(),
+        // Errors from middleware (the session store when Postgres is down, for one).
+        Err(e) => ServiceResponse::new(http_req, e.error_response()),
+    };
+    let is_api = path.starts_with("/api/") || path == "/api";
+    let is_auth = path.starts_with("/auth/");
+
+    if is_api && res.status().is_client_error() || is_api && res.status().is_server_error() {
+        let is_problem = res
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+        if !is_problem {
+            let replacement = generic_problem(res.status());
+            res = res.into_response(replacement);
+        }
+    } else if path.starts_with("/auth/callback/") && res.status().is_server_error() {
+        let replacement = HttpResponse::Found()
+            .insert_header((LOCATION, "/?login_error=server_error"))
+            .finish();
+        res = res.into_response(replacement);
+    }
+    if is_api || is_auth {
+        res.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    Ok(res)
+}
+
+/// A problem document for an error response that did not come from `ApiError`.
+fn generic_problem(status: StatusCode) -> HttpResponse {
+    let (status, code, detail) = match status {
+        StatusCode::NOT_FOUND => (status, "not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => (status, "not_allowed", "method not allowed here"),
+        s if s.is_client_error() => (s, "bad_request", "the request is malformed"),
+        // A fault below the handlers: the session store could not reach Postgres.
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            "a backing service is not available; try again",
+        ),
+    };
+    problem_response(status, problem(status, code, detail))
+}
+
+/// One line per request: method, path (never the query: it can hold codes and states),
+/// status and time taken.
+pub async fn request_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    tracing::info!(
+        %method,
+        path = %path,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    res
+}

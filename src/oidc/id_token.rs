@@ -1,0 +1,155 @@
+//! ID token checks: signature from the provider's JWKS (re-fetched once on an unknown `kid`),
+//! pinned asymmetric algorithms (never `none`, never HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
+//! and `nonce`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use openidconnect::core::{CoreIdToken, CoreJwsSigningAlgorithm};
+use openidconnect::{JsonWebKey, Nonce};
+use serde_json::{Map, Value};
+
+use crate::oidc::http::ProviderHttp;
+use crate::oidc::registry::{Metadata, Provider, error_chain};
+
+/// How far in the future an `iat` may be, for clock skew between courier and the provider.
+const IAT_FUTURE_SKEW: Duration = Duration::seconds(60);
+/// How old an ID token may be when it arrives: it was minted by the exchange just made.
+const IAT_MAX_AGE: Duration = Duration::minutes(10);
+
+const ASYMMETRIC_ALGS: &[CoreJwsSigningAlgorithm] = &[
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("the ID token is malformed")]
+    Malformed,
+    #[error("the ID token names key `{0}`, which the provider does not publish")]
+    UnknownKey(String),
+    #[error("the ID token was rejected: {0}")]
+    Rejected(String),
+    #[error("the provider's keys could not be fetched: {0}")]
+    Keys(String),
+}
+
+/// The checked contents of an ID token.
+#[derive(Debug)]
+pub struct VerifiedIdToken {
+    pub subject: String,
+    pub sid: Option<String>,
+    /// Every claim of the token, standard and custom.
+    pub claims: Map<String, Value>,
+}
+
+/// The signing algorithms courier accepts from this provider: the asymmetric ones it
+/// advertises, RS256 when it advertises none.
+pub fn allowed_algs(metadata: &Metadata) -> Vec<CoreJwsSigningAlgorithm> {
+    let advertised: Vec<_> = metadata
+        .id_token_signing_alg_values_supported()
+        .iter()
+        .filter(|alg| ASYMMETRIC_ALGS.contains(alg))
+        .cloned()
+        .collect();
+    if advertised.is_empty() {
+        vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256]
+    } else {
+        advertised
+    }
+}
+
+pub async fn verify(
+    provider: &Provider,
+    http: &ProviderHttp,
+    id_token: &CoreIdToken,
+    nonce: &Nonce,
+    now: DateTime<Utc>,
+) -> Result<VerifiedIdToken, IdTokenError> {
+    let raw = id_token.to_string();
+    let (header, payload) = decode_parts(&raw)?;
+    let mut metadata = provider
+        .metadata()
+        .ok_or_else(|| IdTokenError::Keys("provider metadata is not loaded".into()))?;
+
+    if let Some(kid) = header.get("kid").and_then(Value::as_str) {
+        if !publishes_key(&metadata, kid) {
+            metadata = provider
+                .refetch_jwks(http)
+                .await
+                .map_err(|e| IdTokenError::Keys(e.to_string()))?
+                .filter(|m| publishes_key(m, kid))
+                .ok_or_else(|| IdTokenError::UnknownKey(kid.to_owned()))?;
+        }
+    }
+
+    let client = provider.client(&metadata);
+    let verifier = client
+        .id_token_verifier()
+        .set_allowed_algs(allowed_algs(&metadata))
+        .set_time_fn(move || now)
+        .set_issue_time_verifier_fn(move |iat| {
+            if iat > now + IAT_FUTURE_SKEW {
+                Err(format!("issued in the future ({iat})"))
+            } else if iat < now - IAT_MAX_AGE {
+                Err(format!("issued too long ago ({iat})"))
+            } else {
+                Ok(())
+            }
+        });
+    let claims = id_token
+        .claims(&verifier, nonce)
+        .map_err(|e| IdTokenError::Rejected(error_chain(&e)))?;
+
+    // openidconnect leaves azp unchecked: a token issued to another client must not log in here.
+    if let Some(azp) = claims.authorized_party() {
+        if azp.as_str() != provider.config.client_id {
+            return Err(IdTokenError::Rejected(format!(
+                "authorized party `{}` is not this client",
+                azp.as_str()
+            )));
+        }
+    }
+
+    let sid = payload
+        .get("sid")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(VerifiedIdToken {
+        subject: claims.subject().as_str().to_owned(),
+        sid,
+        claims: payload,
+    })
+}
+
+fn publishes_key(metadata: &Metadata, kid: &str) -> bool {
+    metadata
+        .jwks()
+        .keys()
+        .iter()
+        .any(|k| k.key_id().is_some_and(|id| id.as_str() == kid))
+}
+
+/// Decodes a compact JWS's header and payload as JSON objects, without checking anything.
+pub fn decode_parts(raw: &str) -> Result<(Map<String, Value>, Map<String, Value>), IdTokenError> {
+    let mut parts = raw.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(IdTokenError::Malformed);
+    };
+    let decode = |segment: &str| -> Result<Map<String, Value>, IdTokenError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|_| IdTokenError::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
+    };
+    Ok((decode(header)?, decode(payload)?))
+}

@@ -1,0 +1,8 @@
+//! Providers: discovery, the login flow and ID-token checks. All HTTP to providers lives here.
+
+pub mod http;
+pub mod id_token;
+pub mod login;
+pub mod registry;
+
+pub use registry::{Provider, ProviderRegistry};

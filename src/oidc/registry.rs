@@ -1,0 +1,238 @@
+//! The configured providers and what discovery loaded for them. Discovery that fails at
+//! start-up is retried in the background with backoff; until it succeeds the provider is
+//! "missing" for `/readyz` and logins through it answer 503.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IssuerUrl, JsonWebKeySet, RedirectUrl,
+};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ProviderConfig};
+use crate::oidc::http::{HttpError, ProviderHttp};
+
+/// Discovery fields courier uses beyond what openidconnect's core metadata carries.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct ExtraMetadata {
+    pub end_session_endpoint: Option<url::Url>,
+    pub revocation_endpoint: Option<url::Url>,
+    pub introspection_endpoint: Option<url::Url>,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+pub type Metadata = openidconnect::ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A client for a discovered provider.
+pub type OidcClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// The least time between two JWKS fetches caused by an unknown `kid`, so that tokens with
+/// made-up key ids cannot make courier hammer the provider.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("discovery of {issuer} failed: {detail}")]
+    Failed { issuer: String, detail: String },
+}
+
+pub struct Provider {
+    pub config: ProviderConfig,
+    pub redirect_uri: RedirectUrl,
+    metadata: RwLock<Option<Arc<Metadata>>>,
+    last_jwks_refetch: Mutex<Option<Instant>>,
+}
+
+impl Provider {
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The discovered metadata, if discovery has succeeded.
+    pub fn metadata(&self) -> Option<Arc<Metadata>> {
+        self.metadata
+            .read()
+            .expect("metadata lock is never poisoned")
+            .clone()
+    }
+
+    pub fn client(&self, metadata: &Metadata) -> OidcClient {
+        CoreClient::from_provider_metadata(
+            metadata.clone(),
+            ClientId::new(self.config.client_id.clone()),
+            self.config
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.expose_secret().to_owned())),
+        )
+        .set_redirect_uri(self.redirect_uri.clone())
+    }
+
+    async fn discover(&self, http: &ProviderHttp) -> Result<(), DiscoveryError> {
+        let Some(issuer) = &self.config.issuer else {
+            return Ok(());
+        };
+        let issuer_str = issuer.as_str().trim_end_matches('/').to_owned();
+        let failed = |detail: String| DiscoveryError::Failed {
+            issuer: issuer_str.clone(),
+            detail,
+        };
+        let issuer_url = IssuerUrl::new(issuer_str.clone()).map_err(|e| failed(e.to_string()))?;
+        let metadata = Metadata::discover_async(issuer_url, http)
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        *self
+            .metadata
+            .write()
+            .expect("metadata lock is never poisoned") = Some(Arc::new(metadata));
+        tracing::info!(provider = %self.config.id, "provider metadata loaded");
+        Ok(())
+    }
+
+    /// Fetches the JWKS again after a token named a key it does not hold. Returns the new
+    /// metadata, or `None` when a fetch happened too recently to try again.
+    pub async fn refetch_jwks(
+        &self,
+        http: &ProviderHttp,
+    ) -> Result<Option<Arc<Metadata>>, HttpError> {
+        {
+            let mut last = self
+                .last_jwks_refetch
+                .lock()
+                .expect("jwks lock is never poisoned");
+            if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
+                return Ok(None);
+            }
+            *last = Some(Instant::now());
+        }
+        let Some(current) = self.metadata() else {
+            return Ok(None);
+        };
+        let jwks = JsonWebKeySet::fetch_async(current.jwks_uri(), http)
+            .await
+            .map_err(|e| HttpError::Malformed(error_chain(&e)))?;
+        let updated = Arc::new((*current).clone().set_jwks(jwks));
+        *self
+            .metadata
+            .write()
+            .expect("metadata lock is never poisoned") = Some(updated.clone());
+        tracing::info!(provider = %self.config.id, "provider keys re-fetched");
+        Ok(Some(updated))
+    }
+}
+
+pub struct ProviderRegistry {
+    providers: HashMap<String, Arc<Provider>>,
+    login_id: String,
+    pub http: ProviderHttp,
+}
+
+impl ProviderRegistry {
+    pub fn new(config: &Config, http: reqwest::Client) -> Self {
+        let providers = config
+            .providers
+            .iter()
+            .map(|p| {
+                let redirect_uri = RedirectUrl::new(config.redirect_uri(&p.id))
+                    .expect("public_url is a validated URL");
+                let provider = Provider {
+                    config: p.clone(),
+                    redirect_uri,
+                    metadata: RwLock::new(None),
+                    last_jwks_refetch: Mutex::new(None),
+                };
+                (p.id.clone(), Arc::new(provider))
+            })
+            .collect();
+        ProviderRegistry {
+            providers,
+            login_id: config.login_provider().id.clone(),
+            http: ProviderHttp(http),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(id)
+    }
+
+    pub fn login(&self) -> &Arc<Provider> {
+        &self.providers[&self.login_id]
+    }
+
+    /// Providers that need discovery and have not had it succeed.
+    pub fn missing(&self) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .providers
+            .values()
+            .filter(|p| p.config.issuer.is_some() && p.metadata().is_none())
+            .map(|p| p.config.id.clone())
+            .collect();
+        missing.sort();
+        missing
+    }
+
+    /// Tries discovery once for every provider that lacks metadata.
+    pub async fn discover_missing(&self) {
+        for id in self.missing() {
+            let provider = &self.providers[&id];
+            if let Err(e) = provider.discover(&self.http).await {
+                tracing::warn!(provider = %id, error = %e, "provider discovery failed");
+            }
+        }
+    }
+
+    /// Retries discovery in the background, with backoff, until every provider has metadata.
+    pub fn spawn_discovery_retries(self: &Arc<Self>) {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            while !registry.missing().is_empty() {
+                tokio::time::sleep(delay).await;
+                registry.discover_missing().await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+}
+
+/// An error and its causes on one line, for logs and diagnostics.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

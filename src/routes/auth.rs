@@ -1,0 +1,208 @@
+//! Browser navigations: `/auth/login` and `/auth/callback/{provider}`. These answer with
+//! redirects, never JSON and never a 500: a failed login goes back to `/?login_error=<code>`.
+
+use actix_web::http::header::LOCATION;
+use actix_web::{HttpRequest, HttpResponse, web};
+use url::form_urlencoded;
+
+use crate::crypto::sha256;
+use crate::db;
+use crate::error::ApiError;
+use crate::oidc::login::{self, PENDING_LOGIN_TTL};
+use crate::session;
+use crate::startup::AppState;
+
+/// The first value of each query parameter.
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `return_to` when it is a path on this origin; `/` otherwise.
+pub fn safe_return_to(candidate: Option<&str>) -> String {
+    let Some(path) = candidate else {
+        return "/".into();
+    };
+    let decoded: String = percent_decode(path);
+    let stays_on_origin = |p: &str| {
+        p.starts_with('/')
+            && !p.starts_with("//")
+            && !p.contains('\\')
+            && !p.chars().any(|c| c.is_control())
+    };
+    if path.len() <= 1024 && stays_on_origin(path) && stays_on_origin(&decoded) {
+        path.to_owned()
+    } else {
+        "/".into()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn redirect(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut builder = HttpResponse::Found();
+    builder.insert_header((LOCATION, location.to_owned()));
+    builder
+}
+
+fn login_error(code: &str) -> String {
+    format!("/?login_error={code}")
+}
+
+/// `GET /auth/login?return_to=/path` → 302 to the login provider.
+pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let provider = state.providers.login();
+    let metadata = provider.metadata().ok_or_else(|| {
+        ApiError::UpstreamUnavailable(format!(
+            "the login provider `{}` is not available yet",
+            provider.id()
+        ))
+    })?;
+    let return_to = safe_return_to(query_param(&req, "return_to").as_deref());
+    let (url, pending) = login::start(provider, &metadata, return_to, state.clock.now());
+    let cookie = login::pending_cookie(&state.keys, &state.config.session.cookie_name, &pending);
+    Ok(redirect(url.as_str()).cookie(cookie).finish())
+}
+
+/// `GET /auth/callback/{provider}` → 302 to `return_to` with a new session, or to
+/// `/?login_error=<code>`.
+pub async fn callback(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let base = &state.config.session.cookie_name;
+    let Some(returned_state) = query_param(&req, "state") else {
+        return redirect(&login_error("invalid_state")).finish();
+    };
+    // Whatever happens next, this login's cookie is spent.
+    let removal = login::removal_cookie(base, &returned_state);
+    let fail = |code: &str| {
+        redirect(&login_error(code))
+            .cookie(removal.clone())
+            .finish()
+    };
+
+    let now = state.clock.now();
+    let pending = match login::find_pending(&req, &state.keys, base, &returned_state) {
+        Some(p) if p.provider == *path && !p.is_expired(now) => p,
+        _ => return fail("invalid_state"),
+    };
+    let provider = state
+        .providers
+        .get(&pending.provider)
+        .expect("a pending login names a configured provider");
+
+    match db::login_states::mark_used(
+        &state.pool,
+        &sha256(returned_state.as_bytes()),
+        pending.started_at + PENDING_LOGIN_TTL,
+    )
+    .await
+    {
+        Ok(true) => {}
+        Ok(false) => return fail("invalid_state"),
+        Err(e) => {
+            tracing::error!(error = %e, "recording the login state failed");
+            return fail("server_error");
+        }
+    }
+
+    if let Some(error) = query_param(&req, "error") {
+        return fail(&provider_error_code(&error));
+    }
+    // RFC 9207: when the provider names itself, it must be the provider this login went to.
+    if let (Some(iss), Some(metadata)) = (query_param(&req, "iss"), provider.metadata()) {
+        if iss != metadata.issuer().as_str() {
+            return fail("issuer_mismatch");
+        }
+    }
+    let Some(code) = query_param(&req, "code") else {
+        return fail("invalid_request");
+    };
+
+    let return_to = pending.return_to.clone();
+    let completed = match login::complete(provider, &state.providers.http, pending, code, now).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(provider = %provider.id(), error = %e, "login failed");
+            return fail(e.code());
+        }
+    };
+
+    match session::start(
+        &req,
+        &state.pool,
+        &state.keys,
+        &state.clock,
+        &state.config.session,
+        provider.id(),
+        &completed,
+    )
+    .await
+    {
+        Ok(session_id) => {
+            tracing::info!(provider = %provider.id(), %session_id, "login completed");
+            redirect(&return_to).cookie(removal).finish()
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "starting the session failed");
+            fail("server_error")
+        }
+    }
+}
+
+/// The provider's `error` when it is a registered OAuth error code, else a generic one: the
+/// value goes into a URL the SPA reads, so arbitrary text is not passed on.
+fn provider_error_code(error: &str) -> String {
+    const KNOWN: &[&str] = &[
+        "access_denied",
+        "login_required",
+        "consent_required",
+        "interaction_required",
+        "account_selection_required",
+        "invalid_request",
+        "invalid_scope",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "server_error",
+        "temporarily_unavailable",
+    ];
+    if KNOWN.contains(&error) {
+        error.to_owned()
+    } else {
+        "provider_error".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return_to;
+
+    #[test]
+    fn return_to_stays_on_the_origin() {
+        assert_eq!(safe_return_to(Some("/app?x=1#y")), "/app?x=1#y");
+        for hostile in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/%2F%2Fevil.example/..",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "javascript:alert(1)",
+            "/\tevil",
+            "",
+        ] {
+            assert_eq!(safe_return_to(Some(hostile)), "/", "{hostile}");
+        }
+        assert_eq!(safe_return_to(None), "/");
+    }
+}

@@ -1,0 +1,5 @@
+//! HTTP handlers, thin: parse, call one domain function, map the result.
+
+pub mod auth;
+pub mod health;
+pub mod me;

@@ -1,0 +1,165 @@
+//! Builds the application from configuration and a bound listener; the one place where routes
+//! and middleware are wired.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_identity::IdentityMiddleware;
+use actix_session::SessionMiddleware;
+use actix_session::config::{CookieContentSecurity, PersistentSession};
+use actix_web::cookie::{Key, SameSite, time::Duration as CookieDuration};
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use sqlx::PgPool;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::crypto::{KeyRing, random_bytes};
+use crate::error::ApiError;
+use crate::oidc::ProviderRegistry;
+use crate::session::{PgSessionStore, csrf::require_csrf_header};
+use crate::{db, housekeeping, middleware, routes};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pool: PgPool,
+    pub keys: Arc<KeyRing>,
+    pub providers: Arc<ProviderRegistry>,
+    pub clock: SharedClock,
+}
+
+/// How long start-up waits for the first discovery before serving anyway (retries go on in
+/// the background and `/readyz` reports the provider as missing meanwhile).
+const INITIAL_DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Builds courier on the real clock.
+    pub async fn build(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, listener, Arc::new(SystemClock)).await
+    }
+
+    /// Builds courier with an injected clock (tests move time forward with it).
+    pub async fn build_with_clock(
+        config: Config,
+        listener: TcpListener,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let pool = db::pool(config.database_url(), config.database.max_connections)
+            .context("database.url is not a valid Postgres URL")?;
+        db::migrate(&pool)
+            .await
+            .context("running database migrations")?;
+
+        let keys = Arc::new(
+            KeyRing::from_config(&config.security.encryption_keys)
+                .map_err(|(i, m)| anyhow::anyhow!("security.encryption_keys[{i}]: {m}"))?,
+        );
+        let cookie_key = db::secrets::get_or_create(&pool, &keys, "session_cookie_key", || {
+            random_bytes::<64>().to_vec()
+        })
+        .await
+        .context("loading the session cookie key")?;
+
+        let providers = Arc::new(ProviderRegistry::new(
+            &config,
+            crate::oidc::http::build_client(),
+        ));
+        let _ = tokio::time::timeout(INITIAL_DISCOVERY_WAIT, providers.discover_missing()).await;
+        providers.spawn_discovery_retries();
+        housekeeping::spawn(pool.clone(), clock.clone());
+
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            config: Arc::new(config),
+            pool: pool.clone(),
+            keys,
+            providers,
+            clock: clock.clone(),
+        });
+        let cookie_key = Key::from(&cookie_key);
+
+        let server = HttpServer::new(move || {
+            let session_config = &state.config.session;
+            let store = PgSessionStore::new(
+                state.pool.clone(),
+                state.clock.clone(),
+                chrono::Duration::seconds(session_config.idle_timeout_secs as i64),
+            );
+            let sessions = SessionMiddleware::builder(store, cookie_key.clone())
+                .cookie_name(session_config.cookie_name.clone())
+                .cookie_secure(true)
+                .cookie_http_only(true)
+                .cookie_same_site(SameSite::Lax)
+                .cookie_path("/".into())
+                .cookie_domain(None)
+                .cookie_content_security(CookieContentSecurity::Signed)
+                .session_lifecycle(PersistentSession::default().session_ttl(
+                    CookieDuration::seconds(session_config.absolute_timeout_secs as i64),
+                ))
+                .build();
+
+            let mut app = App::new()
+                .app_data(state.clone())
+                .app_data(
+                    web::PathConfig::default().error_handler(|e, _| {
+                        ApiError::BadRequest(format!("bad path: {e}")).into()
+                    }),
+                )
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .route("/openapi.yaml", web::get().to(routes::health::openapi))
+                .service(
+                    web::scope("/auth")
+                        .route("/login", web::get().to(routes::auth::login))
+                        .route(
+                            "/callback/{provider}",
+                            web::get().to(routes::auth::callback),
+                        ),
+                )
+                .service(
+                    web::scope("/api")
+                        .wrap(from_fn(require_csrf_header))
+                        .route("/me", web::get().to(routes::me::me))
+                        .default_service(web::to(|| async {
+                            Err::<HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
+                        })),
+                );
+            if let Some(dir) = &state.config.server.static_dir {
+                let index = dir.join("index.html");
+                app = app.default_service(
+                    actix_files::Files::new("/", dir)
+                        .index_file("index.html")
+                        .default_handler(web::to(move || {
+                            let index = index.clone();
+                            async move { actix_files::NamedFile::open_async(index).await }
+                        })),
+                );
+            }
+            app.wrap(IdentityMiddleware::default())
+                .wrap(sessions)
+                .wrap(from_fn(middleware::response_policy))
+                .wrap(from_fn(middleware::request_log))
+        })
+        .listen(listener)?
+        .run();
+
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
