@@ -7,6 +7,7 @@ use std::time::Instant;
 use actix_web::HttpResponse;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use actix_web::middleware::Next;
@@ -18,16 +19,38 @@ pub async fn response_policy(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let path = req.path().to_owned();
-    let http_req = req.request().clone();
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_boxed_body(),
-        // Errors from middleware (the session store when Postgres is down, for one).
-        Err(e) => ServiceResponse::new(http_req, e.error_response()),
-    };
     let is_api = path.starts_with("/api/") || path == "/api";
     let is_auth = path.starts_with("/auth/");
+    let is_callback = path.starts_with("/auth/callback/");
 
-    if is_api && res.status().is_client_error() || is_api && res.status().is_server_error() {
+    let mut res = match next.call(req).await {
+        Ok(res) => res.map_into_boxed_body(),
+        // An error from a middleware (the session store when Postgres is down, for one) has no
+        // request left to attach a response to: answer through the error instead.
+        Err(e) => {
+            let status = e.as_response_error().status_code();
+            let replacement = if is_api {
+                Some(generic_problem(status))
+            } else if is_callback && status.is_server_error() {
+                Some(callback_failure())
+            } else {
+                None
+            };
+            return Err(match replacement {
+                Some(mut response) => {
+                    if is_api || is_auth {
+                        response
+                            .headers_mut()
+                            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    }
+                    InternalError::from_response(e, response).into()
+                }
+                None => e,
+            });
+        }
+    };
+
+    if is_api && (res.status().is_client_error() || res.status().is_server_error()) {
         let is_problem = res
             .headers()
             .get(CONTENT_TYPE)
@@ -36,17 +59,21 @@ pub async fn response_policy(
             let replacement = generic_problem(res.status());
             res = res.into_response(replacement);
         }
-    } else if path.starts_with("/auth/callback/") && res.status().is_server_error() {
-        let replacement = HttpResponse::Found()
-            .insert_header((LOCATION, "/?login_error=server_error"))
-            .finish();
-        res = res.into_response(replacement);
+    } else if is_callback && res.status().is_server_error() {
+        res = res.into_response(callback_failure());
     }
     if is_api || is_auth {
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     Ok(res)
+}
+
+/// The login callback never shows a 500 page: the browser goes back with a login error.
+fn callback_failure() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((LOCATION, "/?login_error=server_error"))
+        .finish()
 }
 
 /// A problem document for an error response that did not come from `ApiError`.

@@ -1,1 +1,10 @@
+//! courier's API tests: one binary; each test gets its own database, port and provider.
 
+mod config;
+mod fake_provider;
+mod health;
+mod helpers;
+mod id_token;
+mod login;
+mod login_state;
+mod session;

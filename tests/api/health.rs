@@ -1,0 +1,47 @@
+//! Liveness and readiness.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::fake_provider::spawn_app_with_fake;
+use crate::helpers::{AppSettings, Browser, TestApp};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_when_everything_is_up() {
+    let (app, _fake) = spawn_app_with_fake().await;
+    let mut browser = Browser::new();
+    assert_eq!(
+        browser.get(&app.url("/healthz")).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        browser.get(&app.url("/readyz")).await.status(),
+        StatusCode::OK
+    );
+    let spec = browser.get(&app.url("/openapi.yaml")).await;
+    assert_eq!(spec.status(), StatusCode::OK);
+    assert!(spec.text().await.unwrap().starts_with("openapi: 3.1"));
+}
+
+#[tokio::test]
+async fn readyz_names_a_provider_that_cannot_be_discovered() {
+    // A port nothing listens on.
+    let closed = TestApp::bind();
+    let issuer = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let app = TestApp::spawn(TestApp::bind(), AppSettings::new(&issuer)).await;
+    let mut browser = Browser::new();
+    assert_eq!(
+        browser.get(&app.url("/healthz")).await.status(),
+        StatusCode::OK
+    );
+    let response = browser.get(&app.url("/readyz")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["missing"], serde_json::json!(["provider:main"]));
+
+    let login = browser.get(&app.url("/auth/login")).await;
+    assert_eq!(login.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = login.json().await.unwrap();
+    assert_eq!(body["code"], "upstream_unavailable");
+}

@@ -1,0 +1,465 @@
+//! Test harness: a fresh database per test, courier on a random port with an injectable clock,
+//! a real OpenID provider (node-oidc-provider) or an in-process fake one (wiremock), and a
+//! "browser" that keeps cookies per origin and path and never follows redirects by itself.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::cookie::Cookie;
+use courier::clock::OffsetClock;
+use courier::config::Config;
+use courier::startup::Application;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use url::Url;
+use uuid::Uuid;
+
+pub const CLIENT_ID: &str = "courier";
+pub const CLIENT_SECRET: &str = "courier-secret";
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = admin_url();
+        let name = format!("courier_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("Postgres is reachable at DATABASE_URL (scripts/test starts it)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        let mut url = Url::parse(&admin).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        let url = url.to_string();
+        let pool = PgPool::connect(&url)
+            .await
+            .expect("connect to the test database");
+        TestDb { name, url, pool }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count rows")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = admin_url();
+        // Drop runs inside the test's runtime; a thread of its own may block on a new one.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// node-oidc-provider, started for one test from `tests/oidc-provider/server.mjs`.
+pub struct NodeProvider {
+    pub issuer: String,
+    _child: tokio::process::Child,
+}
+
+impl NodeProvider {
+    pub async fn start(config: Value) -> Self {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "run `npm ci` in tests/oidc-provider first (scripts/test does)"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("OIDC_CONFIG", config.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let issuer = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read provider output") {
+                if let Some(issuer) = line.strip_prefix("READY ") {
+                    return issuer.trim().to_owned();
+                }
+            }
+            panic!("the provider exited before it was ready");
+        })
+        .await
+        .expect("the provider starts within 30 s");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        NodeProvider {
+            issuer,
+            _child: child,
+        }
+    }
+
+    /// The provider with courier's client registered for the app listening on `port`.
+    pub async fn for_courier(port: u16, extra: Value) -> Self {
+        let mut config = json!({
+            "clients": [{
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback/main")],
+                "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
+                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                "response_types": ["code"],
+            }]
+        });
+        if let (Value::Object(base), Value::Object(extra)) = (&mut config, extra) {
+            base.extend(extra);
+        }
+        Self::start(config).await
+    }
+}
+
+/// Settings a test may change in courier's configuration.
+pub struct AppSettings {
+    pub issuer: String,
+    pub idle_timeout_secs: u64,
+    pub absolute_timeout_secs: u64,
+    pub scopes: Vec<&'static str>,
+}
+
+impl AppSettings {
+    pub fn new(issuer: &str) -> Self {
+        AppSettings {
+            issuer: issuer.to_owned(),
+            idle_timeout_secs: 3600,
+            absolute_timeout_secs: 86_400,
+            scopes: vec!["openid", "profile", "email", "offline_access"],
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub db: TestDb,
+    pub clock: Arc<OffsetClock>,
+}
+
+impl TestApp {
+    /// Binds a port first, so a provider can register the callback URL before courier starts.
+    pub fn bind() -> TcpListener {
+        TcpListener::bind("127.0.0.1:0").expect("bind a random port")
+    }
+
+    pub async fn spawn(listener: TcpListener, settings: AppSettings) -> TestApp {
+        let port = listener.local_addr().unwrap().port();
+        let db = TestDb::new().await;
+        let text = config_text(port, &db.url, &settings);
+        let config = Config::parse(&text, "test.toml".as_ref(), &|_| None).expect("test config");
+        let clock = Arc::new(OffsetClock::default());
+        let app = Application::build_with_clock(config, listener, clock.clone())
+            .await
+            .expect("courier starts");
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            db,
+            clock,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Whether `url` is courier's and outside `/auth/`: where a login ends.
+    fn is_app_page(&self, url: &Url) -> bool {
+        url.port() == Some(self.port) && !url.path().starts_with("/auth/")
+    }
+
+    /// Logs `user` in at a real provider through its pages, starting at `/auth/login`.
+    /// Returns courier's answer to the callback.
+    pub async fn login(&self, browser: &mut Browser, user: &str) -> Response {
+        let form_url = self.start_login_at_provider(browser, "/after-login").await;
+        self.finish_login_at_provider(browser, form_url, user).await
+    }
+
+    /// Goes from `/auth/login` to the provider's login form; returns the form's URL.
+    pub async fn start_login_at_provider(&self, browser: &mut Browser, return_to: &str) -> Url {
+        let start = self.url(&format!("/auth/login?return_to={return_to}"));
+        let (url, response) = browser.follow(&start, |_| false).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the provider shows a form"
+        );
+        assert!(url.path().starts_with("/interaction/"), "{url}");
+        url
+    }
+
+    /// Submits the provider's login form and follows redirects back to courier's callback.
+    pub async fn finish_login_at_provider(
+        &self,
+        browser: &mut Browser,
+        form_url: Url,
+        user: &str,
+    ) -> Response {
+        let post = form_url
+            .join(&format!("{}/login", form_url.path()))
+            .unwrap();
+        let response = browser
+            .send(
+                Method::POST,
+                post.as_str(),
+                &[],
+                Some(&[("login", user), ("password", "x")]),
+            )
+            .await;
+        assert!(response.status().is_redirection(), "{}", response.status());
+        let next = location(&post, &response);
+        let (_, response) = browser.follow(next.as_str(), |u| self.is_app_page(u)).await;
+        response
+    }
+
+    /// Starts a login and returns the provider's authorization URL, without following it.
+    pub async fn authorize_url(&self, browser: &mut Browser, return_to: &str) -> Url {
+        let response = browser
+            .get(&self.url(&format!("/auth/login?return_to={return_to}")))
+            .await;
+        assert_eq!(response.status(), StatusCode::FOUND);
+        Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap()
+    }
+
+    pub async fn api(&self, browser: &mut Browser, method: Method, path: &str) -> Response {
+        browser
+            .send(method, &self.url(path), &[("x-csrf", "1")], None)
+            .await
+    }
+
+    pub async fn me(&self, browser: &mut Browser) -> Response {
+        self.api(browser, Method::GET, "/api/me").await
+    }
+}
+
+fn config_text(port: u16, database_url: &str, s: &AppSettings) -> String {
+    let scopes: Vec<String> = s.scopes.iter().map(|x| format!("\"{x}\"")).collect();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+
+[database]
+url = "{database_url}"
+max_connections = 5
+
+[session]
+idle_timeout_secs = {idle}
+absolute_timeout_secs = {absolute}
+
+[security]
+encryption_keys = ["{key}"]
+
+[[providers]]
+id = "main"
+issuer = "{issuer}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = [{scopes}]
+login = true
+"#,
+        idle = s.idle_timeout_secs,
+        absolute = s.absolute_timeout_secs,
+        key = courier::crypto::generate_key(),
+        issuer = s.issuer,
+        scopes = scopes.join(", "),
+    )
+}
+
+/// Where a redirect response points, resolved against the URL that was requested.
+pub fn location(requested: &Url, response: &Response) -> Url {
+    let value = response.headers()[LOCATION]
+        .to_str()
+        .expect("ASCII Location");
+    requested.join(value).expect("a valid Location")
+}
+
+struct StoredCookie {
+    origin: String,
+    name: String,
+    value: String,
+    path: String,
+}
+
+/// A cookie-keeping HTTP client that behaves like a browser tab, except that it follows
+/// redirects only when asked. It sends `Secure` cookies over http to 127.0.0.1, as browsers do.
+pub struct Browser {
+    client: reqwest::Client,
+    cookies: Vec<StoredCookie>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn origin(url: &Url) -> String {
+        format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        )
+    }
+
+    /// The value of cookie `name` held for `url`'s origin.
+    pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        let origin = Self::origin(&Url::parse(url).unwrap());
+        self.cookies
+            .iter()
+            .find(|c| c.origin == origin && c.name == name)
+            .map(|c| c.value.clone())
+    }
+
+    /// Names of the cookies held for `url`'s origin.
+    pub fn cookie_names(&self, url: &str) -> Vec<String> {
+        let origin = Self::origin(&Url::parse(url).unwrap());
+        self.cookies
+            .iter()
+            .filter(|c| c.origin == origin)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    pub fn set_cookie(&mut self, url: &str, name: &str, value: &str) {
+        let origin = Self::origin(&Url::parse(url).unwrap());
+        self.cookies
+            .retain(|c| !(c.origin == origin && c.name == name && c.path == "/"));
+        self.cookies.push(StoredCookie {
+            origin,
+            name: name.to_owned(),
+            value: value.to_owned(),
+            path: "/".to_owned(),
+        });
+    }
+
+    fn cookie_header(&self, url: &Url) -> Option<String> {
+        let origin = Self::origin(url);
+        let pairs: Vec<String> = self
+            .cookies
+            .iter()
+            .filter(|c| c.origin == origin && url.path().starts_with(&c.path))
+            .map(|c| format!("{}={}", c.name, c.value))
+            .collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    fn store(&mut self, url: &Url, response: &Response) {
+        let origin = Self::origin(url);
+        for header in response.headers().get_all(SET_COOKIE) {
+            let cookie = Cookie::parse(header.to_str().unwrap().to_owned()).unwrap();
+            let path = cookie.path().unwrap_or("/").to_owned();
+            let name = cookie.name().to_owned();
+            self.cookies
+                .retain(|c| !(c.origin == origin && c.name == name && c.path == path));
+            let removed = cookie
+                .max_age()
+                .is_some_and(|a| a.is_zero() || a.is_negative())
+                || cookie.value().is_empty();
+            if !removed {
+                self.cookies.push(StoredCookie {
+                    origin: origin.clone(),
+                    name,
+                    value: cookie.value().to_owned(),
+                    path,
+                });
+            }
+        }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Response {
+        let parsed = Url::parse(url).unwrap();
+        let mut request = self.client.request(method, parsed.clone());
+        if let Some(cookies) = self.cookie_header(&parsed) {
+            request = request.header(COOKIE, cookies);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(form) = form {
+            request = request.form(form);
+        }
+        let response = request.send().await.expect("request sent");
+        self.store(&parsed, &response);
+        response
+    }
+
+    pub async fn get(&mut self, url: &str) -> Response {
+        self.send(Method::GET, url, &[], None).await
+    }
+
+    /// GETs `start` and follows redirects until a response is not a redirect, or the next URL
+    /// satisfies `stop`. Returns the last URL requested and its response.
+    pub async fn follow(&mut self, start: &str, stop: impl Fn(&Url) -> bool) -> (Url, Response) {
+        let mut url = Url::parse(start).unwrap();
+        for _ in 0..20 {
+            let response = self.get(url.as_str()).await;
+            if !response.status().is_redirection() {
+                return (url, response);
+            }
+            let next = location(&url, &response);
+            if stop(&next) {
+                return (url, response);
+            }
+            url = next;
+        }
+        panic!("more than 20 redirects from {start}");
+    }
+}
