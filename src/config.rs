@@ -188,8 +188,13 @@ impl Config {
         for (key, value) in table.iter_mut() {
             expand_value(value, key, env).map_err(|(k, m)| err(k, m))?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                // toml appends "in `table`"; the path already says where.
+                let message = e.inner().to_string();
+                let message = message.split("\nin `").next().unwrap_or_default().trim();
+                err(e.path().to_string(), message.to_owned())
+            })?;
         config.validate().map_err(|(k, m)| err(k, m))?;
         Ok(config)
     }

@@ -79,15 +79,15 @@ pub async fn verify(
         .metadata()
         .ok_or_else(|| IdTokenError::Keys("provider metadata is not loaded".into()))?;
 
-    if let Some(kid) = header.get("kid").and_then(Value::as_str) {
-        if !publishes_key(&metadata, kid) {
-            metadata = provider
-                .refetch_jwks(http)
-                .await
-                .map_err(|e| IdTokenError::Keys(e.to_string()))?
-                .filter(|m| publishes_key(m, kid))
-                .ok_or_else(|| IdTokenError::UnknownKey(kid.to_owned()))?;
-        }
+    if let Some(kid) = header.get("kid").and_then(Value::as_str)
+        && !publishes_key(&metadata, kid)
+    {
+        metadata = provider
+            .refetch_jwks(http)
+            .await
+            .map_err(|e| IdTokenError::Keys(e.to_string()))?
+            .filter(|m| publishes_key(m, kid))
+            .ok_or_else(|| IdTokenError::UnknownKey(kid.to_owned()))?;
     }
 
     let client = provider.client(&metadata);
@@ -109,13 +109,13 @@ pub async fn verify(
         .map_err(|e| IdTokenError::Rejected(error_chain(&e)))?;
 
     // openidconnect leaves azp unchecked: a token issued to another client must not log in here.
-    if let Some(azp) = claims.authorized_party() {
-        if azp.as_str() != provider.config.client_id {
-            return Err(IdTokenError::Rejected(format!(
-                "authorized party `{}` is not this client",
-                azp.as_str()
-            )));
-        }
+    if let Some(azp) = claims.authorized_party()
+        && azp.as_str() != provider.config.client_id
+    {
+        return Err(IdTokenError::Rejected(format!(
+            "authorized party `{}` is not this client",
+            azp.as_str()
+        )));
     }
 
     let sid = payload
@@ -137,15 +137,17 @@ fn publishes_key(metadata: &Metadata, kid: &str) -> bool {
         .any(|k| k.key_id().is_some_and(|id| id.as_str() == kid))
 }
 
+pub type JsonObject = Map<String, Value>;
+
 /// Decodes a compact JWS's header and payload as JSON objects, without checking anything.
-pub fn decode_parts(raw: &str) -> Result<(Map<String, Value>, Map<String, Value>), IdTokenError> {
+pub fn decode_parts(raw: &str) -> Result<(JsonObject, JsonObject), IdTokenError> {
     let mut parts = raw.split('.');
     let (Some(header), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(IdTokenError::Malformed);
     };
-    let decode = |segment: &str| -> Result<Map<String, Value>, IdTokenError> {
+    let decode = |segment: &str| -> Result<JsonObject, IdTokenError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(segment)
             .map_err(|_| IdTokenError::Malformed)?;

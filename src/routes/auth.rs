@@ -118,10 +118,10 @@ pub async fn callback(
         return fail(&provider_error_code(&error));
     }
     // RFC 9207: when the provider names itself, it must be the provider this login went to.
-    if let (Some(iss), Some(metadata)) = (query_param(&req, "iss"), provider.metadata()) {
-        if iss != metadata.issuer().as_str() {
-            return fail("issuer_mismatch");
-        }
+    if let (Some(iss), Some(metadata)) = (query_param(&req, "iss"), provider.metadata())
+        && iss != metadata.issuer().as_str()
+    {
+        return fail("issuer_mismatch");
     }
     let Some(code) = query_param(&req, "code") else {
         return fail("invalid_request");
