@@ -195,6 +195,10 @@ pub async fn complete(
             RequestTokenError::Request(e) if e.is_unreachable() => {
                 LoginError::ProviderUnavailable(e.to_string())
             }
+            // A parse error can quote the response, tokens included: say only that it failed.
+            RequestTokenError::Parse(_, _) => {
+                LoginError::Exchange("the token response does not parse".into())
+            }
             other => LoginError::Exchange(error_chain(&other)),
         })?;
 

@@ -154,6 +154,8 @@ pub struct AppSettings {
     pub idle_timeout_secs: u64,
     pub absolute_timeout_secs: u64,
     pub scopes: Vec<&'static str>,
+    /// `security.encryption_keys`; the first seals.
+    pub encryption_keys: Vec<String>,
 }
 
 impl AppSettings {
@@ -163,6 +165,7 @@ impl AppSettings {
             idle_timeout_secs: 3600,
             absolute_timeout_secs: 86_400,
             scopes: vec!["openid", "profile", "email", "offline_access"],
+            encryption_keys: vec![courier::crypto::generate_key()],
         }
     }
 }
@@ -170,7 +173,7 @@ impl AppSettings {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
-    pub db: TestDb,
+    pub db: Arc<TestDb>,
     pub clock: Arc<OffsetClock>,
 }
 
@@ -181,8 +184,16 @@ impl TestApp {
     }
 
     pub async fn spawn(listener: TcpListener, settings: AppSettings) -> TestApp {
+        Self::spawn_on(Arc::new(TestDb::new().await), listener, settings).await
+    }
+
+    /// Another courier instance on the same database as `self`.
+    pub async fn spawn_sibling(&self, settings: AppSettings) -> TestApp {
+        Self::spawn_on(self.db.clone(), Self::bind(), settings).await
+    }
+
+    async fn spawn_on(db: Arc<TestDb>, listener: TcpListener, settings: AppSettings) -> TestApp {
         let port = listener.local_addr().unwrap().port();
-        let db = TestDb::new().await;
         let text = config_text(port, &db.url, &settings);
         let config = Config::parse(&text, "test.toml".as_ref(), &|_| None).expect("test config");
         let clock = Arc::new(OffsetClock::default());
@@ -272,7 +283,11 @@ impl TestApp {
 }
 
 fn config_text(port: u16, database_url: &str, s: &AppSettings) -> String {
-    let scopes: Vec<String> = s.scopes.iter().map(|x| format!("\"{x}\"")).collect();
+    let quoted = |items: &[&str]| -> String {
+        let items: Vec<String> = items.iter().map(|x| format!("\"{x}\"")).collect();
+        items.join(", ")
+    };
+    let keys: Vec<&str> = s.encryption_keys.iter().map(String::as_str).collect();
     format!(
         r#"
 [server]
@@ -288,7 +303,7 @@ idle_timeout_secs = {idle}
 absolute_timeout_secs = {absolute}
 
 [security]
-encryption_keys = ["{key}"]
+encryption_keys = [{keys}]
 
 [[providers]]
 id = "main"
@@ -300,9 +315,9 @@ login = true
 "#,
         idle = s.idle_timeout_secs,
         absolute = s.absolute_timeout_secs,
-        key = courier::crypto::generate_key(),
+        keys = quoted(&keys),
         issuer = s.issuer,
-        scopes = scopes.join(", "),
+        scopes = quoted(&s.scopes),
     )
 }
 

@@ -207,3 +207,75 @@ async fn an_active_session_still_ends_at_the_absolute_timeout() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn a_session_made_on_one_instance_works_on_another_after_a_key_rotation() {
+    let fake = FakeProvider::start().await;
+    let old_key = courier::crypto::generate_key();
+    let mut settings = AppSettings::new(&fake.issuer);
+    settings.encryption_keys = vec![old_key.clone()];
+    let first = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    login_with_fake(&first, &fake, &mut browser, "/").await;
+    let cookie = browser.cookie(&first.address, COOKIE).unwrap();
+
+    // A second instance whose key ring has a new first key.
+    let new_key = courier::crypto::generate_key();
+    let mut settings = AppSettings::new(&fake.issuer);
+    settings.encryption_keys = vec![new_key.clone(), old_key.clone()];
+    let second = first.spawn_sibling(settings).await;
+    let mut same_user = Browser::new();
+    same_user.set_cookie(&second.address, COOKIE, &cookie);
+    let me: Value = second.me(&mut same_user).await.json().await.unwrap();
+    assert_eq!(me["sub"], "alice");
+
+    // The stored tokens open with the rotated ring.
+    let ring = courier::crypto::KeyRing::from_config(&[new_key.into(), old_key.into()]).unwrap();
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
+        .fetch_one(&first.db.pool)
+        .await
+        .unwrap();
+    let tokens = courier::db::session_tokens::get(&first.db.pool, &ring, id)
+        .await
+        .unwrap()
+        .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(tokens.access_token.expose_secret(), "fake-access-token");
+}
+
+#[tokio::test]
+async fn a_token_copied_into_another_session_does_not_open() {
+    let fake = FakeProvider::start().await;
+    let key = courier::crypto::generate_key();
+    let mut settings = AppSettings::new(&fake.issuer);
+    settings.encryption_keys = vec![key.clone()];
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    for _ in 0..2 {
+        login_with_fake(&app, &fake, &mut Browser::new(), "/").await;
+    }
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT session_id FROM session_tokens")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE session_tokens SET access_token =
+             (SELECT access_token FROM session_tokens WHERE session_id = $1)
+         WHERE session_id = $2",
+    )
+    .bind(ids[0])
+    .bind(ids[1])
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let ring = courier::crypto::KeyRing::from_config(&[key.into()]).unwrap();
+    assert!(
+        courier::db::session_tokens::get(&app.db.pool, &ring, ids[0])
+            .await
+            .is_ok()
+    );
+    assert!(
+        courier::db::session_tokens::get(&app.db.pool, &ring, ids[1])
+            .await
+            .is_err()
+    );
+}
