@@ -113,6 +113,10 @@ pub struct ServiceConfig {
     pub allowed_paths: Option<Vec<String>>,
     #[serde(default = "default_service_timeout")]
     pub timeout_secs: u64,
+    /// Request bodies up to this size are held so that a call can be retried after a refresh;
+    /// larger ones stream through once.
+    #[serde(default = "default_retry_buffer_bytes")]
+    pub retry_buffer_bytes: usize,
 }
 
 fn default_post_logout_redirect() -> String {
@@ -135,6 +139,9 @@ fn default_token_mode() -> TokenMode {
 }
 fn default_service_timeout() -> u64 {
     30
+}
+fn default_retry_buffer_bytes() -> usize {
+    64 * 1024
 }
 
 /// A configuration error: which file, which key, what is wrong. Never holds a secret value.
@@ -372,11 +379,12 @@ impl Config {
             }
             if let Some(paths) = &s.allowed_paths {
                 for (j, p) in paths.iter().enumerate() {
+                    let key = format!("services[{i}].allowed_paths[{j}]");
                     if !p.starts_with('/') {
-                        return Err((
-                            format!("services[{i}].allowed_paths[{j}]"),
-                            "must start with /".into(),
-                        ));
+                        return Err((key, "must start with /".into()));
+                    }
+                    if let Err(e) = crate::services::path_glob(p) {
+                        return Err((key, format!("is not a valid glob: {e}")));
                     }
                 }
             }

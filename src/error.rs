@@ -25,6 +25,10 @@ pub enum ApiError {
     RateLimited,
     #[error("{0}")]
     UpstreamUnavailable(String),
+    /// A dependent service that cannot be reached (502), as opposed to a provider or Postgres
+    /// (503); both have the code `upstream_unavailable`.
+    #[error("{0}")]
+    ServiceUnreachable(String),
     #[error("{0}")]
     UpstreamTimeout(String),
     #[error("{0}")]
@@ -45,7 +49,9 @@ impl ApiError {
             ApiError::ConnectRequired { .. } => "connect_required",
             ApiError::ReauthRequired => "reauth_required",
             ApiError::RateLimited => "rate_limited",
-            ApiError::UpstreamUnavailable(_) => "upstream_unavailable",
+            ApiError::UpstreamUnavailable(_) | ApiError::ServiceUnreachable(_) => {
+                "upstream_unavailable"
+            }
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
@@ -78,6 +84,7 @@ impl ResponseError for ApiError {
             ApiError::ServiceNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ServiceUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,6 +13,7 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION
 use actix_web::middleware::Next;
 
 use crate::error::{problem, problem_response};
+use crate::proxy::Proxied;
 
 pub async fn response_policy(
     req: ServiceRequest,
@@ -50,7 +51,8 @@ pub async fn response_policy(
         }
     };
 
-    if is_api && (res.status().is_client_error() || res.status().is_server_error()) {
+    let is_proxied = res.response().extensions().contains::<Proxied>();
+    if is_api && !is_proxied && (res.status().is_client_error() || res.status().is_server_error()) {
         let is_problem = res
             .headers()
             .get(CONTENT_TYPE)

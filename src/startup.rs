@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::crypto::{KeyRing, random_bytes};
 use crate::error::ApiError;
 use crate::oidc::ProviderRegistry;
+use crate::services::ServiceRegistry;
 use crate::session::{PgSessionStore, csrf::require_csrf_header};
+use crate::tokens::TokenService;
 use crate::{db, housekeeping, middleware, routes};
 
 /// What every handler can reach.
@@ -29,6 +31,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub keys: Arc<KeyRing>,
     pub providers: Arc<ProviderRegistry>,
+    pub services: ServiceRegistry,
+    pub tokens: TokenService,
+    pub services_http: reqwest::Client,
     pub clock: SharedClock,
 }
 
@@ -78,11 +83,16 @@ impl Application {
         housekeeping::spawn(pool.clone(), clock.clone());
 
         let port = listener.local_addr()?.port();
+        let tokens =
+            TokenService::new(pool.clone(), keys.clone(), providers.clone(), clock.clone());
         let state = web::Data::new(AppState {
+            services: ServiceRegistry::new(&config),
             config: Arc::new(config),
             pool: pool.clone(),
             keys,
             providers,
+            tokens,
+            services_http: crate::proxy::build_client(),
             clock: clock.clone(),
         });
         let cookie_key = Key::from(&cookie_key);
@@ -129,6 +139,15 @@ impl Application {
                     web::scope("/api")
                         .wrap(from_fn(require_csrf_header))
                         .route("/me", web::get().to(routes::me::me))
+                        .route("/services", web::get().to(routes::services::list))
+                        .route(
+                            "/services/{service}",
+                            web::route().to(routes::services::call),
+                        )
+                        .route(
+                            "/services/{service}/{path:.*}",
+                            web::route().to(routes::services::call),
+                        )
                         .default_service(web::to(|| async {
                             Err::<HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))
                         })),

@@ -150,3 +150,12 @@ pub async fn purge_expired(
     .await?
     .rows_affected())
 }
+
+/// Ends a session by id (its tokens go with it).
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

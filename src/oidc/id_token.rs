@@ -1,6 +1,6 @@
 //! ID token checks: signature from the provider's JWKS (re-fetched once on an unknown `kid`),
 //! pinned asymmetric algorithms (never `none`, never HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
-//! and `nonce`.
+//! and, at login, `nonce`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -70,7 +70,7 @@ pub async fn verify(
     provider: &Provider,
     http: &ProviderHttp,
     id_token: &CoreIdToken,
-    nonce: &Nonce,
+    nonce: Option<&Nonce>,
     now: DateTime<Utc>,
 ) -> Result<VerifiedIdToken, IdTokenError> {
     let raw = id_token.to_string();
@@ -104,9 +104,12 @@ pub async fn verify(
                 Ok(())
             }
         });
-    let claims = id_token
-        .claims(&verifier, nonce)
-        .map_err(|e| IdTokenError::Rejected(error_chain(&e)))?;
+    // A login's ID token must carry the login's nonce; one from a refresh need not have any.
+    let claims = match nonce {
+        Some(nonce) => id_token.claims(&verifier, nonce),
+        None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+    }
+    .map_err(|e| IdTokenError::Rejected(error_chain(&e)))?;
 
     // openidconnect leaves azp unchecked: a token issued to another client must not log in here.
     if let Some(azp) = claims.authorized_party()

@@ -203,8 +203,14 @@ pub async fn complete(
         })?;
 
     let id_token = response.id_token().ok_or(LoginError::MissingIdToken)?;
-    let verified =
-        id_token::verify(provider, http, id_token, &Nonce::new(pending.nonce), now).await?;
+    let verified = id_token::verify(
+        provider,
+        http,
+        id_token,
+        Some(&Nonce::new(pending.nonce)),
+        now,
+    )
+    .await?;
 
     let access_token = SecretString::from(response.access_token().secret().clone());
     let mut claims = verified.claims;

@@ -1,5 +1,6 @@
 //! Providers: discovery, the login flow and ID-token checks. All HTTP to providers lives here.
 
+pub mod grants;
 pub mod http;
 pub mod id_token;
 pub mod login;

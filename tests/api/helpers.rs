@@ -90,7 +90,7 @@ impl Drop for TestDb {
 /// node-oidc-provider, started for one test from `tests/oidc-provider/server.mjs`.
 pub struct NodeProvider {
     pub issuer: String,
-    _child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
 }
 
 impl NodeProvider {
@@ -125,7 +125,7 @@ impl NodeProvider {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         NodeProvider {
             issuer,
-            _child: child,
+            child: Some(child),
         }
     }
 
@@ -156,17 +156,28 @@ pub struct AppSettings {
     pub scopes: Vec<&'static str>,
     /// `security.encryption_keys`; the first seals.
     pub encryption_keys: Vec<String>,
+    /// Extra TOML appended to the configuration: `[[services]]` and `[[providers]]` tables.
+    pub extra_toml: String,
 }
 
 impl AppSettings {
     pub fn new(issuer: &str) -> Self {
         AppSettings {
             issuer: issuer.to_owned(),
-            idle_timeout_secs: 3600,
+            idle_timeout_secs: 28_800,
             absolute_timeout_secs: 86_400,
             scopes: vec!["openid", "profile", "email", "offline_access"],
             encryption_keys: vec![courier::crypto::generate_key()],
+            extra_toml: String::new(),
         }
+    }
+
+    /// Adds a `[[services]]` table with `fields` (TOML lines).
+    pub fn service(mut self, name: &str, base_url: &str, fields: &str) -> Self {
+        self.extra_toml.push_str(&format!(
+            "\n[[services]]\nname = \"{name}\"\nbase_url = \"{base_url}\"\n{fields}\n"
+        ));
+        self
     }
 }
 
@@ -312,12 +323,14 @@ client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 scopes = [{scopes}]
 login = true
+{extra}
 "#,
         idle = s.idle_timeout_secs,
         absolute = s.absolute_timeout_secs,
         keys = quoted(&keys),
         issuer = s.issuer,
         scopes = quoted(&s.scopes),
+        extra = s.extra_toml,
     )
 }
 
@@ -476,5 +489,83 @@ impl Browser {
             url = next;
         }
         panic!("more than 20 redirects from {start}");
+    }
+}
+
+/// The demo API (dev/demo-api) on a random port; with `issuer`, it checks bearer tokens at that
+/// provider's introspection endpoint with courier's client credentials. Returns its base URL.
+pub fn spawn_demo_api(issuer: Option<&str>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = demo_api::DemoConfig {
+        introspection: issuer.map(|issuer| demo_api::Introspection {
+            endpoint: Url::parse(&format!("{issuer}/token/introspection")).unwrap(),
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+        }),
+    };
+    tokio::spawn(demo_api::run(listener, config).unwrap());
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Sends `request` (a whole HTTP/1.1 request head, as text) over a raw connection, so that
+/// paths reach courier exactly as written. Returns the status code.
+pub async fn raw_request(port: u16, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+impl NodeProvider {
+    /// Stops the provider: its port refuses connections from now on.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill the provider");
+        }
+    }
+
+    /// How many token requests of each grant type succeeded at the provider.
+    pub async fn grants(&self, grant_type: &str) -> u64 {
+        let counts: Value = reqwest::get(format!("{}/__test/grants", self.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts[grant_type].as_u64().unwrap_or(0)
+    }
+
+    /// Makes every later token request wait `ms` milliseconds.
+    pub async fn set_token_delay(&self, ms: u64) {
+        reqwest::Client::new()
+            .post(format!("{}/__test/token-delay?ms={ms}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Revokes `token` at the provider (RFC 7009) as courier's client.
+    pub async fn revoke(&self, token: &str) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "revocation: {}",
+            response.status()
+        );
     }
 }

@@ -7,4 +7,5 @@ mod helpers;
 mod id_token;
 mod login;
 mod login_state;
+mod services;
 mod session;

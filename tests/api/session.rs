@@ -235,12 +235,15 @@ async fn a_session_made_on_one_instance_works_on_another_after_a_key_rotation() 
         .fetch_one(&first.db.pool)
         .await
         .unwrap();
-    let tokens = courier::db::session_tokens::get(&first.db.pool, &ring, id)
+    let stored = courier::db::session_tokens::get(&first.db.pool, &ring, id)
         .await
         .unwrap()
         .unwrap();
     use secrecy::ExposeSecret;
-    assert_eq!(tokens.access_token.expose_secret(), "fake-access-token");
+    assert_eq!(
+        stored.tokens.access_token.expose_secret(),
+        "fake-access-token"
+    );
 }
 
 #[tokio::test]

@@ -392,6 +392,9 @@ async function handleInteraction(provider, req, res, uid, action) {
 let provider;
 let callback;
 
+const grantCounts = {};
+let tokenDelayMs = 0;
+
 const server = http.createServer(async (req, res) => {
   const started = Date.now();
   if (cfg.verbose) {
@@ -407,6 +410,20 @@ const server = http.createServer(async (req, res) => {
   }
 
   const url = new URL(req.url, 'http://127.0.0.1');
+  // Test hooks: how many grants of each type succeeded, and a delay for the token endpoint.
+  if (url.pathname === '/__test/grants') {
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(grantCounts));
+    return;
+  }
+  if (url.pathname === '/__test/token-delay' && req.method === 'POST') {
+    tokenDelayMs = Number(url.searchParams.get('ms') ?? 0);
+    res.end('ok');
+    return;
+  }
+  if (url.pathname === '/token' && tokenDelayMs > 0) {
+    await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
+  }
   const m = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login|abort))?\/?$/.exec(url.pathname);
   if (m) {
     const [, uid, action] = m;
@@ -458,6 +475,10 @@ server.listen(cfg.port, '127.0.0.1', () => {
         err?.error_description ? `(${err.error_description})` : '', err?.error_detail ? `detail=${err.error_detail}` : '');
     });
   }
+  provider.on('grant.success', (ctx) => {
+    const type = ctx.oidc?.params?.grant_type ?? 'unknown';
+    grantCounts[type] = (grantCounts[type] ?? 0) + 1;
+  });
   provider.on('backchannel.success', (ctx, client, accountId, sid) => {
     log(`backchannel logout delivered client=${client.clientId} sub=${accountId} sid=${sid}`);
   });

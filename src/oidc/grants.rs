@@ -1,0 +1,138 @@
+//! Token grants after login: refresh (RFC 6749 §6) and client credentials (§4.4).
+
+use chrono::{DateTime, Duration, Utc};
+use openidconnect::core::CoreErrorResponseType;
+use openidconnect::{OAuth2TokenResponse, RefreshToken, RequestTokenError, Scope, TokenResponse};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::oidc::http::ProviderHttp;
+use crate::oidc::id_token;
+use crate::oidc::registry::Provider;
+use crate::tokens::TokenSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The provider no longer honours the grant (`invalid_grant`): the user must sign in again.
+    #[error("the provider refused the grant: invalid_grant")]
+    InvalidGrant,
+    /// The provider could not be reached or failed; nothing stored should change.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered with an error other than `invalid_grant`, or nonsense.
+    #[error("the grant failed: {0}")]
+    Failed(String),
+}
+
+type TokenRequestError = RequestTokenError<
+    crate::oidc::http::HttpError,
+    openidconnect::StandardErrorResponse<CoreErrorResponseType>,
+>;
+
+fn classify(e: TokenRequestError) -> GrantError {
+    match e {
+        RequestTokenError::ServerResponse(r)
+            if *r.error() == CoreErrorResponseType::InvalidGrant =>
+        {
+            GrantError::InvalidGrant
+        }
+        RequestTokenError::ServerResponse(r) => GrantError::Failed(r.error().to_string()),
+        RequestTokenError::Request(e) => GrantError::Unavailable(e.to_string()),
+        RequestTokenError::Parse(_, _) => {
+            GrantError::Unavailable("the token response does not parse".into())
+        }
+        RequestTokenError::Other(detail) if detail.contains("status code 5") => {
+            GrantError::Unavailable(detail)
+        }
+        RequestTokenError::Other(detail) => GrantError::Failed(detail),
+    }
+}
+
+fn expires_at(
+    expires_in: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    expires_in
+        .and_then(|d| Duration::from_std(d).ok())
+        .map(|d| now + d)
+}
+
+/// Redeems `previous`'s refresh token. The result keeps what the provider did not replace:
+/// the refresh token when it does not rotate, the ID token and scopes when it sends none.
+pub async fn refresh(
+    provider: &Provider,
+    http: &ProviderHttp,
+    previous: &TokenSet,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<TokenSet, GrantError> {
+    let refresh_token = previous
+        .refresh_token
+        .as_ref()
+        .ok_or(GrantError::InvalidGrant)?;
+    let metadata = provider
+        .metadata()
+        .ok_or_else(|| GrantError::Unavailable("provider metadata is not loaded".into()))?;
+    let client = provider.client(&metadata);
+    let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let response = client
+        .exchange_refresh_token(&token)
+        .map_err(|e| GrantError::Failed(e.to_string()))?
+        .request_async(http)
+        .await
+        .map_err(classify)?;
+
+    let mut id_token = previous.id_token.clone();
+    if let Some(new_id_token) = response.id_token() {
+        match id_token::verify(provider, http, new_id_token, None, now).await {
+            Ok(verified) if verified.subject == subject => {
+                id_token = Some(SecretString::from(new_id_token.to_string()));
+            }
+            Ok(_) => {
+                tracing::warn!(provider = %provider.id(), "refreshed ID token names another subject; kept the old one")
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.id(), error = %e, "refreshed ID token rejected; kept the old one")
+            }
+        }
+    }
+    Ok(TokenSet {
+        access_token: SecretString::from(response.access_token().secret().clone()),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::from(t.secret().clone()))
+            .or_else(|| previous.refresh_token.clone()),
+        id_token,
+        expires_at: expires_at(response.expires_in(), now),
+        scopes: response
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| previous.scopes.clone()),
+    })
+}
+
+/// A client-credentials token for courier itself at `provider`.
+pub async fn client_credentials(
+    provider: &Provider,
+    http: &ProviderHttp,
+    scopes: &[String],
+    now: DateTime<Utc>,
+) -> Result<(SecretString, Option<DateTime<Utc>>), GrantError> {
+    let metadata = provider
+        .metadata()
+        .ok_or_else(|| GrantError::Unavailable("provider metadata is not loaded".into()))?;
+    let client = provider.client(&metadata);
+    let response = client
+        .exchange_client_credentials()
+        .map_err(|e| GrantError::Failed(e.to_string()))?
+        .add_scopes(scopes.iter().cloned().map(Scope::new))
+        .request_async(http)
+        .await
+        .map_err(|e| match classify(e) {
+            GrantError::InvalidGrant => GrantError::Failed("invalid_grant".into()),
+            other => other,
+        })?;
+    Ok((
+        SecretString::from(response.access_token().secret().clone()),
+        expires_at(response.expires_in(), now),
+    ))
+}

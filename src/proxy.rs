@@ -1,0 +1,280 @@
+//! Forwarding a browser's request to a dependent service and the answer back, as streams.
+//!
+//! Dropped on the way out: the browser's `Cookie` and `Authorization`, hop-by-hop headers,
+//! courier's own `X-CSRF`, and any `Forwarded`/`X-Forwarded-*` the browser sent (courier sets its
+//! own). Dropped on the way back: hop-by-hop headers and `Set-Cookie`. Redirects are not
+//! followed: the SPA gets the service's 3xx as it is.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::mpsc;
+use url::Url;
+
+use crate::crypto::random_bytes;
+use crate::error::ApiError;
+
+/// Marks a response as the service's own, so its error statuses are passed through rather than
+/// turned into courier problem documents.
+#[derive(Clone, Copy)]
+pub struct Proxied;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus ones courier
+/// sets itself or must never pass on.
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "cookie",
+    "authorization",
+    "x-csrf",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "traceparent",
+    "tracestate",
+];
+
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "set-cookie",
+];
+
+/// Builds the client for services: no redirects, bounded connection set-up. Each call sets its
+/// service's own timeout.
+pub fn build_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .expect("the TLS backend initialises")
+}
+
+/// The request body, held when small enough to send twice.
+pub enum OutgoingBody {
+    Buffered(Bytes),
+    Streaming {
+        receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+        length: Option<u64>,
+    },
+}
+
+impl OutgoingBody {
+    /// Reads up to `limit` bytes; a larger body continues as a stream fed by a local task.
+    pub async fn read(
+        mut payload: web::Payload,
+        limit: usize,
+        length: Option<u64>,
+    ) -> Result<OutgoingBody, ApiError> {
+        let mut buffer = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+            if buffer.len() + chunk.len() <= limit {
+                buffer.extend_from_slice(&chunk);
+                continue;
+            }
+            let (sender, receiver) = mpsc::channel(8);
+            let head = buffer.freeze();
+            // The payload is tied to this worker thread; pump it into a channel reqwest can read.
+            actix_web::rt::spawn(async move {
+                for piece in [head, chunk] {
+                    if !piece.is_empty() && sender.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(chunk) = payload.next().await {
+                    let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+                    let failed = item.is_err();
+                    if sender.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            return Ok(OutgoingBody::Streaming { receiver, length });
+        }
+        Ok(OutgoingBody::Buffered(buffer.freeze()))
+    }
+}
+
+/// What the proxy needs to know about the browser's request.
+pub struct Incoming<'a> {
+    pub req: &'a HttpRequest,
+    pub public_url: &'a Url,
+}
+
+fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
+    let mut out = reqwest::header::HeaderMap::new();
+    let headers = incoming.req.headers();
+    let connection_listed: Vec<String> = headers
+        .get_all("connection")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in headers {
+        let lower = name.as_str();
+        if DROPPED_REQUEST_HEADERS.contains(&lower) || connection_listed.iter().any(|c| c == lower)
+        {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.append(n, v);
+        }
+    }
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+            out.insert(name, v);
+        }
+    };
+    if let Some(peer) = incoming.req.peer_addr() {
+        set("x-forwarded-for", peer.ip().to_string());
+    }
+    set("x-forwarded-proto", incoming.public_url.scheme().to_owned());
+    if let Some(host) = incoming.public_url.host_str() {
+        let host = match incoming.public_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        set("x-forwarded-host", host);
+    }
+    set("traceparent", traceparent(headers));
+    out
+}
+
+/// A W3C traceparent for the outgoing call: the browser's trace id when it sent a valid one,
+/// a new one otherwise, and a new span id either way.
+fn traceparent(headers: &HeaderMap) -> String {
+    let incoming_trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let parts: Vec<&str> = v.split('-').collect();
+            let valid = parts.len() == 4
+                && parts[1].len() == 32
+                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+                && parts[1] != "00000000000000000000000000000000";
+            valid.then(|| parts[1].to_ascii_lowercase())
+        });
+    let trace = incoming_trace.unwrap_or_else(|| hex::encode(random_bytes::<16>()));
+    format!("00-{trace}-{}-01", hex::encode(random_bytes::<8>()))
+}
+
+/// One call to the service. `Err` carries the problem to answer with.
+pub async fn send(
+    client: &reqwest::Client,
+    incoming: &Incoming<'_>,
+    target: &Url,
+    body: OutgoingBody,
+    token: Option<&SecretString>,
+    timeout: Duration,
+) -> Result<reqwest::Response, ApiError> {
+    let method = reqwest::Method::from_bytes(incoming.req.method().as_str().as_bytes())
+        .map_err(|_| ApiError::BadRequest("unsupported method".into()))?;
+    let mut headers = forwarded_headers(incoming);
+    if let Some(token) = token {
+        let value = format!("Bearer {}", token.expose_secret());
+        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+            ApiError::internal(anyhow::anyhow!(
+                "the access token is not a valid header value"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut request = client
+        .request(method, target.clone())
+        .headers(headers)
+        .timeout(timeout);
+    request = match body {
+        OutgoingBody::Buffered(bytes) if bytes.is_empty() => request,
+        OutgoingBody::Buffered(bytes) => request.body(bytes),
+        OutgoingBody::Streaming { receiver, length } => {
+            if let Some(length) = length {
+                request = request.header(reqwest::header::CONTENT_LENGTH, length);
+            }
+            let stream = futures_util::stream::unfold(receiver, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            request.body(reqwest::Body::wrap_stream(stream))
+        }
+    };
+    request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ApiError::UpstreamTimeout("the service did not answer in time".into())
+        } else {
+            tracing::warn!(error = %crate::oidc::registry::error_chain(&e), "service call failed");
+            ApiError::ServiceUnreachable("the service cannot be reached".into())
+        }
+    })
+}
+
+/// The service's answer, streamed back without hop-by-hop headers and cookies. A redirect is
+/// not passed on: `/api/*` never redirects, or the SPA's fetch would follow it off to wherever
+/// the service pointed.
+pub fn respond(upstream: reqwest::Response) -> Result<HttpResponse, ApiError> {
+    let status =
+        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+        return Err(ApiError::ServiceUnreachable(format!(
+            "the service answered with a redirect ({})",
+            status.as_u16()
+        )));
+    }
+    let mut response = HttpResponse::build(status);
+    let connection_listed: Vec<String> = upstream
+        .headers()
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in upstream.headers() {
+        let lower = name.as_str();
+        if DROPPED_RESPONSE_HEADERS.contains(&lower) || connection_listed.iter().any(|c| c == lower)
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) {
+            response.append_header((name, value.as_bytes()));
+        }
+    }
+    let length = upstream.content_length();
+    let stream = upstream.bytes_stream();
+    let mut response = match length {
+        Some(length) => response.no_chunking(length).streaming(stream),
+        None => response.streaming(stream),
+    };
+    response.extensions_mut().insert(Proxied);
+    Ok(response)
+}

@@ -1,0 +1,128 @@
+//! `GET /api/services` and `ANY /api/services/{service}/{path…}`.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use crate::config::TokenMode;
+use crate::error::ApiError;
+use crate::proxy::{self, Incoming, OutgoingBody};
+use crate::services::Service;
+use crate::session::CurrentSession;
+use crate::startup::AppState;
+
+fn connect_url(service: &Service) -> String {
+    format!("/auth/connect/{}", service.name())
+}
+
+/// `GET /api/services`: what the SPA can call, and whether each service is usable now.
+pub async fn list(_current: CurrentSession, state: web::Data<AppState>) -> HttpResponse {
+    let services: Vec<_> = state
+        .services
+        .all()
+        .iter()
+        .map(|s| {
+            // A linked account is connected once per user (`/auth/connect/{service}`); the
+            // login provider's token and courier's own come with the session.
+            let connected = !s.linked;
+            let mut entry = json!({
+                "name": s.name(),
+                "provider": s.config.provider,
+                "linked": s.linked,
+                "connected": connected,
+                "status": if connected { "connected" } else { "not_connected" },
+                "scopes": s.config.scopes,
+            });
+            if !connected {
+                entry["connect_url"] = json!(connect_url(s));
+            }
+            entry
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "services": services }))
+}
+
+/// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
+pub async fn call(
+    req: HttpRequest,
+    payload: web::Payload,
+    current: CurrentSession,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = req
+        .match_info()
+        .get("service")
+        .unwrap_or_default()
+        .to_owned();
+    let service = state
+        .services
+        .get(&name)
+        .ok_or_else(|| ApiError::ServiceNotFound(name.clone()))?;
+    service.check_method(req.method().as_str())?;
+    // The raw path, still percent-encoded: decoding is the target check's business.
+    let prefix = format!("/api/services/{name}");
+    let raw = req.uri().path().strip_prefix(&prefix).unwrap_or_default();
+    let raw = raw.strip_prefix('/').unwrap_or(raw);
+    let target = service.target(raw, req.query_string())?;
+
+    let token = match service.config.token {
+        TokenMode::None => None,
+        TokenMode::Client => {
+            let provider = service.config.provider.as_deref().unwrap_or_default();
+            Some(
+                state
+                    .tokens
+                    .client_access_token(provider, &service.config.scopes)
+                    .await?,
+            )
+        }
+        TokenMode::User if service.linked => {
+            return Err(ApiError::ConnectRequired {
+                connect_url: connect_url(service),
+            });
+        }
+        TokenMode::User => Some(state.tokens.session_access_token(current.id).await?),
+    };
+
+    let length = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = OutgoingBody::read(payload, service.config.retry_buffer_bytes, length).await?;
+    let retry_body = match &body {
+        OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
+        OutgoingBody::Streaming { .. } => None,
+    };
+    let incoming = Incoming {
+        req: &req,
+        public_url: &state.config.server.public_url,
+    };
+    let timeout = Duration::from_secs(service.config.timeout_secs);
+    let client = &state.services_http;
+    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout).await?;
+
+    // A 401 may mean the token was revoked or rotated early: refresh once and try again, when
+    // the body can be sent again.
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && service.config.token == TokenMode::User
+        && let (Some(rejected), Some(bytes)) = (&token, retry_body)
+    {
+        let fresh = state
+            .tokens
+            .session_access_token_after_rejection(current.id, rejected)
+            .await?;
+        let again = proxy::send(
+            client,
+            &incoming,
+            &target,
+            OutgoingBody::Buffered(bytes),
+            Some(&fresh),
+            timeout,
+        )
+        .await?;
+        return proxy::respond(again);
+    }
+    proxy::respond(response)
+}
