@@ -57,8 +57,12 @@ pub async fn bind_key(
     Ok(bound == 1)
 }
 
-/// Loads a live session's state and extends its idle expiry, in one round trip. A session
-/// past either expiry is not returned.
+/// How stale `last_seen_at` may get before a request writes it again: loading a session is a
+/// read, and only about once a minute a write, so that idle expiry costs no write per request.
+pub const TOUCH_INTERVAL: Duration = Duration::seconds(60);
+
+/// Loads a live session's state and, when it was last extended over a minute ago, extends its
+/// idle expiry, in one round trip. A session past either expiry is not returned.
 pub async fn touch(
     pool: &PgPool,
     key_hash: &[u8],
@@ -66,14 +70,20 @@ pub async fn touch(
     idle_timeout: Duration,
 ) -> Result<Option<serde_json::Value>, sqlx::Error> {
     sqlx::query_scalar(
-        "UPDATE sessions
-         SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
-         WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
-         RETURNING state",
+        "WITH live AS (
+             SELECT id, state, last_seen_at FROM sessions
+             WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
+         ), extended AS (
+             UPDATE sessions
+             SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
+             WHERE id = (SELECT id FROM live WHERE last_seen_at < $4)
+         )
+         SELECT state FROM live",
     )
     .bind(key_hash)
     .bind(now)
     .bind(now + idle_timeout)
+    .bind(now - TOUCH_INTERVAL)
     .fetch_optional(pool)
     .await
 }

@@ -9,19 +9,18 @@ check and 'N passed, N failed'; exits non-zero on a failure. Standard library on
 """
 
 import base64
-import http.client
 import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from client import ROOT, Browser, free_port
+
 BINARY = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/courier")
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 COOKIE = "__Host-courier"
@@ -31,74 +30,6 @@ results = []
 def check(name, ok, detail=""):
     results.append(ok)
     print(("ok   " if ok else "FAIL ") + name + ("" if ok else f"  ({detail})"), flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Browser:
-    """Keeps cookies per host:port and path, sends Secure ones over http to 127.0.0.1 as
-    browsers do, and never follows redirects by itself."""
-
-    def __init__(self):
-        self.cookies = {}  # (netloc, name, path) -> value
-
-    def request(self, method, url, body=None, headers=None):
-        u = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
-        hdrs = dict(headers or {})
-        jar = [f"{n}={v}" for (loc, n, p), v in self.cookies.items()
-               if loc == u.netloc and (u.path or "/").startswith(p)]
-        if jar:
-            hdrs["Cookie"] = "; ".join(jar)
-        if body is not None:
-            body = urllib.parse.urlencode(body)
-            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
-        target = (u.path or "/") + ("?" + u.query if u.query else "")
-        conn.request(method, target, body=body, headers=hdrs)
-        resp = conn.getresponse()
-        data = resp.read()
-        for name, value in resp.getheaders():
-            if name.lower() != "set-cookie":
-                continue
-            first, *attrs = [p.strip() for p in value.split(";")]
-            cname, _, cvalue = first.partition("=")
-            path = "/"
-            removed = cvalue == ""
-            for a in attrs:
-                k, _, v = a.partition("=")
-                if k.lower() == "path":
-                    path = v
-                if k.lower() == "max-age" and v.strip().startswith(("0", "-")):
-                    removed = True
-            key = (u.netloc, cname, path)
-            if removed:
-                self.cookies.pop(key, None)
-            else:
-                self.cookies[key] = cvalue
-        resp.body = data
-        resp.url = url
-        return resp
-
-    def get(self, url, headers=None):
-        return self.request("GET", url, headers=headers)
-
-    def cookie(self, netloc, name):
-        return next((v for (loc, n, _), v in self.cookies.items() if loc == netloc and n == name), None)
-
-    def follow(self, url, stop=lambda u: False):
-        for _ in range(20):
-            resp = self.get(url)
-            if resp.status not in (301, 302, 303, 307, 308):
-                return url, resp
-            nxt = urllib.parse.urljoin(url, resp.getheader("Location"))
-            if stop(nxt):
-                return url, resp
-            url = nxt
-        raise RuntimeError("too many redirects")
 
 
 def main():
