@@ -130,6 +130,7 @@ impl Application {
                 .service(
                     web::scope("/auth")
                         .route("/login", web::get().to(routes::auth::login))
+                        .route("/connect/{service}", web::get().to(routes::auth::connect))
                         .route(
                             "/callback/{provider}",
                             web::get().to(routes::auth::callback),
@@ -140,6 +141,10 @@ impl Application {
                         .wrap(from_fn(require_csrf_header))
                         .route("/me", web::get().to(routes::me::me))
                         .route("/services", web::get().to(routes::services::list))
+                        .route(
+                            "/connections/{service}",
+                            web::delete().to(routes::services::disconnect),
+                        )
                         .route(
                             "/services/{service}",
                             web::route().to(routes::services::call),

@@ -44,6 +44,10 @@ pub enum TokenError {
     SessionEnded,
     #[error("the provider no longer accepts the grant")]
     ReauthRequired,
+    #[error("the user has no account linked at this provider")]
+    NotConnected,
+    #[error("the linked account must be connected again")]
+    ConnectionNeedsReauth,
     #[error("the provider is unavailable: {0}")]
     ProviderUnavailable(String),
     #[error(transparent)]
@@ -57,6 +61,10 @@ impl From<TokenError> for ApiError {
         match e {
             TokenError::SessionEnded => ApiError::LoginRequired,
             TokenError::ReauthRequired => ApiError::ReauthRequired,
+            // The route that knows the service answers these with its connect URL.
+            TokenError::NotConnected | TokenError::ConnectionNeedsReauth => ApiError::internal(
+                anyhow::anyhow!("a linked-account error reached the API unmapped"),
+            ),
             TokenError::ProviderUnavailable(detail) => {
                 tracing::warn!(%detail, "token refresh failed");
                 ApiError::UpstreamUnavailable("the provider cannot refresh the token now".into())
@@ -99,6 +107,57 @@ struct CachedToken {
     expires_at: Option<DateTime<Utc>>,
 }
 
+/// Whose tokens: a session's (login provider), or a user's linked account at a provider.
+#[derive(Debug, Clone, Copy)]
+enum Owner<'a> {
+    Session(Uuid),
+    Linked { user_id: Uuid, provider: &'a str },
+}
+
+impl Owner<'_> {
+    fn lock_key(&self) -> String {
+        match self {
+            Owner::Session(id) => format!("session:{id}"),
+            Owner::Linked { user_id, provider } => format!("linked:{user_id}:{provider}"),
+        }
+    }
+
+    fn missing(&self) -> TokenError {
+        match self {
+            Owner::Session(_) => TokenError::SessionEnded,
+            Owner::Linked { .. } => TokenError::NotConnected,
+        }
+    }
+}
+
+/// A token row, whichever table it lives in.
+struct Stored {
+    provider: String,
+    subject: String,
+    tokens: TokenSet,
+    needs_reauth: bool,
+}
+
+impl Stored {
+    fn from_session(s: db::session_tokens::SessionTokens) -> Self {
+        Stored {
+            provider: s.provider,
+            subject: s.subject,
+            tokens: s.tokens,
+            needs_reauth: false,
+        }
+    }
+
+    fn from_linked(a: db::linked_accounts::LinkedAccount, provider: &str) -> Self {
+        Stored {
+            provider: provider.to_owned(),
+            subject: a.subject,
+            tokens: a.tokens,
+            needs_reauth: a.status == db::linked_accounts::Status::ReauthRequired,
+        }
+    }
+}
+
 /// A client-credentials token is cached per provider and scope list.
 type ClientTokenKey = (String, Vec<String>);
 
@@ -107,7 +166,7 @@ pub struct TokenService {
     keys: Arc<KeyRing>,
     providers: Arc<ProviderRegistry>,
     clock: SharedClock,
-    session_locks: KeyedLocks<Uuid>,
+    locks: KeyedLocks<String>,
     client_tokens: KeyedLocks<ClientTokenKey>,
     client_cache: Mutex<HashMap<ClientTokenKey, Arc<CachedToken>>>,
 }
@@ -124,7 +183,7 @@ impl TokenService {
             keys,
             providers,
             clock,
-            session_locks: KeyedLocks::default(),
+            locks: KeyedLocks::default(),
             client_tokens: KeyedLocks::default(),
             client_cache: Mutex::new(HashMap::new()),
         }
@@ -138,7 +197,7 @@ impl TokenService {
 
     /// A fresh access token of the session's login provider.
     pub async fn session_access_token(&self, session_id: Uuid) -> Result<SecretString, TokenError> {
-        self.session_token(session_id, None).await
+        self.fresh_token(Owner::Session(session_id), None).await
     }
 
     /// A new access token after a service rejected `rejected`: refreshes unless another request
@@ -148,32 +207,78 @@ impl TokenService {
         session_id: Uuid,
         rejected: &SecretString,
     ) -> Result<SecretString, TokenError> {
-        self.session_token(session_id, Some(rejected)).await
+        self.fresh_token(Owner::Session(session_id), Some(rejected))
+            .await
+    }
+
+    /// A fresh access token of the user's linked account at `provider`.
+    pub async fn linked_access_token(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        rejected: Option<&SecretString>,
+    ) -> Result<SecretString, TokenError> {
+        self.fresh_token(Owner::Linked { user_id, provider }, rejected)
+            .await
+    }
+
+    async fn load(&self, owner: Owner<'_>) -> Result<Option<Stored>, TokenError> {
+        Ok(match owner {
+            Owner::Session(id) => db::session_tokens::get(&self.pool, &self.keys, id)
+                .await?
+                .map(Stored::from_session),
+            Owner::Linked { user_id, provider } => {
+                db::linked_accounts::get(&self.pool, &self.keys, user_id, provider)
+                    .await?
+                    .map(|a| Stored::from_linked(a, provider))
+            }
+        })
+    }
+
+    async fn load_for_update(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        owner: Owner<'_>,
+    ) -> Result<Option<Stored>, TokenError> {
+        Ok(match owner {
+            Owner::Session(id) => db::session_tokens::get_for_update(conn, &self.keys, id)
+                .await?
+                .map(Stored::from_session),
+            Owner::Linked { user_id, provider } => {
+                db::linked_accounts::get_for_update(conn, &self.keys, user_id, provider)
+                    .await?
+                    .map(|a| Stored::from_linked(a, provider))
+            }
+        })
     }
 
     #[tracing::instrument(skip(self, rejected), fields(forced = rejected.is_some()))]
-    async fn session_token(
+    async fn fresh_token(
         &self,
-        session_id: Uuid,
+        owner: Owner<'_>,
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, TokenError> {
-        let usable = |tokens: &TokenSet| match rejected {
-            Some(r) if tokens.access_token.expose_secret() == r.expose_secret() => false,
-            _ => self.is_fresh(tokens),
+        let usable = |stored: &Stored| -> Result<bool, TokenError> {
+            if stored.needs_reauth {
+                return Err(TokenError::ConnectionNeedsReauth);
+            }
+            Ok(match rejected {
+                Some(r) if stored.tokens.access_token.expose_secret() == r.expose_secret() => false,
+                _ => self.is_fresh(&stored.tokens),
+            })
         };
-        let current = db::session_tokens::get(&self.pool, &self.keys, session_id)
-            .await?
-            .ok_or(TokenError::SessionEnded)?;
-        if usable(&current.tokens) {
+        let current = self.load(owner).await?.ok_or(owner.missing())?;
+        if usable(&current)? {
             return Ok(current.tokens.access_token);
         }
 
-        let _in_process = self.session_locks.lock(&session_id).await;
+        let _in_process = self.locks.lock(&owner.lock_key()).await;
         let mut tx = self.pool.begin().await?;
-        let stored = db::session_tokens::get_for_update(&mut tx, &self.keys, session_id)
+        let stored = self
+            .load_for_update(&mut tx, owner)
             .await?
-            .ok_or(TokenError::SessionEnded)?;
-        if usable(&stored.tokens) {
+            .ok_or(owner.missing())?;
+        if usable(&stored)? {
             return Ok(stored.tokens.access_token);
         }
         let provider = self.providers.get(&stored.provider).ok_or_else(|| {
@@ -190,17 +295,38 @@ impl TokenService {
         .await
         {
             Ok(refreshed) => {
-                db::session_tokens::update(&mut tx, &self.keys, session_id, &refreshed).await?;
+                match owner {
+                    Owner::Session(id) => {
+                        db::session_tokens::update(&mut tx, &self.keys, id, &refreshed).await?
+                    }
+                    Owner::Linked { user_id, provider } => {
+                        db::linked_accounts::update_tokens(
+                            &mut tx, &self.keys, user_id, provider, &refreshed,
+                        )
+                        .await?
+                    }
+                }
                 tx.commit().await?;
-                tracing::info!(provider = %provider.id(), "session token refreshed");
+                tracing::info!(provider = %provider.id(), "token refreshed");
                 Ok(refreshed.access_token)
             }
             Err(GrantError::InvalidGrant) => {
-                // The provider ended the grant: the session ends with it.
-                db::sessions::delete(&mut tx, session_id).await?;
+                // The provider ended the grant. A session ends with it; a linked account waits
+                // for the user to connect it again.
+                let outcome = match owner {
+                    Owner::Session(id) => {
+                        db::sessions::delete(&mut tx, id).await?;
+                        TokenError::ReauthRequired
+                    }
+                    Owner::Linked { user_id, provider } => {
+                        db::linked_accounts::mark_reauth_required(&mut tx, user_id, provider)
+                            .await?;
+                        TokenError::ConnectionNeedsReauth
+                    }
+                };
                 tx.commit().await?;
-                tracing::info!(provider = %provider.id(), "refresh refused (invalid_grant); session ended");
-                Err(TokenError::ReauthRequired)
+                tracing::info!(provider = %provider.id(), "refresh refused (invalid_grant)");
+                Err(outcome)
             }
             Err(e) => Err(TokenError::ProviderUnavailable(e.to_string())),
         }

@@ -72,3 +72,29 @@ pub async fn identity(
     .fetch_optional(pool)
     .await
 }
+
+/// Records that (provider, subject) belongs to `user_id`. Returns the user it belongs to
+/// already when that is someone else (and changes nothing then).
+pub async fn link_identity(
+    conn: &mut PgConnection,
+    provider: &str,
+    subject: &str,
+    user_id: Uuid,
+    claims: &serde_json::Value,
+) -> Result<Result<(), Uuid>, sqlx::Error> {
+    let owner: Uuid = sqlx::query_scalar(
+        "INSERT INTO identities (provider, subject, user_id, claims) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (provider, subject)
+         DO UPDATE SET claims = CASE WHEN identities.user_id = EXCLUDED.user_id
+                                     THEN EXCLUDED.claims ELSE identities.claims END,
+                       updated_at = now()
+         RETURNING user_id",
+    )
+    .bind(provider)
+    .bind(subject)
+    .bind(user_id)
+    .bind(claims)
+    .fetch_one(conn)
+    .await?;
+    Ok(if owner == user_id { Ok(()) } else { Err(owner) })
+}

@@ -1,11 +1,14 @@
-//! Token grants after login: refresh (RFC 6749 §6) and client credentials (§4.4).
+//! Token grants after login: refresh (RFC 6749 §6) and client credentials (§4.4), for
+//! OpenID Connect providers and plain OAuth 2.0 ones alike.
 
 use chrono::{DateTime, Duration, Utc};
-use openidconnect::core::CoreErrorResponseType;
-use openidconnect::{OAuth2TokenResponse, RefreshToken, RequestTokenError, Scope, TokenResponse};
+use openidconnect::{
+    ErrorResponseType, OAuth2TokenResponse, RefreshToken, RequestTokenError, Scope,
+    StandardErrorResponse, TokenResponse,
+};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::oidc::http::ProviderHttp;
+use crate::oidc::http::{HttpError, ProviderHttp};
 use crate::oidc::id_token;
 use crate::oidc::registry::Provider;
 use crate::tokens::TokenSet;
@@ -23,19 +26,19 @@ pub enum GrantError {
     Failed(String),
 }
 
-type TokenRequestError = RequestTokenError<
-    crate::oidc::http::HttpError,
-    openidconnect::StandardErrorResponse<CoreErrorResponseType>,
->;
-
-fn classify(e: TokenRequestError) -> GrantError {
+/// Sorts a token-endpoint failure: `invalid_grant`, unreachable, or otherwise failed. Nothing
+/// the provider sent is quoted beyond its error code (a parse error could quote tokens).
+pub fn classify<T: ErrorResponseType + std::fmt::Display>(
+    e: RequestTokenError<HttpError, StandardErrorResponse<T>>,
+) -> GrantError {
     match e {
-        RequestTokenError::ServerResponse(r)
-            if *r.error() == CoreErrorResponseType::InvalidGrant =>
-        {
-            GrantError::InvalidGrant
-        }
-        RequestTokenError::ServerResponse(r) => GrantError::Failed(r.error().to_string()),
+        RequestTokenError::ServerResponse(r) => match r.error().to_string().as_str() {
+            "invalid_grant" => GrantError::InvalidGrant,
+            "temporarily_unavailable" | "server_error" => {
+                GrantError::Unavailable(r.error().to_string())
+            }
+            other => GrantError::Failed(other.to_owned()),
+        },
         RequestTokenError::Request(e) => GrantError::Unavailable(e.to_string()),
         RequestTokenError::Parse(_, _) => {
             GrantError::Unavailable("the token response does not parse".into())
@@ -56,6 +59,30 @@ fn expires_at(
         .map(|d| now + d)
 }
 
+/// The token set a token response makes, keeping from `previous` what it does not replace:
+/// the refresh token when the provider does not rotate, the scopes when it does not say.
+pub fn token_set<R: OAuth2TokenResponse>(
+    response: &R,
+    id_token: Option<SecretString>,
+    previous_refresh: Option<&SecretString>,
+    fallback_scopes: &[String],
+    now: DateTime<Utc>,
+) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::from(response.access_token().secret().clone()),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::from(t.secret().clone()))
+            .or_else(|| previous_refresh.cloned()),
+        id_token,
+        expires_at: expires_at(response.expires_in(), now),
+        scopes: response
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| fallback_scopes.to_vec()),
+    }
+}
+
 /// Redeems `previous`'s refresh token. The result keeps what the provider did not replace:
 /// the refresh token when it does not rotate, the ID token and scopes when it sends none.
 pub async fn refresh(
@@ -69,12 +96,26 @@ pub async fn refresh(
         .refresh_token
         .as_ref()
         .ok_or(GrantError::InvalidGrant)?;
+    let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    if let Some(client) = provider.plain_client() {
+        let response = client
+            .exchange_refresh_token(&token)
+            .request_async(http)
+            .await
+            .map_err(classify)?;
+        return Ok(token_set(
+            &response,
+            None,
+            Some(refresh_token),
+            &previous.scopes,
+            now,
+        ));
+    }
     let metadata = provider
         .metadata()
         .ok_or_else(|| GrantError::Unavailable("provider metadata is not loaded".into()))?;
-    let client = provider.client(&metadata);
-    let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-    let response = client
+    let response = provider
+        .client(&metadata)
         .exchange_refresh_token(&token)
         .map_err(|e| GrantError::Failed(e.to_string()))?
         .request_async(http)
@@ -87,27 +128,24 @@ pub async fn refresh(
             Ok(verified) if verified.subject == subject => {
                 id_token = Some(SecretString::from(new_id_token.to_string()));
             }
-            Ok(_) => {
-                tracing::warn!(provider = %provider.id(), "refreshed ID token names another subject; kept the old one")
-            }
-            Err(e) => {
-                tracing::warn!(provider = %provider.id(), error = %e, "refreshed ID token rejected; kept the old one")
-            }
+            Ok(_) => tracing::warn!(
+                provider = %provider.id(),
+                "refreshed ID token names another subject; kept the old one"
+            ),
+            Err(e) => tracing::warn!(
+                provider = %provider.id(),
+                error = %e,
+                "refreshed ID token rejected; kept the old one"
+            ),
         }
     }
-    Ok(TokenSet {
-        access_token: SecretString::from(response.access_token().secret().clone()),
-        refresh_token: response
-            .refresh_token()
-            .map(|t| SecretString::from(t.secret().clone()))
-            .or_else(|| previous.refresh_token.clone()),
+    Ok(token_set(
+        &response,
         id_token,
-        expires_at: expires_at(response.expires_in(), now),
-        scopes: response
-            .scopes()
-            .map(|s| s.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_else(|| previous.scopes.clone()),
-    })
+        Some(refresh_token),
+        &previous.scopes,
+        now,
+    ))
 }
 
 /// A client-credentials token for courier itself at `provider`.
@@ -117,22 +155,42 @@ pub async fn client_credentials(
     scopes: &[String],
     now: DateTime<Utc>,
 ) -> Result<(SecretString, Option<DateTime<Utc>>), GrantError> {
-    let metadata = provider
-        .metadata()
-        .ok_or_else(|| GrantError::Unavailable("provider metadata is not loaded".into()))?;
-    let client = provider.client(&metadata);
-    let response = client
-        .exchange_client_credentials()
-        .map_err(|e| GrantError::Failed(e.to_string()))?
-        .add_scopes(scopes.iter().cloned().map(Scope::new))
-        .request_async(http)
-        .await
-        .map_err(|e| match classify(e) {
-            GrantError::InvalidGrant => GrantError::Failed("invalid_grant".into()),
-            other => other,
-        })?;
+    // `invalid_grant` makes no sense here: there is no user grant to lose.
+    let no_user_grant = |e: GrantError| match e {
+        GrantError::InvalidGrant => GrantError::Failed("invalid_grant".into()),
+        other => other,
+    };
+    let scopes = scopes.iter().cloned().map(Scope::new);
+    let (access_token, expires_in) = if let Some(client) = provider.plain_client() {
+        let response = client
+            .exchange_client_credentials()
+            .add_scopes(scopes)
+            .request_async(http)
+            .await
+            .map_err(|e| no_user_grant(classify(e)))?;
+        (
+            response.access_token().secret().clone(),
+            response.expires_in(),
+        )
+    } else {
+        let metadata = provider
+            .metadata()
+            .ok_or_else(|| GrantError::Unavailable("provider metadata is not loaded".into()))?;
+        let response = provider
+            .client(&metadata)
+            .exchange_client_credentials()
+            .map_err(|e| GrantError::Failed(e.to_string()))?
+            .add_scopes(scopes)
+            .request_async(http)
+            .await
+            .map_err(|e| no_user_grant(classify(e)))?;
+        (
+            response.access_token().secret().clone(),
+            response.expires_in(),
+        )
+    };
     Ok((
-        SecretString::from(response.access_token().secret().clone()),
-        expires_at(response.expires_in(), now),
+        SecretString::from(access_token),
+        expires_at(expires_in, now),
     ))
 }

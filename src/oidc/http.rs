@@ -52,10 +52,26 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
             let request = reqwest::Request::try_from(request)?;
             let response = self.0.execute(request).await?;
             let mut builder = openidconnect::http::Response::builder().status(response.status());
+            let form = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.starts_with("application/x-www-form-urlencoded")
+                        || v.starts_with("text/plain")
+                });
             for (name, value) in response.headers() {
-                builder = builder.header(name, value);
+                if !(form && name == reqwest::header::CONTENT_TYPE) {
+                    builder = builder.header(name, value);
+                }
             }
             let body = read_limited(response).await?;
+            let body = if form {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+                form_to_json(&body)
+            } else {
+                normalize_scope(body)
+            };
             builder
                 .body(body)
                 .map_err(|e| HttpError::Malformed(e.to_string()))
@@ -81,4 +97,66 @@ pub async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, HttpEr
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Token responses of some plain OAuth 2.0 servers (GitHub's, by default) are form-encoded;
+/// oauth2 reads JSON. Numbers stay numbers; comma-separated scopes become space-separated.
+fn form_to_json(body: &[u8]) -> Vec<u8> {
+    let mut object = serde_json::Map::new();
+    for (name, value) in url::form_urlencoded::parse(body) {
+        let value = match name.as_ref() {
+            "expires_in" | "refresh_token_expires_in" => value
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| value.clone().into_owned().into()),
+            "scope" => value.replace(',', " ").into(),
+            _ => value.into_owned().into(),
+        };
+        object.insert(name.into_owned(), value);
+    }
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+/// A JSON token response whose `scope` separates scopes with commas (GitHub's) gets spaces.
+fn normalize_scope(body: Vec<u8>) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut object))
+            if object.contains_key("access_token")
+                && object
+                    .get("scope")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| s.contains(',')) =>
+        {
+            let scope = object["scope"]
+                .as_str()
+                .unwrap_or_default()
+                .replace(',', " ");
+            object.insert("scope".into(), scope.into());
+            serde_json::to_vec(&object).unwrap_or(body)
+        }
+        _ => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_token_responses_become_json() {
+        let json: serde_json::Value = serde_json::from_slice(&form_to_json(
+            b"access_token=gho_abc&scope=read%3Auser%2Crepo&token_type=bearer&expires_in=3600",
+        ))
+        .unwrap();
+        assert_eq!(json["access_token"], "gho_abc");
+        assert_eq!(json["scope"], "read:user repo");
+        assert_eq!(json["expires_in"], 3600);
+    }
+
+    #[test]
+    fn comma_scopes_in_json_become_spaces() {
+        let body = br#"{"access_token":"x","token_type":"bearer","scope":"a,b"}"#.to_vec();
+        let json: serde_json::Value = serde_json::from_slice(&normalize_scope(body)).unwrap();
+        assert_eq!(json["scope"], "a b");
+    }
 }

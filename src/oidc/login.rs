@@ -9,8 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::{
-    AuthorizationCode, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RequestTokenError, Scope, TokenResponse,
+    AuthorizationCode, CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
+    Scope, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -18,23 +18,38 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
+use crate::oidc::grants;
 use crate::oidc::http::{ProviderHttp, read_limited};
 use crate::oidc::id_token::{self, IdTokenError};
-use crate::oidc::registry::{Metadata, Provider, error_chain};
+use crate::oidc::registry::Provider;
 use crate::tokens::TokenSet;
+use uuid::Uuid;
 
 /// How long a started login may take to come back.
 pub const PENDING_LOGIN_TTL: Duration = Duration::minutes(10);
 
-/// What the browser holds, sealed, between `/auth/login` and the callback.
+/// Why the browser went to the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Purpose {
+    /// Signing in with the login provider.
+    Login,
+    /// Connecting the session user's account at another provider, for `service`.
+    Connect { service: String, user_id: Uuid },
+}
+
+/// What the browser holds, sealed, between `/auth/login` (or `/auth/connect/…`) and the
+/// callback.
 #[derive(Serialize, Deserialize)]
 pub struct PendingLogin {
     pub provider: String,
     pub state: String,
-    pub nonce: String,
+    /// Set when the provider speaks OpenID Connect.
+    pub nonce: Option<String>,
     pub pkce_verifier: String,
     pub return_to: String,
     pub started_at: DateTime<Utc>,
+    pub purpose: Purpose,
 }
 
 impl PendingLogin {
@@ -43,37 +58,56 @@ impl PendingLogin {
     }
 }
 
-/// Starts a login at `provider`: returns the authorization URL and the pending login.
+/// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
+/// OpenID Connect providers always get): returns the authorization URL and the pending login.
+/// `None` when the provider's metadata is not loaded yet.
 pub fn start(
     provider: &Provider,
-    metadata: &Metadata,
+    scopes: &[String],
+    purpose: Purpose,
     return_to: String,
     now: DateTime<Utc>,
-) -> (Url, PendingLogin) {
+) -> Option<(Url, PendingLogin)> {
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (state, nonce) = (random_token(), random_token());
-    let client = provider.client(metadata);
-    let mut request = client
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            {
-                let state = state.clone();
-                move || CsrfToken::new(state)
-            },
-            {
-                let nonce = nonce.clone();
-                move || Nonce::new(nonce)
-            },
-        )
-        .set_pkce_challenge(challenge);
-    // openidconnect always asks for `openid`; the rest come from the configuration.
-    for scope in provider.config.scopes.iter().filter(|s| *s != "openid") {
-        request = request.add_scope(Scope::new(scope.clone()));
-    }
-    for (name, value) in &provider.config.authorize_params {
-        request = request.add_extra_param(name.clone(), value.clone());
-    }
-    let (url, _, _) = request.url();
+    let state = random_token();
+    let scopes = scopes
+        .iter()
+        .filter(|s| *s != "openid")
+        .map(|s| Scope::new(s.clone()));
+    let extra = provider.config.authorize_params.iter();
+    let (url, nonce) = if let Some(client) = provider.plain_client() {
+        let state = state.clone();
+        let mut request = client
+            .authorize_url(move || CsrfToken::new(state))
+            .add_scopes(scopes)
+            .set_pkce_challenge(challenge);
+        for (name, value) in extra {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        (request.url().0, None)
+    } else {
+        let metadata = provider.metadata()?;
+        let client = provider.client(&metadata);
+        let nonce = random_token();
+        let mut request = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                {
+                    let state = state.clone();
+                    move || CsrfToken::new(state)
+                },
+                {
+                    let nonce = nonce.clone();
+                    move || Nonce::new(nonce)
+                },
+            )
+            .add_scopes(scopes)
+            .set_pkce_challenge(challenge);
+        for (name, value) in extra {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        (request.url().0, Some(nonce))
+    };
     let pending = PendingLogin {
         provider: provider.id().to_owned(),
         state,
@@ -81,8 +115,9 @@ pub fn start(
         pkce_verifier: verifier.secret().clone(),
         return_to,
         started_at: now,
+        purpose,
     };
-    (url, pending)
+    Some((url, pending))
 }
 
 /// The name of the cookie that holds the pending login for `state`: one cookie per login, so
@@ -173,6 +208,17 @@ pub struct CompletedLogin {
     pub tokens: TokenSet,
 }
 
+fn exchange_error<T: openidconnect::ErrorResponseType + std::fmt::Display>(
+    e: RequestTokenError<crate::oidc::http::HttpError, openidconnect::StandardErrorResponse<T>>,
+) -> LoginError {
+    match e {
+        RequestTokenError::Request(e) if e.is_unreachable() => {
+            LoginError::ProviderUnavailable(e.to_string())
+        }
+        other => LoginError::Exchange(grants::classify(other).to_string()),
+    }
+}
+
 /// Exchanges the code, checks the ID token and merges userinfo.
 pub async fn complete(
     provider: &Provider,
@@ -191,31 +237,25 @@ pub async fn complete(
         .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier))
         .request_async(http)
         .await
-        .map_err(|e| match e {
-            RequestTokenError::Request(e) if e.is_unreachable() => {
-                LoginError::ProviderUnavailable(e.to_string())
-            }
-            // A parse error can quote the response, tokens included: say only that it failed.
-            RequestTokenError::Parse(_, _) => {
-                LoginError::Exchange("the token response does not parse".into())
-            }
-            other => LoginError::Exchange(error_chain(&other)),
-        })?;
+        .map_err(exchange_error)?;
 
     let id_token = response.id_token().ok_or(LoginError::MissingIdToken)?;
-    let verified = id_token::verify(
-        provider,
-        http,
-        id_token,
-        Some(&Nonce::new(pending.nonce)),
-        now,
-    )
-    .await?;
+    let nonce = pending
+        .nonce
+        .map(Nonce::new)
+        .ok_or(LoginError::MissingIdToken)?;
+    let verified = id_token::verify(provider, http, id_token, Some(&nonce), now).await?;
 
-    let access_token = SecretString::from(response.access_token().secret().clone());
+    let tokens = grants::token_set(
+        &response,
+        Some(SecretString::from(id_token.to_string())),
+        None,
+        &provider.config.scopes,
+        now,
+    );
     let mut claims = verified.claims;
-    if let Some(endpoint) = metadata.userinfo_endpoint() {
-        let userinfo = fetch_userinfo(http, endpoint.url(), &access_token).await?;
+    if let Some(endpoint) = provider.userinfo_endpoint() {
+        let userinfo = fetch_userinfo(http, &endpoint, &tokens.access_token).await?;
         if userinfo.get("sub").and_then(Value::as_str) != Some(verified.subject.as_str()) {
             return Err(LoginError::Userinfo(
                 "its `sub` differs from the ID token's".into(),
@@ -223,26 +263,97 @@ pub async fn complete(
         }
         merge_userinfo(&mut claims, userinfo);
     }
-
-    let scopes = match response.scopes() {
-        Some(granted) => granted.iter().map(|s| s.to_string()).collect(),
-        None => provider.config.scopes.clone(),
-    };
-    let tokens = TokenSet {
-        access_token,
-        refresh_token: response
-            .refresh_token()
-            .map(|t| SecretString::from(t.secret().clone())),
-        id_token: Some(SecretString::from(id_token.to_string())),
-        expires_at: response
-            .expires_in()
-            .and_then(|d| Duration::from_std(d).ok())
-            .map(|d| now + d),
-        scopes,
-    };
     Ok(CompletedLogin {
         subject: verified.subject,
         sid: verified.sid,
+        claims,
+        tokens,
+    })
+}
+
+/// Completes a connection: exchanges the code and finds who the account is — the ID token's
+/// subject at an OpenID Connect provider, else userinfo's `sub` or `id`. A provider without
+/// either names no subject: the account is then recorded as `user:<courier user id>`.
+pub async fn complete_connect(
+    provider: &Provider,
+    http: &ProviderHttp,
+    pending: PendingLogin,
+    code: String,
+    requested_scopes: &[String],
+    now: DateTime<Utc>,
+) -> Result<CompletedLogin, LoginError> {
+    let code = AuthorizationCode::new(code);
+    let verifier = PkceCodeVerifier::new(pending.pkce_verifier);
+    let (tokens, verified) = if let Some(client) = provider.plain_client() {
+        let response = client
+            .exchange_code(code)
+            .set_pkce_verifier(verifier)
+            .request_async(http)
+            .await
+            .map_err(exchange_error)?;
+        (
+            grants::token_set(&response, None, None, requested_scopes, now),
+            None,
+        )
+    } else {
+        let metadata = provider
+            .metadata()
+            .ok_or_else(|| LoginError::ProviderUnavailable("metadata not loaded".into()))?;
+        let response = provider
+            .client(&metadata)
+            .exchange_code(code)
+            .map_err(|e| LoginError::Exchange(e.to_string()))?
+            .set_pkce_verifier(verifier)
+            .request_async(http)
+            .await
+            .map_err(exchange_error)?;
+        let verified = match (response.id_token(), &pending.nonce) {
+            (Some(id_token), Some(nonce)) => Some(
+                id_token::verify(
+                    provider,
+                    http,
+                    id_token,
+                    Some(&Nonce::new(nonce.clone())),
+                    now,
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        (
+            grants::token_set(&response, None, None, requested_scopes, now),
+            verified,
+        )
+    };
+
+    let mut claims = verified
+        .as_ref()
+        .map(|v| v.claims.clone())
+        .unwrap_or_default();
+    if let Some(endpoint) = provider.userinfo_endpoint() {
+        let userinfo = fetch_userinfo(http, &endpoint, &tokens.access_token).await?;
+        if let Some(v) = &verified
+            && userinfo.get("sub").and_then(Value::as_str) != Some(v.subject.as_str())
+        {
+            return Err(LoginError::Userinfo(
+                "its `sub` differs from the ID token's".into(),
+            ));
+        }
+        merge_userinfo(&mut claims, userinfo);
+    }
+    let subject = match (&verified, claims.get("sub"), claims.get("id")) {
+        (Some(v), _, _) => v.subject.clone(),
+        (None, Some(Value::String(sub)), _) => sub.clone(),
+        (None, _, Some(Value::String(id))) => id.clone(),
+        (None, _, Some(Value::Number(id))) => id.to_string(),
+        _ => match &pending.purpose {
+            Purpose::Connect { user_id, .. } => format!("user:{user_id}"),
+            Purpose::Login => return Err(LoginError::MissingIdToken),
+        },
+    };
+    Ok(CompletedLogin {
+        subject,
+        sid: None,
         claims,
         tokens,
     })

@@ -5,5 +5,6 @@ pub mod http;
 pub mod id_token;
 pub mod login;
 pub mod registry;
+pub mod revocation;
 
 pub use registry::{Provider, ProviderRegistry};

@@ -12,8 +12,8 @@ use openidconnect::core::{
     CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, JsonWebKeySet, RedirectUrl,
+    AdditionalProviderMetadata, AuthType, AuthUrl, ClientId, ClientSecret, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySet, RedirectUrl, TokenUrl,
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,15 @@ pub type OidcClient = CoreClient<
     EndpointMaybeSet,
 >;
 
+/// A client for a plain OAuth 2.0 provider configured by its endpoints.
+pub type PlainClient = oauth2::basic::BasicClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
 /// The least time between two JWKS fetches caused by an unknown `kid`, so that tokens with
 /// made-up key ids cannot make courier hammer the provider.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -96,6 +105,53 @@ impl Provider {
                 .map(|s| ClientSecret::new(s.expose_secret().to_owned())),
         )
         .set_redirect_uri(self.redirect_uri.clone())
+    }
+
+    /// Whether the provider speaks OpenID Connect (configured by `issuer`), as opposed to plain
+    /// OAuth 2.0 configured by its endpoints.
+    pub fn is_oidc(&self) -> bool {
+        self.config.issuer.is_some()
+    }
+
+    /// A client for a provider configured by its endpoints. Such providers (GitHub, for one)
+    /// take the client's credentials in the request body.
+    pub fn plain_client(&self) -> Option<PlainClient> {
+        let auth = self.config.authorization_endpoint.as_ref()?;
+        let token = self.config.token_endpoint.as_ref()?;
+        let mut client =
+            oauth2::basic::BasicClient::new(ClientId::new(self.config.client_id.clone()))
+                .set_auth_uri(AuthUrl::from_url(auth.clone()))
+                .set_token_uri(TokenUrl::from_url(token.clone()))
+                .set_redirect_uri(self.redirect_uri.clone())
+                .set_auth_type(AuthType::RequestBody);
+        if let Some(secret) = &self.config.client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+        }
+        Some(client)
+    }
+
+    /// The revocation endpoint (RFC 7009): discovered, or configured for plain providers.
+    pub fn revocation_endpoint(&self) -> Option<url::Url> {
+        match self.metadata() {
+            Some(m) => m.additional_metadata().revocation_endpoint.clone(),
+            None => self.config.revocation_endpoint.clone(),
+        }
+    }
+
+    /// The userinfo endpoint: discovered, or configured for plain providers.
+    pub fn userinfo_endpoint(&self) -> Option<url::Url> {
+        match self.metadata() {
+            Some(m) => m.userinfo_endpoint().map(|u| u.url().clone()),
+            None => self.config.userinfo_endpoint.clone(),
+        }
+    }
+
+    /// The end-session endpoint of a discovered provider.
+    pub fn end_session_endpoint(&self) -> Option<url::Url> {
+        self.metadata()?
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()
     }
 
     async fn discover(&self, http: &ProviderHttp) -> Result<(), DiscoveryError> {

@@ -5,11 +5,15 @@ use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use url::form_urlencoded;
 
+use actix_web::FromRequest;
+
+use crate::connections::{self, ConnectError};
 use crate::crypto::sha256;
 use crate::db;
 use crate::error::ApiError;
-use crate::oidc::login::{self, PENDING_LOGIN_TTL};
-use crate::session;
+use crate::oidc::Provider;
+use crate::oidc::login::{self, PENDING_LOGIN_TTL, Purpose};
+use crate::session::{self, CurrentSession};
 use crate::startup::AppState;
 
 /// The first value of each query parameter.
@@ -55,23 +59,87 @@ fn login_error(code: &str) -> String {
     format!("/?login_error={code}")
 }
 
+fn connect_error(service: &str, code: &str) -> String {
+    format!("/?connect_error={code}&service={service}")
+}
+
+/// Puts the pending login in its cookie and sends the browser to the provider.
+fn to_provider(state: &AppState, url: url::Url, pending: &login::PendingLogin) -> HttpResponse {
+    let cookie = login::pending_cookie(&state.keys, &state.config.session.cookie_name, pending);
+    redirect(url.as_str()).cookie(cookie).finish()
+}
+
+fn provider_not_ready(provider: &str) -> ApiError {
+    ApiError::UpstreamUnavailable(format!("the provider `{provider}` is not available yet"))
+}
+
 /// `GET /auth/login?return_to=/path` → 302 to the login provider.
 pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let provider = state.providers.login();
-    let metadata = provider.metadata().ok_or_else(|| {
-        ApiError::UpstreamUnavailable(format!(
-            "the login provider `{}` is not available yet",
-            provider.id()
-        ))
-    })?;
     let return_to = safe_return_to(query_param(&req, "return_to").as_deref());
-    let (url, pending) = login::start(provider, &metadata, return_to, state.clock.now());
-    let cookie = login::pending_cookie(&state.keys, &state.config.session.cookie_name, &pending);
-    Ok(redirect(url.as_str()).cookie(cookie).finish())
+    let (url, pending) = login::start(
+        provider,
+        &provider.config.scopes,
+        Purpose::Login,
+        return_to,
+        state.clock.now(),
+    )
+    .ok_or_else(|| provider_not_ready(provider.id()))?;
+    Ok(to_provider(&state, url, &pending))
 }
 
-/// `GET /auth/callback/{provider}` → 302 to `return_to` with a new session, or to
-/// `/?login_error=<code>`.
+/// `GET /auth/connect/{service}?return_to=/path` → 302 to the service's provider, to link the
+/// session user's account there. Without a session, the browser signs in first and comes back.
+pub async fn connect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    current: Option<CurrentSession>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let service = state
+        .services
+        .get(&path)
+        .filter(|s| s.linked)
+        .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
+    let return_to = safe_return_to(query_param(&req, "return_to").as_deref());
+    let Some(current) = current else {
+        let here = format!(
+            "/auth/connect/{}?return_to={}",
+            service.name(),
+            urlencoding(&return_to)
+        );
+        return Ok(redirect(&format!("/auth/login?return_to={}", urlencoding(&here))).finish());
+    };
+    let provider_id = service.config.provider.as_deref().unwrap_or_default();
+    let provider = state
+        .providers
+        .get(provider_id)
+        .expect("a linked service names a configured provider");
+    let mut scopes = provider.config.scopes.clone();
+    scopes.extend(
+        service
+            .config
+            .scopes
+            .iter()
+            .filter(|s| !provider.config.scopes.contains(s))
+            .cloned(),
+    );
+    let purpose = Purpose::Connect {
+        service: service.name().to_owned(),
+        user_id: current.user_id,
+    };
+    let (url, pending) = login::start(provider, &scopes, purpose, return_to, state.clock.now())
+        .ok_or_else(|| provider_not_ready(provider.id()))?;
+    Ok(to_provider(&state, url, &pending))
+}
+
+fn urlencoding(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// `GET /auth/callback/{provider}` → 302 to `return_to`, having started a session (login) or
+/// stored a linked account (connect); or back to `/?login_error=<code>`
+/// (`/?connect_error=<code>&service=<name>` for a connection).
 pub async fn callback(
     req: HttpRequest,
     path: web::Path<String>,
@@ -83,16 +151,25 @@ pub async fn callback(
     };
     // Whatever happens next, this login's cookie is spent.
     let removal = login::removal_cookie(base, &returned_state);
-    let fail = |code: &str| {
-        redirect(&login_error(code))
-            .cookie(removal.clone())
-            .finish()
-    };
 
     let now = state.clock.now();
     let pending = match login::find_pending(&req, &state.keys, base, &returned_state) {
         Some(p) if p.provider == *path && !p.is_expired(now) => p,
-        _ => return fail("invalid_state"),
+        _ => {
+            return redirect(&login_error("invalid_state"))
+                .cookie(removal)
+                .finish();
+        }
+    };
+    let purpose = pending.purpose.clone();
+    let error_location = |code: &str| match &purpose {
+        Purpose::Login => login_error(code),
+        Purpose::Connect { service, .. } => connect_error(service, code),
+    };
+    let fail = |code: &str| {
+        redirect(&error_location(code))
+            .cookie(removal.clone())
+            .finish()
     };
     let provider = state
         .providers
@@ -126,19 +203,36 @@ pub async fn callback(
     let Some(code) = query_param(&req, "code") else {
         return fail("invalid_request");
     };
-
     let return_to = pending.return_to.clone();
-    let completed = match login::complete(provider, &state.providers.http, pending, code, now).await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(provider = %provider.id(), error = %e, "login failed");
-            return fail(e.code());
+
+    let outcome = match purpose.clone() {
+        Purpose::Login => finish_login(&req, &state, provider, pending, code).await,
+        Purpose::Connect { service, user_id } => {
+            finish_connect(&req, &state, provider, pending, code, &service, user_id).await
         }
     };
+    match outcome {
+        Ok(()) => redirect(&return_to).cookie(removal).finish(),
+        Err(code) => fail(code),
+    }
+}
 
-    match session::start(
-        &req,
+async fn finish_login(
+    req: &HttpRequest,
+    state: &AppState,
+    provider: &Provider,
+    pending: login::PendingLogin,
+    code: String,
+) -> Result<(), &'static str> {
+    let now = state.clock.now();
+    let completed = login::complete(provider, &state.providers.http, pending, code, now)
+        .await
+        .map_err(|e| {
+            tracing::warn!(provider = %provider.id(), error = %e, "login failed");
+            e.code()
+        })?;
+    let session_id = session::start(
+        req,
         &state.pool,
         &state.keys,
         &state.clock,
@@ -147,16 +241,57 @@ pub async fn callback(
         &completed,
     )
     .await
-    {
-        Ok(session_id) => {
-            tracing::info!(provider = %provider.id(), %session_id, "login completed");
-            redirect(&return_to).cookie(removal).finish()
-        }
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "starting the session failed");
-            fail("server_error")
-        }
+    .map_err(|e| {
+        tracing::error!(error = format!("{e:#}"), "starting the session failed");
+        "server_error"
+    })?;
+    tracing::info!(provider = %provider.id(), %session_id, "login completed");
+    Ok(())
+}
+
+async fn finish_connect(
+    req: &HttpRequest,
+    state: &AppState,
+    provider: &Provider,
+    pending: login::PendingLogin,
+    code: String,
+    service: &str,
+    user_id: uuid::Uuid,
+) -> Result<(), &'static str> {
+    // The account goes to the user who started the connection, and only in their session.
+    let current = CurrentSession::extract(req).await.ok();
+    if current.is_none_or(|c| c.user_id != user_id) {
+        return Err("login_required");
     }
+    let scopes = state
+        .services
+        .get(service)
+        .map(|s| s.config.scopes.clone())
+        .unwrap_or_default();
+    let completed = login::complete_connect(
+        provider,
+        &state.providers.http,
+        pending,
+        code,
+        &scopes,
+        state.clock.now(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(provider = %provider.id(), error = %e, "connecting an account failed");
+        e.code()
+    })?;
+    connections::link(&state.pool, &state.keys, user_id, provider.id(), &completed)
+        .await
+        .map_err(|e| match e {
+            ConnectError::LinkedElsewhere => "account_linked_elsewhere",
+            ConnectError::Database(e) => {
+                tracing::error!(error = %e, "storing the linked account failed");
+                "server_error"
+            }
+        })?;
+    tracing::info!(provider = %provider.id(), %service, "account connected");
+    Ok(())
 }
 
 /// The provider's `error` when it is a registered OAuth error code, else a generic one: the

@@ -6,18 +6,30 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::config::TokenMode;
+use crate::connections::{self, DisconnectError};
+use crate::db;
+use crate::db::linked_accounts::Status;
 use crate::error::ApiError;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::Service;
 use crate::session::CurrentSession;
 use crate::startup::AppState;
+use crate::tokens::TokenError;
+
+fn provider_of(service: &Service) -> &str {
+    service.config.provider.as_deref().unwrap_or_default()
+}
 
 fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
 }
 
 /// `GET /api/services`: what the SPA can call, and whether each service is usable now.
-pub async fn list(_current: CurrentSession, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(
+    current: CurrentSession,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let linked = db::linked_accounts::statuses(&state.pool, current.user_id).await?;
     let services: Vec<_> = state
         .services
         .all()
@@ -25,22 +37,86 @@ pub async fn list(_current: CurrentSession, state: web::Data<AppState>) -> HttpR
         .map(|s| {
             // A linked account is connected once per user (`/auth/connect/{service}`); the
             // login provider's token and courier's own come with the session.
-            let connected = !s.linked;
+            let status = if !s.linked {
+                "connected"
+            } else {
+                let provider = s.config.provider.as_deref().unwrap_or_default();
+                match linked.iter().find(|(p, _)| p == provider) {
+                    Some((_, Status::Connected)) => "connected",
+                    Some((_, Status::ReauthRequired)) => "reauth_required",
+                    None => "not_connected",
+                }
+            };
             let mut entry = json!({
                 "name": s.name(),
                 "provider": s.config.provider,
                 "linked": s.linked,
-                "connected": connected,
-                "status": if connected { "connected" } else { "not_connected" },
+                "connected": status == "connected",
+                "status": status,
                 "scopes": s.config.scopes,
             });
-            if !connected {
+            if status != "connected" {
                 entry["connect_url"] = json!(connect_url(s));
             }
             entry
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "services": services }))
+    Ok(HttpResponse::Ok().json(json!({ "services": services })))
+}
+
+/// `DELETE /api/connections/{service}`: revokes the linked account's tokens at the provider
+/// and deletes them. 204 also when nothing was connected.
+pub async fn disconnect(
+    path: web::Path<String>,
+    current: CurrentSession,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let service = state
+        .services
+        .get(&path)
+        .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
+    if !service.linked {
+        return Err(ApiError::BadRequest(format!(
+            "service `{}` uses no linked account",
+            service.name()
+        )));
+    }
+    let provider = state
+        .providers
+        .get(service.config.provider.as_deref().unwrap_or_default())
+        .expect("a linked service names a configured provider");
+    connections::disconnect(
+        &state.pool,
+        &state.keys,
+        &state.providers.http,
+        current.user_id,
+        provider,
+    )
+    .await
+    .map_err(|e| match e {
+        DisconnectError::ProviderUnavailable(detail) => {
+            tracing::warn!(%detail, "revocation failed; nothing deleted");
+            ApiError::UpstreamUnavailable(
+                "the provider cannot be reached to revoke the account".into(),
+            )
+        }
+        DisconnectError::Database(e) => e.into(),
+        DisconnectError::Load(e) => ApiError::internal(e),
+    })?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Answers a linked-account problem with the service's connect URL.
+fn linked_error(service: &Service, e: TokenError) -> ApiError {
+    match e {
+        TokenError::NotConnected => ApiError::ConnectRequired {
+            connect_url: connect_url(service),
+        },
+        TokenError::ConnectionNeedsReauth => ApiError::ConnectRequired {
+            connect_url: connect_url(service),
+        },
+        other => other.into(),
+    }
 }
 
 /// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
@@ -68,20 +144,19 @@ pub async fn call(
 
     let token = match service.config.token {
         TokenMode::None => None,
-        TokenMode::Client => {
-            let provider = service.config.provider.as_deref().unwrap_or_default();
-            Some(
-                state
-                    .tokens
-                    .client_access_token(provider, &service.config.scopes)
-                    .await?,
-            )
-        }
-        TokenMode::User if service.linked => {
-            return Err(ApiError::ConnectRequired {
-                connect_url: connect_url(service),
-            });
-        }
+        TokenMode::Client => Some(
+            state
+                .tokens
+                .client_access_token(provider_of(service), &service.config.scopes)
+                .await?,
+        ),
+        TokenMode::User if service.linked => Some(
+            state
+                .tokens
+                .linked_access_token(current.user_id, provider_of(service), None)
+                .await
+                .map_err(|e| linked_error(service, e))?,
+        ),
         TokenMode::User => Some(state.tokens.session_access_token(current.id).await?),
     };
 
@@ -109,10 +184,18 @@ pub async fn call(
         && service.config.token == TokenMode::User
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
     {
-        let fresh = state
-            .tokens
-            .session_access_token_after_rejection(current.id, rejected)
-            .await?;
+        let fresh = if service.linked {
+            state
+                .tokens
+                .linked_access_token(current.user_id, provider_of(service), Some(rejected))
+                .await
+                .map_err(|e| linked_error(service, e))?
+        } else {
+            state
+                .tokens
+                .session_access_token_after_rejection(current.id, rejected)
+                .await?
+        };
         let again = proxy::send(
             client,
             &incoming,

@@ -129,13 +129,19 @@ impl NodeProvider {
         }
     }
 
-    /// The provider with courier's client registered for the app listening on `port`.
+    /// The login provider (`main`) with courier's client registered for the app on `port`.
     pub async fn for_courier(port: u16, extra: Value) -> Self {
+        Self::for_courier_as(port, "main", extra).await
+    }
+
+    /// A provider that courier knows as `provider_id`, with courier's client registered for
+    /// the app listening on `port`.
+    pub async fn for_courier_as(port: u16, provider_id: &str, extra: Value) -> Self {
         let mut config = json!({
             "clients": [{
                 "client_id": CLIENT_ID,
                 "client_secret": CLIENT_SECRET,
-                "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback/main")],
+                "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback/{provider_id}")],
                 "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
                 "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
                 "response_types": ["code"],
@@ -238,7 +244,14 @@ impl TestApp {
 
     /// Goes from `/auth/login` to the provider's login form; returns the form's URL.
     pub async fn start_login_at_provider(&self, browser: &mut Browser, return_to: &str) -> Url {
-        let start = self.url(&format!("/auth/login?return_to={return_to}"));
+        self.provider_form(browser, &format!("/auth/login?return_to={return_to}"))
+            .await
+    }
+
+    /// Follows redirects from courier's `path` (a login or connect start) to the provider's
+    /// login form; returns the form's URL.
+    pub async fn provider_form(&self, browser: &mut Browser, path: &str) -> Url {
+        let start = self.url(path);
         let (url, response) = browser.follow(&start, |_| false).await;
         assert_eq!(
             response.status(),
@@ -290,6 +303,18 @@ impl TestApp {
 
     pub async fn me(&self, browser: &mut Browser) -> Response {
         self.api(browser, Method::GET, "/api/me").await
+    }
+
+    /// Connects `service` for the logged-in user of `browser`, signing in at the service's
+    /// provider as `user`. Returns courier's answer to the callback.
+    pub async fn connect(&self, browser: &mut Browser, service: &str, user: &str) -> Response {
+        let form = self
+            .provider_form(
+                browser,
+                &format!("/auth/connect/{service}?return_to=/settings"),
+            )
+            .await;
+        self.finish_login_at_provider(browser, form, user).await
     }
 }
 

@@ -5,6 +5,7 @@ mod fake_provider;
 mod health;
 mod helpers;
 mod id_token;
+mod linked;
 mod login;
 mod login_state;
 mod services;

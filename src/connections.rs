@@ -1,0 +1,92 @@
+//! Linked accounts: connecting a user's account at a service's provider, and disconnecting it.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::crypto::KeyRing;
+use crate::db;
+use crate::oidc::Provider;
+use crate::oidc::http::ProviderHttp;
+use crate::oidc::login::CompletedLogin;
+use crate::oidc::revocation;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("that account is linked to another user")]
+    LinkedElsewhere,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Stores the account's tokens for the user and records the identity against them, in one
+/// transaction. An external account already linked to another user is refused.
+pub async fn link(
+    pool: &PgPool,
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+    account: &CompletedLogin,
+) -> Result<(), ConnectError> {
+    let claims = serde_json::Value::Object(account.claims.clone());
+    let mut tx = pool.begin().await?;
+    if db::users::link_identity(&mut tx, provider, &account.subject, user_id, &claims)
+        .await?
+        .is_err()
+    {
+        return Err(ConnectError::LinkedElsewhere);
+    }
+    // Reconnecting with a different account frees the one linked before.
+    sqlx::query("DELETE FROM identities WHERE provider = $1 AND user_id = $2 AND subject <> $3")
+        .bind(provider)
+        .bind(user_id)
+        .bind(&account.subject)
+        .execute(&mut *tx)
+        .await?;
+    db::linked_accounts::upsert(
+        &mut tx,
+        keys,
+        user_id,
+        provider,
+        &account.subject,
+        &account.tokens,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DisconnectError {
+    #[error("the provider cannot be reached to revoke the tokens: {0}")]
+    ProviderUnavailable(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Load(#[from] db::session_tokens::LoadError),
+}
+
+/// Revokes the account's tokens at the provider (where it has a revocation endpoint), then
+/// deletes them. When the provider cannot be reached nothing is deleted, so that a retry can
+/// still revoke.
+pub async fn disconnect(
+    pool: &PgPool,
+    keys: &KeyRing,
+    http: &ProviderHttp,
+    user_id: Uuid,
+    provider: &Provider,
+) -> Result<(), DisconnectError> {
+    let Some(account) = db::linked_accounts::get(pool, keys, user_id, provider.id()).await? else {
+        return Ok(());
+    };
+    let (token, is_refresh) = match &account.tokens.refresh_token {
+        Some(refresh) => (refresh, true),
+        None => (&account.tokens.access_token, false),
+    };
+    revocation::revoke(provider, http, token, is_refresh)
+        .await
+        .map_err(|e| DisconnectError::ProviderUnavailable(e.to_string()))?;
+    let mut tx = pool.begin().await?;
+    db::linked_accounts::delete(&mut tx, user_id, provider.id()).await?;
+    tx.commit().await?;
+    Ok(())
+}

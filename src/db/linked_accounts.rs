@@ -1,0 +1,246 @@
+//! Linked accounts: one row per (user, provider), tokens sealed column by column and bound to
+//! the row.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::crypto::KeyRing;
+use crate::db::session_tokens::LoadError;
+use crate::tokens::TokenSet;
+
+fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
+    format!("linked_accounts.{column}:{user_id}:{provider}").into_bytes()
+}
+
+fn seal(keys: &KeyRing, column: &str, user_id: Uuid, provider: &str, v: &SecretString) -> Vec<u8> {
+    keys.seal(
+        v.expose_secret().as_bytes(),
+        &aad(column, user_id, provider),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Connected,
+    ReauthRequired,
+}
+
+impl Status {
+    fn parse(s: &str) -> Status {
+        if s == "reauth_required" {
+            Status::ReauthRequired
+        } else {
+            Status::Connected
+        }
+    }
+}
+
+/// Stores (or replaces) the user's account at `provider`.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+    subject: &str,
+    tokens: &TokenSet,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO linked_accounts
+             (user_id, provider, subject, access_token, refresh_token, expires_at, scopes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (user_id, provider) DO UPDATE
+         SET subject = EXCLUDED.subject, access_token = EXCLUDED.access_token,
+             refresh_token = EXCLUDED.refresh_token, expires_at = EXCLUDED.expires_at,
+             scopes = EXCLUDED.scopes, status = 'connected', updated_at = now()",
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(subject)
+    .bind(seal(
+        keys,
+        "access_token",
+        user_id,
+        provider,
+        &tokens.access_token,
+    ))
+    .bind(
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| seal(keys, "refresh_token", user_id, provider, t)),
+    )
+    .bind(tokens.expires_at)
+    .bind(&tokens.scopes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Replaces the tokens after a refresh.
+pub async fn update_tokens(
+    conn: &mut PgConnection,
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+    tokens: &TokenSet,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE linked_accounts
+         SET access_token = $3, refresh_token = $4, expires_at = $5, scopes = $6, updated_at = now()
+         WHERE user_id = $1 AND provider = $2",
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(seal(
+        keys,
+        "access_token",
+        user_id,
+        provider,
+        &tokens.access_token,
+    ))
+    .bind(
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| seal(keys, "refresh_token", user_id, provider, t)),
+    )
+    .bind(tokens.expires_at)
+    .bind(&tokens.scopes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_reauth_required(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    provider: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE linked_accounts SET status = 'reauth_required', updated_at = now()
+         WHERE user_id = $1 AND provider = $2",
+    )
+    .bind(user_id)
+    .bind(provider)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    subject: String,
+    access_token: Vec<u8>,
+    refresh_token: Option<Vec<u8>>,
+    expires_at: Option<DateTime<Utc>>,
+    scopes: Vec<String>,
+    status: String,
+}
+
+#[derive(Debug)]
+pub struct LinkedAccount {
+    pub subject: String,
+    pub tokens: TokenSet,
+    pub status: Status,
+}
+
+const SELECT: &str = "SELECT subject, access_token, refresh_token, expires_at, scopes, status
+                      FROM linked_accounts WHERE user_id = $1 AND provider = $2";
+
+pub async fn get(
+    pool: &PgPool,
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+) -> Result<Option<LinkedAccount>, LoadError> {
+    let row: Option<Row> = sqlx::query_as(SELECT)
+        .bind(user_id)
+        .bind(provider)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| open_row(keys, user_id, provider, r))
+        .transpose()
+}
+
+/// Like `get`, holding the row's lock until the transaction ends (see `tokens.rs`).
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+) -> Result<Option<LinkedAccount>, LoadError> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} FOR UPDATE")))
+        .bind(user_id)
+        .bind(provider)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| open_row(keys, user_id, provider, r))
+        .transpose()
+}
+
+fn open_row(
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+    row: Row,
+) -> Result<LinkedAccount, LoadError> {
+    let open = |column: &str, sealed: &[u8]| -> Result<SecretString, LoadError> {
+        let plain = keys.open(sealed, &aad(column, user_id, provider))?;
+        Ok(SecretString::from(
+            String::from_utf8_lossy(&plain).into_owned(),
+        ))
+    };
+    Ok(LinkedAccount {
+        subject: row.subject,
+        status: Status::parse(&row.status),
+        tokens: TokenSet {
+            access_token: open("access_token", &row.access_token)?,
+            refresh_token: row
+                .refresh_token
+                .as_deref()
+                .map(|t| open("refresh_token", t))
+                .transpose()?,
+            id_token: None,
+            expires_at: row.expires_at,
+            scopes: row.scopes,
+        },
+    })
+}
+
+/// The status of each provider the user has an account at.
+pub async fn statuses(pool: &PgPool, user_id: Uuid) -> Result<Vec<(String, Status)>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT provider, status FROM linked_accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, s)| (p, Status::parse(&s)))
+        .collect())
+}
+
+/// Removes the account and the identity it recorded, so the external account is free again.
+pub async fn delete(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    provider: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM identities i USING linked_accounts l
+         WHERE l.user_id = $1 AND l.provider = $2
+           AND i.provider = l.provider AND i.subject = l.subject AND i.user_id = l.user_id",
+    )
+    .bind(user_id)
+    .bind(provider)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM linked_accounts WHERE user_id = $1 AND provider = $2")
+        .bind(user_id)
+        .bind(provider)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
