@@ -78,6 +78,12 @@ pub async fn disconnect(
     let Some(account) = db::linked_accounts::get(pool, keys, user_id, provider.id()).await? else {
         return Ok(());
     };
+    if provider.is_oidc() && provider.metadata().is_none() {
+        // Its revocation endpoint is not known yet: do not forget a token we cannot revoke.
+        return Err(DisconnectError::ProviderUnavailable(
+            "provider metadata is not loaded".into(),
+        ));
+    }
     let (token, is_refresh) = match &account.tokens.refresh_token {
         Some(refresh) => (refresh, true),
         None => (&account.tokens.access_token, false),

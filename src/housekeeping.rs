@@ -1,4 +1,4 @@
-//! Background purge of what has expired: sessions and used login states. Deletes are
+//! Background purge of what has expired: sessions, used login states and used logout tokens. Deletes are
 //! idempotent, so any number of instances may run this at once.
 
 use std::time::Duration;
@@ -15,8 +15,14 @@ pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), sqlx::
     let now = clock.now();
     let sessions = db::sessions::purge_expired(pool, now, now - PENDING_LOGIN_TTL).await?;
     let states = db::login_states::purge_expired(pool, now).await?;
-    if sessions + states > 0 {
-        tracing::info!(sessions, login_states = states, "purged expired rows");
+    let logout_tokens = db::logout_tokens::purge_expired(pool, now).await?;
+    if sessions + states + logout_tokens > 0 {
+        tracing::info!(
+            sessions,
+            login_states = states,
+            logout_tokens,
+            "purged expired rows"
+        );
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use actix_session::config::{CookieContentSecurity, PersistentSession};
 use actix_web::cookie::{Key, SameSite, time::Duration as CookieDuration};
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
+use actix_web::web::resource;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use sqlx::PgPool;
@@ -129,29 +130,37 @@ impl Application {
                 .route("/openapi.yaml", web::get().to(routes::health::openapi))
                 .service(
                     web::scope("/auth")
-                        .route("/login", web::get().to(routes::auth::login))
-                        .route("/connect/{service}", web::get().to(routes::auth::connect))
-                        .route(
-                            "/callback/{provider}",
-                            web::get().to(routes::auth::callback),
+                        .service(resource("/login").route(web::get().to(routes::auth::login)))
+                        .service(
+                            resource("/connect/{service}")
+                                .route(web::get().to(routes::auth::connect)),
+                        )
+                        .service(
+                            resource("/callback/{provider}")
+                                .route(web::get().to(routes::auth::callback)),
+                        )
+                        .service(
+                            resource("/logout")
+                                .wrap(from_fn(require_csrf_header))
+                                .route(web::post().to(routes::logout::logout)),
+                        )
+                        .service(
+                            resource("/backchannel-logout/{provider}")
+                                .route(web::post().to(routes::logout::backchannel)),
                         ),
                 )
                 .service(
                     web::scope("/api")
                         .wrap(from_fn(require_csrf_header))
-                        .route("/me", web::get().to(routes::me::me))
-                        .route("/services", web::get().to(routes::services::list))
-                        .route(
-                            "/connections/{service}",
-                            web::delete().to(routes::services::disconnect),
+                        .service(resource("/me").route(web::get().to(routes::me::me)))
+                        .service(resource("/services").route(web::get().to(routes::services::list)))
+                        .service(
+                            resource("/connections/{service}")
+                                .route(web::delete().to(routes::services::disconnect)),
                         )
-                        .route(
-                            "/services/{service}",
-                            web::route().to(routes::services::call),
-                        )
-                        .route(
-                            "/services/{service}/{path:.*}",
-                            web::route().to(routes::services::call),
+                        .service(
+                            resource(["/services/{service}", "/services/{service}/{path:.*}"])
+                                .route(web::route().to(routes::services::call)),
                         )
                         .default_service(web::to(|| async {
                             Err::<HttpResponse, _>(ApiError::NotFound("no such endpoint".into()))

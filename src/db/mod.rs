@@ -2,6 +2,7 @@
 
 pub mod linked_accounts;
 pub mod login_states;
+pub mod logout_tokens;
 pub mod secrets;
 pub mod session_tokens;
 pub mod sessions;

@@ -169,3 +169,26 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error
         .await?;
     Ok(())
 }
+
+/// Ends the sessions a provider's back-channel logout names: by its session id (`sid`), by
+/// the user's subject (`sub`), or by both. Returns how many ended.
+pub async fn delete_for_provider_logout(
+    pool: &PgPool,
+    provider: &str,
+    sid: Option<&str>,
+    sub: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    debug_assert!(sid.is_some() || sub.is_some());
+    Ok(sqlx::query(
+        "DELETE FROM sessions
+         WHERE provider = $1
+           AND ($2::text IS NULL OR provider_sid = $2)
+           AND ($3::text IS NULL OR subject = $3)",
+    )
+    .bind(provider)
+    .bind(sid)
+    .bind(sub)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

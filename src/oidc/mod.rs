@@ -4,6 +4,7 @@ pub mod grants;
 pub mod http;
 pub mod id_token;
 pub mod login;
+pub mod logout_token;
 pub mod registry;
 pub mod revocation;
 

@@ -210,6 +210,13 @@ impl TestApp {
     }
 
     async fn spawn_on(db: Arc<TestDb>, listener: TcpListener, settings: AppSettings) -> TestApp {
+        // COURIER_TEST_LOG=debug shows courier's log lines for a failing test.
+        if let Ok(filter) = std::env::var("COURIER_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let port = listener.local_addr().unwrap().port();
         let text = config_text(port, &db.url, &settings);
         let config = Config::parse(&text, "test.toml".as_ref(), &|_| None).expect("test config");

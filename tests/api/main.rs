@@ -8,5 +8,6 @@ mod id_token;
 mod linked;
 mod login;
 mod login_state;
+mod logout;
 mod services;
 mod session;

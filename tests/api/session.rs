@@ -103,6 +103,8 @@ async fn api_me_without_a_session_is_401_login_required() {
     .await;
     let unknown = app.api(&mut browser, Method::GET, "/api/nope").await;
     assert_problem(unknown, StatusCode::NOT_FOUND, "not_found").await;
+    let wrong_method = app.api(&mut browser, Method::POST, "/api/me").await;
+    assert_problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED, "not_allowed").await;
 }
 
 #[tokio::test]

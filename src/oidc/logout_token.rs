@@ -1,0 +1,160 @@
+//! Logout tokens of OpenID Connect Back-Channel Logout 1.0 (with errata 1): signature from the
+//! provider's JWKS (re-fetched once on an unknown `kid`), pinned asymmetric algorithms, `iss`,
+//! `aud`, `iat`, `exp` (required), `jti`, the back-channel `events` member, `sid` and/or `sub`,
+//! no `nonce`, and `typ` = `logout+jwt` when present. Replay (`jti`) is the caller's check.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use openidconnect::JsonWebKey;
+use openidconnect::core::CoreJwsSigningAlgorithm;
+use serde_json::Value;
+
+use crate::oidc::http::ProviderHttp;
+use crate::oidc::id_token::allowed_algs;
+use crate::oidc::registry::Provider;
+
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Clock skew allowed between courier and the provider.
+const SKEW: Duration = Duration::seconds(60);
+/// A logout token older than this is refused even when its `exp` is later.
+const MAX_AGE: Duration = Duration::minutes(10);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LogoutTokenError(pub String);
+
+fn reject(why: impl Into<String>) -> LogoutTokenError {
+    LogoutTokenError(why.into())
+}
+
+/// Who a valid logout token logs out.
+#[derive(Debug)]
+pub struct LogoutTarget {
+    pub jti: String,
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+fn jsonwebtoken_alg(alg: &CoreJwsSigningAlgorithm) -> Option<Algorithm> {
+    use CoreJwsSigningAlgorithm as C;
+    Some(match alg {
+        C::RsaSsaPkcs1V15Sha256 => Algorithm::RS256,
+        C::RsaSsaPkcs1V15Sha384 => Algorithm::RS384,
+        C::RsaSsaPkcs1V15Sha512 => Algorithm::RS512,
+        C::RsaSsaPssSha256 => Algorithm::PS256,
+        C::RsaSsaPssSha384 => Algorithm::PS384,
+        C::RsaSsaPssSha512 => Algorithm::PS512,
+        C::EcdsaP256Sha256 => Algorithm::ES256,
+        C::EcdsaP384Sha384 => Algorithm::ES384,
+        C::EdDsa => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+fn timestamp(claims: &Value, name: &str) -> Result<DateTime<Utc>, LogoutTokenError> {
+    claims
+        .get(name)
+        .and_then(Value::as_i64)
+        .and_then(|t| Utc.timestamp_opt(t, 0).single())
+        .ok_or_else(|| reject(format!("`{name}` is missing or not a timestamp")))
+}
+
+pub async fn verify(
+    provider: &Provider,
+    http: &ProviderHttp,
+    token: &str,
+    now: DateTime<Utc>,
+) -> Result<LogoutTarget, LogoutTokenError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| reject("not a signed JWT with a supported algorithm"))?;
+    if let Some(typ) = &header.typ
+        && !typ.eq_ignore_ascii_case("logout+jwt")
+    {
+        return Err(reject(format!("`typ` is `{typ}`, not logout+jwt")));
+    }
+    let mut metadata = provider
+        .metadata()
+        .ok_or_else(|| reject("the provider's metadata is not loaded"))?;
+    let allowed: Vec<Algorithm> = allowed_algs(&metadata)
+        .iter()
+        .filter_map(jsonwebtoken_alg)
+        .collect();
+    if !allowed.contains(&header.alg) {
+        return Err(reject(format!("algorithm {:?} is not allowed", header.alg)));
+    }
+
+    let find_key = |m: &crate::oidc::registry::Metadata| -> Option<Jwk> {
+        m.jwks()
+            .keys()
+            .iter()
+            .find(|k| match (&header.kid, k.key_id()) {
+                (Some(kid), Some(id)) => id.as_str() == kid,
+                // Without a kid, the provider's only key (or the first) is the one.
+                (None, _) => true,
+                _ => false,
+            })
+            .and_then(|k| serde_json::to_value(k).ok())
+            .and_then(|v| serde_json::from_value(v).ok())
+    };
+    let jwk = match find_key(&metadata) {
+        Some(jwk) => jwk,
+        None => {
+            metadata = provider
+                .refetch_jwks(http)
+                .await
+                .map_err(|e| reject(format!("the provider's keys could not be fetched: {e}")))?
+                .ok_or_else(|| reject("the token names a key the provider does not publish"))?;
+            find_key(&metadata)
+                .ok_or_else(|| reject("the token names a key the provider does not publish"))?
+        }
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| reject("the provider's key is unusable"))?;
+
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    validation.set_issuer(&[metadata.issuer().as_str()]);
+    validation.set_audience(&[&provider.config.client_id]);
+    // Times are checked below against courier's clock.
+    validation.validate_exp = false;
+    validation.set_required_spec_claims(&["iss", "aud"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map_err(|e| reject(format!("the token does not verify: {e}")))?
+        .claims;
+
+    let iat = timestamp(&claims, "iat")?;
+    let exp = timestamp(&claims, "exp")?;
+    if iat > now + SKEW {
+        return Err(reject("issued in the future"));
+    }
+    if iat < now - MAX_AGE {
+        return Err(reject("issued too long ago"));
+    }
+    if exp <= now - SKEW {
+        return Err(reject("expired"));
+    }
+    let has_event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.get(BACKCHANNEL_EVENT))
+        .is_some_and(Value::is_object);
+    if !has_event {
+        return Err(reject("`events` lacks the back-channel logout member"));
+    }
+    if claims.get("nonce").is_some() {
+        return Err(reject("a logout token must not have a nonce"));
+    }
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let (sid, sub) = (text("sid"), text("sub"));
+    if sid.is_none() && sub.is_none() {
+        return Err(reject("neither `sid` nor `sub`"));
+    }
+    let jti = text("jti").ok_or_else(|| reject("`jti` is missing"))?;
+    Ok(LogoutTarget {
+        jti,
+        sid,
+        sub,
+        expires_at: exp.max(now) + SKEW,
+    })
+}
