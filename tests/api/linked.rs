@@ -231,7 +231,17 @@ async fn a_connected_account_is_used_kept_across_logins_and_revoked_on_disconnec
         echo["token"]["scope"]
     );
 
-    // A new session of the same user still has the account.
+    // Logging out ends the session, not the linked account: the next login finds it.
+    let response = browser
+        .send(
+            Method::POST,
+            &w.app.url("/auth/logout"),
+            &[("x-csrf", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(w.app.db.count("sessions").await, 0);
     let mut later = w.logged_in("alice").await;
     assert_eq!(
         w.service_status(&mut later, "calendar").await["status"],
@@ -262,7 +272,7 @@ async fn a_connected_account_is_used_kept_across_logins_and_revoked_on_disconnec
     assert_eq!(w.app.db.count("linked_accounts").await, 0);
     let call = w
         .app
-        .api(&mut browser, Method::GET, "/api/services/calendar/events")
+        .api(&mut later, Method::GET, "/api/services/calendar/events")
         .await;
     assert_eq!(problem(call).await["code"], "connect_required");
     // The main provider is untouched.

@@ -372,3 +372,45 @@ async fn a_logout_token_with_only_sub_ends_all_of_that_users_sessions() {
     assert_eq!(app.me(&mut one).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.me(&mut two).await.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn housekeeping_purges_what_has_expired_and_nothing_else() {
+    let fake = FakeProvider::start().await;
+    let mut settings = AppSettings::new(&fake.issuer);
+    settings.idle_timeout_secs = 600;
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    login_with_fake(&app, &fake, &mut browser, "/").await;
+    let valid = sign_logout("signing", &logout_claims(&fake));
+    let mut claims = logout_claims(&fake);
+    claims["sub"] = json!("nobody");
+    claims.as_object_mut().unwrap().remove("sid");
+    assert_eq!(
+        backchannel(&app, &sign_logout("signing", &claims))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let clock: courier::clock::SharedClock = app.clock.clone();
+    courier::housekeeping::purge_once(&app.db.pool, &clock)
+        .await
+        .unwrap();
+    assert_eq!(app.db.count("sessions").await, 1, "a live session stays");
+    assert_eq!(
+        app.db.count("used_logout_tokens").await,
+        1,
+        "an unexpired jti stays"
+    );
+    assert_eq!(app.db.count("used_login_states").await, 1);
+
+    app.clock.advance(chrono::Duration::minutes(11));
+    courier::housekeeping::purge_once(&app.db.pool, &clock)
+        .await
+        .unwrap();
+    assert_eq!(app.db.count("sessions").await, 0, "idle for 11 minutes");
+    assert_eq!(app.db.count("session_tokens").await, 0);
+    assert_eq!(app.db.count("used_logout_tokens").await, 0);
+    assert_eq!(app.db.count("used_login_states").await, 0);
+    drop(valid);
+}
