@@ -30,24 +30,19 @@ pub async fn response_policy(
         // request left to attach a response to: answer through the error instead.
         Err(e) => {
             let status = e.as_response_error().status_code();
-            let replacement = if is_api {
-                Some(generic_problem(status))
+            let mut response = if is_api {
+                generic_problem(status)
             } else if is_callback && status.is_server_error() {
-                Some(callback_failure())
+                callback_failure()
             } else {
-                None
+                e.error_response()
             };
-            return Err(match replacement {
-                Some(mut response) => {
-                    if is_api || is_auth {
-                        response
-                            .headers_mut()
-                            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    }
-                    InternalError::from_response(e, response).into()
-                }
-                None => e,
-            });
+            if is_api || is_auth {
+                response
+                    .headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            return Err(InternalError::from_response(e, response).into());
         }
     };
 

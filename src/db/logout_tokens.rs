@@ -1,11 +1,11 @@
 //! Back-channel logout tokens already accepted: a `jti` is accepted once per provider.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// Records the token as used. Returns false when it had been used already.
 pub async fn mark_used(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     provider: &str,
     jti: &str,
     expires_at: DateTime<Utc>,
@@ -17,7 +17,7 @@ pub async fn mark_used(
     .bind(provider)
     .bind(jti)
     .bind(expires_at)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)

@@ -173,7 +173,7 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error
 /// Ends the sessions a provider's back-channel logout names: by its session id (`sid`), by
 /// the user's subject (`sub`), or by both. Returns how many ended.
 pub async fn delete_for_provider_logout(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     provider: &str,
     sid: Option<&str>,
     sub: Option<&str>,
@@ -188,7 +188,7 @@ pub async fn delete_for_provider_logout(
     .bind(provider)
     .bind(sid)
     .bind(sub)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected())
 }

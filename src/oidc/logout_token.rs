@@ -21,11 +21,17 @@ const SKEW: Duration = Duration::seconds(60);
 const MAX_AGE: Duration = Duration::minutes(10);
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LogoutTokenError(pub String);
+pub enum LogoutTokenError {
+    /// The token is not a valid logout token: 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// The provider's metadata or keys cannot be had right now: the provider should retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 fn reject(why: impl Into<String>) -> LogoutTokenError {
-    LogoutTokenError(why.into())
+    LogoutTokenError::Invalid(why.into())
 }
 
 /// Who a valid logout token logs out.
@@ -69,14 +75,16 @@ pub async fn verify(
 ) -> Result<LogoutTarget, LogoutTokenError> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| reject("not a signed JWT with a supported algorithm"))?;
+    // RFC 7515 §4.1.9: `application/` may be left out of a media type in `typ`.
     if let Some(typ) = &header.typ
         && !typ.eq_ignore_ascii_case("logout+jwt")
+        && !typ.eq_ignore_ascii_case("application/logout+jwt")
     {
         return Err(reject(format!("`typ` is `{typ}`, not logout+jwt")));
     }
-    let mut metadata = provider
-        .metadata()
-        .ok_or_else(|| reject("the provider's metadata is not loaded"))?;
+    let mut metadata = provider.metadata().ok_or_else(|| {
+        LogoutTokenError::Unavailable("the provider's metadata is not loaded".into())
+    })?;
     let allowed: Vec<Algorithm> = allowed_algs(&metadata)
         .iter()
         .filter_map(jsonwebtoken_alg)
@@ -104,7 +112,11 @@ pub async fn verify(
             metadata = provider
                 .refetch_jwks(http)
                 .await
-                .map_err(|e| reject(format!("the provider's keys could not be fetched: {e}")))?
+                .map_err(|e| {
+                    LogoutTokenError::Unavailable(format!(
+                        "the provider's keys could not be fetched: {e}"
+                    ))
+                })?
                 .ok_or_else(|| reject("the token names a key the provider does not publish"))?;
             find_key(&metadata)
                 .ok_or_else(|| reject("the token names a key the provider does not publish"))?

@@ -9,7 +9,8 @@ use url::form_urlencoded;
 
 use crate::db;
 use crate::error::ApiError;
-use crate::oidc::{logout_token, revocation};
+use crate::oidc::logout_token::{self, LogoutTokenError};
+use crate::oidc::revocation;
 use crate::session::CurrentSession;
 use crate::startup::AppState;
 
@@ -108,34 +109,49 @@ pub async fn backchannel(
     .await
     {
         Ok(target) => target,
-        Err(e) => {
-            tracing::warn!(provider = %provider.id(), error = %e, "logout token refused");
-            return backchannel_error(&e.0);
+        Err(LogoutTokenError::Invalid(why)) => {
+            tracing::warn!(provider = %provider.id(), error = %why, "logout token refused");
+            return backchannel_error(&why);
+        }
+        Err(LogoutTokenError::Unavailable(why)) => {
+            tracing::warn!(provider = %provider.id(), error = %why, "logout token not checkable now");
+            return unavailable();
         }
     };
-    let server_error = |e: sqlx::Error| {
-        tracing::error!(error = %e, "back-channel logout failed");
-        HttpResponse::ServiceUnavailable().json(json!({"error": "temporarily_unavailable"}))
-    };
-    match db::logout_tokens::mark_used(&state.pool, provider.id(), &target.jti, target.expires_at)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return backchannel_error("the logout token was used already"),
-        Err(e) => return server_error(e),
+    // The jti is recorded and the sessions end in one transaction: if either fails, the
+    // provider's retry with the same token is not taken for a replay.
+    let outcome = async {
+        let mut tx = state.pool.begin().await?;
+        let fresh =
+            db::logout_tokens::mark_used(&mut tx, provider.id(), &target.jti, target.expires_at)
+                .await?;
+        if !fresh {
+            return Ok(None);
+        }
+        let ended = db::sessions::delete_for_provider_logout(
+            &mut tx,
+            provider.id(),
+            target.sid.as_deref(),
+            target.sub.as_deref(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(Some(ended))
     }
-    match db::sessions::delete_for_provider_logout(
-        &state.pool,
-        provider.id(),
-        target.sid.as_deref(),
-        target.sub.as_deref(),
-    )
-    .await
-    {
-        Ok(ended) => {
+    .await;
+    match outcome {
+        Ok(Some(ended)) => {
             tracing::info!(provider = %provider.id(), ended, "back-channel logout");
             HttpResponse::Ok().finish()
         }
-        Err(e) => server_error(e),
+        Ok(None) => backchannel_error("the logout token was used already"),
+        Err(e) => {
+            tracing::error!(error = %e, "back-channel logout failed");
+            unavailable()
+        }
     }
+}
+
+fn unavailable() -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({"error": "temporarily_unavailable"}))
 }

@@ -105,6 +105,17 @@ function send(res, status, html) {
   res.end(html);
 }
 
+async function readBytes(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('request body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 async function readForm(req) {
   const chunks = [];
   let size = 0;
@@ -163,7 +174,7 @@ function buildConfiguration() {
 
   return {
     clients: cfg.clients,
-    jwks: cfg.jwks ?? generateJwks(),
+    jwks: signingJwks,
 
     cookies: {
       keys: cfg.cookie_keys,
@@ -393,6 +404,8 @@ let provider;
 let callback;
 
 const grantCounts = {};
+// The provider's signing keys, kept so that the /__test/sign hook can sign with them.
+const signingJwks = cfg.jwks ?? generateJwks();
 let tokenDelayMs = 0;
 
 const server = http.createServer(async (req, res) => {
@@ -419,6 +432,17 @@ const server = http.createServer(async (req, res) => {
   if (url.pathname === '/__test/token-delay' && req.method === 'POST') {
     tokenDelayMs = Number(url.searchParams.get('ms') ?? 0);
     res.end('ok');
+    return;
+  }
+  // Signs any JWT with the provider's own key: black-box tests forge logout tokens with it.
+  if (url.pathname === '/__test/sign' && req.method === 'POST') {
+    const { header = {}, claims } = JSON.parse((await readBytes(req)).toString('utf8'));
+    const jwk = signingJwks.keys[0];
+    const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const input = `${enc({ alg: 'RS256', kid: jwk.kid, ...header })}.${enc(claims)}`;
+    const key = crypto.createPrivateKey({ key: jwk, format: 'jwk' });
+    const signature = crypto.sign('sha256', Buffer.from(input), key).toString('base64url');
+    res.end(`${input}.${signature}`);
     return;
   }
   if (url.pathname === '/token' && tokenDelayMs > 0) {
@@ -475,6 +499,9 @@ server.listen(cfg.port, '127.0.0.1', () => {
         err?.error_description ? `(${err.error_description})` : '', err?.error_detail ? `detail=${err.error_detail}` : '');
     });
   }
+  provider.on('grant.revoked', () => {
+    grantCounts.revoked_grants = (grantCounts.revoked_grants ?? 0) + 1;
+  });
   provider.on('grant.success', (ctx) => {
     const type = ctx.oidc?.params?.grant_type ?? 'unknown';
     grantCounts[type] = (grantCounts[type] ?? 0) + 1;
