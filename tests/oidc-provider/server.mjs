@@ -5,6 +5,7 @@
 // Everything else (provider notices, errors, request log) goes to stderr.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import { inspect } from 'node:util';
 
@@ -22,11 +23,15 @@ const log = (...args) => console.error('[oidc-provider]', ...args);
 // ---------------------------------------------------------------------------------------------
 
 let input = {};
-if (process.env.OIDC_CONFIG && process.env.OIDC_CONFIG.trim()) {
+// OIDC_CONFIG_FILE names a JSON file (the dev stack's providers); OIDC_CONFIG holds the JSON.
+const configText = process.env.OIDC_CONFIG_FILE
+  ? fs.readFileSync(process.env.OIDC_CONFIG_FILE, 'utf8')
+  : process.env.OIDC_CONFIG;
+if (configText && configText.trim()) {
   try {
-    input = JSON.parse(process.env.OIDC_CONFIG);
+    input = JSON.parse(configText);
   } catch (err) {
-    log('OIDC_CONFIG is not valid JSON:', err.message);
+    log('the provider configuration is not valid JSON:', err.message);
     process.exit(2);
   }
 }
