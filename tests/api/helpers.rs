@@ -111,7 +111,7 @@ impl NodeProvider {
             .expect("start node");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let issuer = tokio::time::timeout(Duration::from_secs(30), async {
+        let issuer = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read provider output") {
                 if let Some(issuer) = line.strip_prefix("READY ") {
                     return issuer.trim().to_owned();
@@ -120,7 +120,7 @@ impl NodeProvider {
             panic!("the provider exited before it was ready");
         })
         .await
-        .expect("the provider starts within 30 s");
+        .expect("the provider starts within 60 s");
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         NodeProvider {

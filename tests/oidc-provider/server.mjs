@@ -63,15 +63,6 @@ const cfg = {
   jwks: input.jwks,
 };
 
-function generateJwks() {
-  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const jwk = privateKey.export({ format: 'jwk' });
-  return {
-    keys: [{
-      ...jwk, kid: `test-${crypto.randomBytes(6).toString('hex')}`, alg: 'RS256', use: 'sig',
-    }],
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -409,8 +400,10 @@ let provider;
 let callback;
 
 const grantCounts = {};
-// The provider's signing keys, kept so that the /__test/sign hook can sign with them.
-const signingJwks = cfg.jwks ?? generateJwks();
+// The provider's signing keys, kept so that the /__test/sign hook can sign with them. By
+// default a fixed test key (jwks.json): generating an RSA key at every start now and then hangs
+// OpenSSL under Node 20 on these machines (1 start in ~30 when many start at once).
+const signingJwks = cfg.jwks ?? JSON.parse(fs.readFileSync(new URL('./jwks.json', import.meta.url), 'utf8'));
 let tokenDelayMs = 0;
 
 const server = http.createServer(async (req, res) => {
