@@ -23,6 +23,48 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Requests to `/auth/login`, `/auth/callback/*` and `/auth/connect/*`, per client address and
+/// instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges); the client is
+    /// the right-most address in it that is not one of them.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: default_requests_per_minute(),
+            burst: default_burst(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_net(p))
+            .collect()
+    }
+}
+
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +75,15 @@ pub struct ServerConfig {
     pub static_dir: Option<PathBuf>,
     #[serde(default = "default_post_logout_redirect")]
     pub post_logout_redirect: String,
+    /// Requests whose header fields add up to more bytes are answered 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Requests with more cookies are answered 431.
+    #[serde(default = "default_max_cookies")]
+    pub max_cookies: usize,
+    /// Request bodies forwarded to a service may not be larger (413).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +172,21 @@ pub struct ServiceConfig {
 
 fn default_post_logout_redirect() -> String {
     "/".to_owned()
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_cookies() -> usize {
+    50
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_requests_per_minute() -> u32 {
+    600
+}
+fn default_burst() -> u32 {
+    100
 }
 fn default_max_connections() -> u32 {
     16
@@ -252,6 +318,27 @@ impl Config {
         }
         KeyRing::from_config(&self.security.encryption_keys)
             .map_err(|(i, m)| (format!("security.encryption_keys[{i}]"), m))?;
+
+        if self.server.max_header_bytes < 1024 || self.server.max_cookies == 0 {
+            return fail(
+                "server.max_header_bytes",
+                "limits must allow at least 1024 header bytes and one cookie",
+            );
+        }
+        if self.rate_limit.requests_per_minute == 0 || self.rate_limit.burst == 0 {
+            return fail(
+                "rate_limit",
+                "requests_per_minute and burst must be at least 1",
+            );
+        }
+        for (i, proxy) in self.rate_limit.trusted_proxies.iter().enumerate() {
+            if parse_net(proxy).is_none() {
+                return fail(
+                    &format!("rate_limit.trusted_proxies[{i}]"),
+                    "must be an IP address or a CIDR range",
+                );
+            }
+        }
 
         self.validate_providers()?;
         self.validate_services()

@@ -33,6 +33,8 @@ pub enum ApiError {
     UpstreamTimeout(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     #[error("{0}")]
     NotFound(String),
     #[error("an internal error occurred")]
@@ -53,7 +55,7 @@ impl ApiError {
                 "upstream_unavailable"
             }
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge => "bad_request",
             ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal",
         }
@@ -87,6 +89,7 @@ impl ResponseError for ApiError {
             ApiError::ServiceUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

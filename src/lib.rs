@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod housekeeping;
+pub mod limits;
 pub mod middleware;
 pub mod oidc;
 pub mod proxy;

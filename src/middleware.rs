@@ -42,6 +42,7 @@ pub async fn response_policy(
                     .headers_mut()
                     .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
+            security_headers(response.headers_mut(), is_auth);
             return Err(InternalError::from_response(e, response).into());
         }
     };
@@ -63,7 +64,25 @@ pub async fn response_policy(
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+    security_headers(res.headers_mut(), is_auth);
     Ok(res)
+}
+
+/// On every reply: no MIME sniffing and no referrer (URLs can carry codes and states); on
+/// `/auth`, no framing (clickjacking of the login and connect flows).
+fn security_headers(headers: &mut actix_web::http::header::HeaderMap, is_auth: bool) {
+    use actix_web::http::header::{
+        CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if is_auth {
+        headers.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        );
+        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
 }
 
 /// The login callback never shows a 500 page: the browser goes back with a login error.

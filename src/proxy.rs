@@ -5,6 +5,8 @@
 //! own). Dropped on the way back: hop-by-hop headers and `Set-Cookie`. Redirects are not
 //! followed: the SPA gets the service's 3xx as it is.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -83,16 +85,25 @@ pub enum OutgoingBody {
     Streaming {
         receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
         length: Option<u64>,
+        /// Set when the body outgrew the limit on its way through.
+        too_large: Arc<AtomicBool>,
     },
 }
 
 impl OutgoingBody {
-    /// Reads up to `limit` bytes; a larger body continues as a stream fed by a local task.
+    /// Reads up to `buffer_limit` bytes; a larger body continues as a stream fed by a local
+    /// task. A body larger than `max` is refused (413), before anything is sent when its length
+    /// is declared, else by failing the stream.
     pub async fn read(
         mut payload: web::Payload,
-        limit: usize,
+        buffer_limit: usize,
+        max: u64,
         length: Option<u64>,
     ) -> Result<OutgoingBody, ApiError> {
+        if length.is_some_and(|l| l > max) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let limit = buffer_limit.min(max as usize);
         let mut buffer = BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
@@ -102,22 +113,36 @@ impl OutgoingBody {
             }
             let (sender, receiver) = mpsc::channel(8);
             let head = buffer.freeze();
+            let too_large = Arc::new(AtomicBool::new(false));
+            let flag = too_large.clone();
             // The payload is tied to this worker thread; pump it into a channel reqwest can read.
             actix_web::rt::spawn(async move {
-                for piece in [head, chunk] {
-                    if !piece.is_empty() && sender.send(Ok(piece)).await.is_err() {
-                        return;
-                    }
-                }
-                while let Some(chunk) = payload.next().await {
-                    let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+                let mut sent = 0u64;
+                let mut pieces = futures_util::stream::iter([Ok(head), Ok(chunk)]).chain(payload);
+                while let Some(piece) = pieces.next().await {
+                    let item = match piece {
+                        Ok(bytes) => {
+                            sent += bytes.len() as u64;
+                            if sent > max {
+                                flag.store(true, Ordering::SeqCst);
+                                Err(std::io::Error::other("the request body is too large"))
+                            } else {
+                                Ok(bytes)
+                            }
+                        }
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
                     let failed = item.is_err();
                     if sender.send(item).await.is_err() || failed {
                         return;
                     }
                 }
             });
-            return Ok(OutgoingBody::Streaming { receiver, length });
+            return Ok(OutgoingBody::Streaming {
+                receiver,
+                length,
+                too_large,
+            });
         }
         Ok(OutgoingBody::Buffered(buffer.freeze()))
     }
@@ -215,10 +240,16 @@ pub async fn send(
         .request(method, target.clone())
         .headers(headers)
         .timeout(timeout);
+    let mut too_large = None;
     request = match body {
         OutgoingBody::Buffered(bytes) if bytes.is_empty() => request,
         OutgoingBody::Buffered(bytes) => request.body(bytes),
-        OutgoingBody::Streaming { receiver, length } => {
+        OutgoingBody::Streaming {
+            receiver,
+            length,
+            too_large: flag,
+        } => {
+            too_large = Some(flag);
             if let Some(length) = length {
                 request = request.header(reqwest::header::CONTENT_LENGTH, length);
             }
@@ -229,6 +260,11 @@ pub async fn send(
         }
     };
     request.send().await.map_err(|e| {
+        if let Some(flag) = &too_large
+            && flag.load(Ordering::SeqCst)
+        {
+            return ApiError::PayloadTooLarge;
+        }
         if e.is_timeout() {
             ApiError::UpstreamTimeout("the service did not answer in time".into())
         } else {

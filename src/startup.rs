@@ -20,6 +20,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::crypto::{KeyRing, random_bytes};
 use crate::error::ApiError;
+use crate::limits::{Limits, login_rate_limit, request_guard};
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
 use crate::session::{PgSessionStore, csrf::require_csrf_header};
@@ -97,6 +98,17 @@ impl Application {
             clock: clock.clone(),
         });
         let cookie_key = Key::from(&cookie_key);
+        let limits = web::Data::new(Arc::new(Limits::new(&state.config)));
+        {
+            let limits = limits.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    ticker.tick().await;
+                    limits.shrink();
+                }
+            });
+        }
 
         let server = HttpServer::new(move || {
             let session_config = &state.config.session;
@@ -120,23 +132,30 @@ impl Application {
 
             let mut app = App::new()
                 .app_data(state.clone())
+                .app_data(limits.clone())
                 .app_data(
                     web::PathConfig::default().error_handler(|e, _| {
                         ApiError::BadRequest(format!("bad path: {e}")).into()
                     }),
                 )
-                .route("/healthz", web::get().to(routes::health::healthz))
-                .route("/readyz", web::get().to(routes::health::readyz))
-                .route("/openapi.yaml", web::get().to(routes::health::openapi))
+                .service(resource("/healthz").route(web::get().to(routes::health::healthz)))
+                .service(resource("/readyz").route(web::get().to(routes::health::readyz)))
+                .service(resource("/openapi.yaml").route(web::get().to(routes::health::openapi)))
                 .service(
                     web::scope("/auth")
-                        .service(resource("/login").route(web::get().to(routes::auth::login)))
+                        .service(
+                            resource("/login")
+                                .wrap(from_fn(login_rate_limit))
+                                .route(web::get().to(routes::auth::login)),
+                        )
                         .service(
                             resource("/connect/{service}")
+                                .wrap(from_fn(login_rate_limit))
                                 .route(web::get().to(routes::auth::connect)),
                         )
                         .service(
                             resource("/callback/{provider}")
+                                .wrap(from_fn(login_rate_limit))
                                 .route(web::get().to(routes::auth::callback)),
                         )
                         .service(
@@ -180,6 +199,7 @@ impl Application {
             app.wrap(IdentityMiddleware::default())
                 .wrap(sessions)
                 .wrap(from_fn(middleware::response_policy))
+                .wrap(from_fn(request_guard))
                 .wrap(from_fn(middleware::request_log))
         })
         .listen(listener)?

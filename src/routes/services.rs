@@ -165,7 +165,13 @@ pub async fn call(
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = OutgoingBody::read(payload, service.config.retry_buffer_bytes, length).await?;
+    let body = OutgoingBody::read(
+        payload,
+        service.config.retry_buffer_bytes,
+        state.config.server.max_body_bytes,
+        length,
+    )
+    .await?;
     let retry_body = match &body {
         OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
         OutgoingBody::Streaming { .. } => None,

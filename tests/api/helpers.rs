@@ -164,6 +164,8 @@ pub struct AppSettings {
     pub encryption_keys: Vec<String>,
     /// Extra TOML appended to the configuration: `[[services]]` and `[[providers]]` tables.
     pub extra_toml: String,
+    /// Extra keys of the `[server]` table.
+    pub server_toml: String,
 }
 
 impl AppSettings {
@@ -175,6 +177,7 @@ impl AppSettings {
             scopes: vec!["openid", "profile", "email", "offline_access"],
             encryption_keys: vec![courier::crypto::generate_key()],
             extra_toml: String::new(),
+            server_toml: String::new(),
         }
     }
 
@@ -336,7 +339,7 @@ fn config_text(port: u16, database_url: &str, s: &AppSettings) -> String {
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
-
+{server_extra}
 [database]
 url = "{database_url}"
 max_connections = 5
@@ -363,6 +366,7 @@ login = true
         issuer = s.issuer,
         scopes = quoted(&s.scopes),
         extra = s.extra_toml,
+        server_extra = s.server_toml,
     )
 }
 

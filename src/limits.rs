@@ -1,0 +1,175 @@
+//! Guards in front of everything: request-head limits (431), ambiguous requests (400), and
+//! per-client rate limits on the login endpoints (429).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{COOKIE, HOST, RETRY_AFTER};
+use actix_web::middleware::Next;
+use actix_web::web;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::Config;
+use crate::error::{problem, problem_response};
+
+/// Headers that ask a server to treat a request as another method. A service behind courier
+/// might honour them and so step around `allowed_methods`: courier refuses such requests.
+const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+pub struct Limits {
+    max_header_bytes: usize,
+    max_cookies: usize,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    logins: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Self {
+        let per_minute =
+            NonZeroU32::new(config.rate_limit.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.rate_limit.burst).unwrap_or(NonZeroU32::MIN);
+        Limits {
+            max_header_bytes: config.server.max_header_bytes,
+            max_cookies: config.server.max_cookies,
+            trusted_proxies: config.rate_limit.trusted_proxies(),
+            logins: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+        }
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
+    /// address in `X-Forwarded-For` that is not a trusted proxy.
+    pub fn client_address(&self, req: &ServiceRequest) -> Option<IpAddr> {
+        let peer = req.peer_addr()?.ip();
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        if !trusted(&peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<IpAddr> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        Some(
+            forwarded
+                .into_iter()
+                .rev()
+                .find(|ip| !trusted(ip))
+                .unwrap_or(peer),
+        )
+    }
+
+    /// Forgets clients that have been quiet long enough to be back at a full burst.
+    pub fn shrink(&self) {
+        self.logins.retain_recent();
+        self.logins.shrink_to_fit();
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, detail: &str) -> actix_web::HttpResponse {
+    problem_response(status, problem(status, code, detail))
+}
+
+/// Refuses request heads that are too large, carry too many cookies, name the host twice, or
+/// (on `/api`) ask for a method override.
+pub async fn request_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limits = req
+        .app_data::<web::Data<Arc<Limits>>>()
+        .expect("limits are registered")
+        .clone();
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let cookies: usize = headers
+        .get_all(COOKIE)
+        .map(|v| v.as_bytes().split(|b| *b == b';').count())
+        .sum();
+    let refusal = if header_bytes > limits.max_header_bytes {
+        Some(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "bad_request",
+            "the request's header fields are too large",
+        ))
+    } else if cookies > limits.max_cookies {
+        Some(refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "bad_request",
+            "the request carries too many cookies",
+        ))
+    } else if req.uri().authority().is_some() || req.method() == actix_web::http::Method::CONNECT {
+        // courier is no forward proxy: absolute-form and authority-form targets are refused.
+        Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request target must be a path",
+        ))
+    } else if headers.get_all(HOST).count() > 1 {
+        Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request names its host more than once",
+        ))
+    } else if req.path().starts_with("/api/")
+        && METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
+    {
+        Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "method-override headers are not accepted",
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        Some(response) => Ok(req.into_response(response).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
+}
+
+/// Rate-limits the login endpoints per client address: 429 `rate_limited` with Retry-After.
+pub async fn login_rate_limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limits = req
+        .app_data::<web::Data<Arc<Limits>>>()
+        .expect("limits are registered")
+        .clone();
+    if let Some(client) = limits.client_address(&req)
+        && let Err(not_until) = limits.logins.check_key(&client)
+    {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        tracing::warn!(%client, path = %req.path(), "rate limited");
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests from this address; try again shortly",
+        );
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            (wait.as_secs() + 1)
+                .to_string()
+                .parse()
+                .expect("digits are a header value"),
+        );
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""schemathesis against a running courier with a logged-in session.
+
+    python3 tests/schemathesis/run.py [path/to/st] [extra st arguments…]
+
+Starts on loopback a fresh database, the test provider, the demo API and courier (the debug
+binary), logs a user in, then runs schemathesis over openapi.yaml with the session cookie and
+`X-CSRF: 1`: every operation, property-based and stateful, every check. Exits with
+schemathesis's exit code.
+"""
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../blackbox"))
+from client import ROOT, Browser, free_port, login, start_provider  # noqa: E402
+
+ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def main():
+    st = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/schemathesis/bin/st")
+    extra = sys.argv[2:]
+    db = "courier_st_" + secrets.token_hex(4)
+    subprocess.run(["psql", ADMIN, "-qc", f"CREATE DATABASE {db}"], check=True)
+    procs = []
+    try:
+        port, demo_port = free_port(), free_port()
+        app = f"http://127.0.0.1:{port}"
+        provider, issuer = start_provider(app)
+        procs.append(provider)
+        procs.append(subprocess.Popen([os.path.join(ROOT, "target/debug/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
+                                      stderr=subprocess.DEVNULL))
+        config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+        config.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "{app}"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/{db}"
+[security]
+encryption_keys = ["{base64.b64encode(os.urandom(32)).decode()}"]
+[rate_limit]
+requests_per_minute = 100000
+burst = 100000
+[[providers]]
+id = "main"
+issuer = "{issuer}"
+client_id = "courier"
+client_secret = "courier-secret"
+scopes = ["openid", "profile", "email", "offline_access"]
+login = true
+[[providers]]
+id = "calendar"
+authorization_endpoint = "{issuer}/auth"
+token_endpoint = "{issuer}/token"
+client_id = "courier"
+client_secret = "courier-secret"
+[[services]]
+name = "orders"
+base_url = "http://127.0.0.1:{demo_port}/"
+provider = "main"
+[[services]]
+name = "calendar"
+base_url = "http://127.0.0.1:{demo_port}/calendar/"
+provider = "calendar"
+""")
+        config.close()
+        procs.append(subprocess.Popen([os.path.join(ROOT, "target/debug/courier"), "serve", "--config", config.name],
+                                      env={**os.environ, "RUST_LOG": "error"}))
+        for _ in range(200):
+            try:
+                if Browser().get(f"{app}/readyz").status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        browser = Browser()
+        login(browser, app, "schemathesis")
+        cookie = browser.cookie(f"127.0.0.1:{port}", "__Host-courier")
+        command = [st, "run", os.path.join(ROOT, "openapi.yaml"), "--url", app,
+                   "--header", f"Cookie: __Host-courier={cookie}", "--header", "X-CSRF: 1",
+                   "--checks", "all", "--workers", "2", *extra]
+        return subprocess.run(command, cwd=ROOT).returncode
+    finally:
+        for p in procs:
+            p.kill()
+        subprocess.run(["psql", ADMIN, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
