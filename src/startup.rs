@@ -198,8 +198,8 @@ impl Application {
             }
             app.wrap(IdentityMiddleware::default())
                 .wrap(sessions)
-                .wrap(from_fn(middleware::response_policy))
                 .wrap(from_fn(request_guard))
+                .wrap(from_fn(middleware::response_policy))
                 .wrap(from_fn(middleware::request_log))
         })
         .listen(listener)?

@@ -589,6 +589,22 @@ impl NodeProvider {
             .unwrap();
     }
 
+    /// Whether the provider still considers `token` active (RFC 7662 introspection).
+    pub async fn is_active(&self, token: &secrecy::SecretString) -> bool {
+        use secrecy::ExposeSecret;
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[("token", token.expose_secret())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["active"] == true
+    }
+
     /// Revokes `token` at the provider (RFC 7009) as courier's client.
     pub async fn revoke(&self, token: &str) {
         let response = reqwest::Client::new()

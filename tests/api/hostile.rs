@@ -139,6 +139,16 @@ async fn hostile_request_heads_get_a_clear_4xx_and_change_nothing() {
         let status = raw_request(app.port, &request).await;
         assert_eq!(status, expected, "{case}");
     }
+    // The guard's refusals carry the security headers too.
+    let refused = reqwest::Client::new()
+        .get(app.url("/api/me"))
+        .header("x-http-method-override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(refused.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(refused.headers()["cache-control"], "no-store");
     assert_eq!(
         snapshot(&app).await,
         before,
