@@ -18,11 +18,9 @@ import re
 import secrets
 import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, free_port, login, start_provider  # noqa: E402
+from client import ROOT, Browser, free_port, login, start_courier, start_provider, wait_ready  # noqa: E402
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 
@@ -40,17 +38,6 @@ def wrk(url, duration, connections, headers=()):
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(non2xx.group(1)) if non2xx else 0}
-
-
-def wait_ready(url):
-    for _ in range(200):
-        try:
-            if Browser().get(url).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never became ready")
 
 
 def main():
@@ -73,8 +60,7 @@ def main():
         procs.append(provider)
         procs.append(subprocess.Popen([os.path.join(ROOT, "target/release/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
                                       stderr=subprocess.DEVNULL))
-        config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        config.write(f"""
+        procs.append(start_courier(os.path.join(ROOT, "target/release/courier"), f"""
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "{app}"
@@ -94,11 +80,7 @@ login = true
 name = "demo"
 base_url = "{demo}/"
 provider = "main"
-""")
-        config.close()
-        procs.append(subprocess.Popen([os.path.join(ROOT, "target/release/courier"), "serve", "--config", config.name],
-                                      env={**os.environ, "RUST_LOG": "warn"}, stderr=subprocess.DEVNULL))
-        wait_ready(f"{app}/readyz")
+"""))
         wait_ready(f"{demo}/v1/x")
         browser = Browser()
         login(browser, app, "bench")

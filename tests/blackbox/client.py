@@ -106,3 +106,32 @@ def login(browser, app_url, user, return_to="/after"):
     nxt = urllib.parse.urljoin(post, resp.getheader("Location"))
     _, resp = browser.follow(nxt, lambda n: n.startswith(app_url) and "/auth/" not in n)
     return resp
+
+
+def wait_ready(url, attempts=200):
+    """Polls `url` until it answers 200."""
+    import time
+    for _ in range(attempts):
+        try:
+            if Browser().get(url).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def start_courier(binary, config_text, env=None):
+    """Writes `config_text` to a temporary file and starts `courier serve` with it; returns
+    the process once /readyz answers at the config's public_url."""
+    import re
+    import tempfile
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    config.write(config_text)
+    config.close()
+    process = subprocess.Popen([binary, "serve", "--config", config.name],
+                               env={**os.environ, "RUST_LOG": "warn", **(env or {})},
+                               stderr=subprocess.DEVNULL)
+    public_url = re.search(r'public_url = "([^"]+)"', config_text).group(1)
+    wait_ready(f"{public_url}/readyz")
+    return process

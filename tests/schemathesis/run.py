@@ -14,11 +14,9 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../blackbox"))
-from client import ROOT, Browser, free_port, login, start_provider  # noqa: E402
+from client import ROOT, Browser, free_port, login, start_courier, start_provider  # noqa: E402
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 
@@ -36,8 +34,7 @@ def main():
         procs.append(provider)
         procs.append(subprocess.Popen([os.path.join(ROOT, "target/debug/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
                                       stderr=subprocess.DEVNULL))
-        config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        config.write(f"""
+        procs.append(start_courier(os.path.join(ROOT, "target/debug/courier"), f"""
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "{app}"
@@ -69,17 +66,7 @@ provider = "main"
 name = "calendar"
 base_url = "http://127.0.0.1:{demo_port}/calendar/"
 provider = "calendar"
-""")
-        config.close()
-        procs.append(subprocess.Popen([os.path.join(ROOT, "target/debug/courier"), "serve", "--config", config.name],
-                                      env={**os.environ, "RUST_LOG": "error"}))
-        for _ in range(200):
-            try:
-                if Browser().get(f"{app}/readyz").status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+""", {"RUST_LOG": "error"}))
         browser = Browser()
         login(browser, app, "schemathesis")
         cookie = browser.cookie(f"127.0.0.1:{port}", "__Host-courier")
