@@ -9,7 +9,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use actix_web::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use actix_web::middleware::Next;
 
 use crate::error::{problem, problem_response};
@@ -54,7 +54,11 @@ pub async fn response_policy(
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
         if !is_problem {
-            let replacement = generic_problem(res.status());
+            let mut replacement = generic_problem(res.status());
+            // A 405 keeps the router's `Allow`.
+            if let Some(allow) = res.headers().get(ALLOW).cloned() {
+                replacement.headers_mut().insert(ALLOW, allow);
+            }
             res = res.into_response(replacement);
         }
     } else if is_callback && res.status().is_server_error() {
