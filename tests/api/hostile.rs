@@ -62,7 +62,19 @@ async fn hostile_request_heads_get_a_clear_4xx_and_change_nothing() {
             "{line}\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: {session}\r\n{extra}Connection: close\r\n\r\n"
         )
     };
+    let valid = browser.cookie(&app.address, "__Host-courier").unwrap();
+    let truncated = &valid[..valid.len() / 2];
     let cases: Vec<(&str, String, u16)> = vec![
+        (
+            "a truncated session cookie",
+            format!("GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: __Host-courier={truncated}\r\nConnection: close\r\n\r\n"),
+            401,
+        ),
+        (
+            "a malformed cookie header",
+            "GET /api/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: ;;==;__Host-courier\r\nConnection: close\r\n\r\n".to_owned(),
+            401,
+        ),
         (
             "an oversized header",
             head("GET /api/me HTTP/1.1", &format!("X-Big: {big}\r\n")),
