@@ -8,6 +8,7 @@ pub mod db;
 pub mod error;
 pub mod housekeeping;
 pub mod limits;
+pub mod metrics;
 pub mod middleware;
 pub mod oidc;
 pub mod proxy;

@@ -122,10 +122,20 @@ pub async fn request_log(
     let method = req.method().clone();
     let path = req.path().to_owned();
     let res = next.call(req).await;
-    let status = match &res {
-        Ok(r) => r.status(),
-        Err(e) => e.as_response_error().status_code(),
+    let (status, route) = match &res {
+        Ok(r) => (r.status(), r.request().match_pattern()),
+        Err(e) => (e.as_response_error().status_code(), None),
     };
+    // The route pattern, never the path: paths are unbounded and would flood the metrics.
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("courier_http_requests_total", &labels).increment(1);
+    metrics::histogram!("courier_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(
         %method,
         path = %path,

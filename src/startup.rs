@@ -84,6 +84,7 @@ impl Application {
         providers.spawn_discovery_retries();
         housekeeping::spawn(pool.clone(), clock.clone());
 
+        crate::metrics::handle();
         let port = listener.local_addr()?.port();
         let tokens =
             TokenService::new(pool.clone(), keys.clone(), providers.clone(), clock.clone());
@@ -140,6 +141,7 @@ impl Application {
                 )
                 .service(resource("/healthz").route(web::get().to(routes::health::healthz)))
                 .service(resource("/readyz").route(web::get().to(routes::health::readyz)))
+                .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
                 .service(resource("/openapi.yaml").route(web::get().to(routes::health::openapi)))
                 .service(
                     web::scope("/auth")

@@ -285,15 +285,27 @@ impl TokenService {
             TokenError::ProviderUnavailable("provider no longer configured".into())
         })?;
         let now = self.clock.now();
-        match grants::refresh(
+        let outcome = grants::refresh(
             provider,
             &self.providers.http,
             &stored.tokens,
             &stored.subject,
             now,
         )
-        .await
-        {
+        .await;
+        let label = match &outcome {
+            Ok(_) => "refreshed",
+            Err(GrantError::InvalidGrant) => "invalid_grant",
+            Err(GrantError::Unavailable(_)) => "unavailable",
+            Err(GrantError::Failed(_)) => "failed",
+        };
+        metrics::counter!(
+            "courier_token_refreshes_total",
+            "provider" => provider.id().to_owned(),
+            "outcome" => label
+        )
+        .increment(1);
+        match outcome {
             Ok(refreshed) => {
                 match owner {
                     Owner::Session(id) => {

@@ -205,12 +205,22 @@ pub async fn callback(
     };
     let return_to = pending.return_to.clone();
 
-    let outcome = match purpose.clone() {
-        Purpose::Login => finish_login(&req, &state, provider, pending, code).await,
-        Purpose::Connect { service, user_id } => {
-            finish_connect(&req, &state, provider, pending, code, &service, user_id).await
-        }
+    let (kind, outcome) = match purpose.clone() {
+        Purpose::Login => (
+            "login",
+            finish_login(&req, &state, provider, pending, code).await,
+        ),
+        Purpose::Connect { service, user_id } => (
+            "connect",
+            finish_connect(&req, &state, provider, pending, code, &service, user_id).await,
+        ),
     };
+    metrics::counter!(
+        "courier_logins_total",
+        "kind" => kind,
+        "outcome" => match &outcome { Ok(()) => "ok", Err(code) => *code }
+    )
+    .increment(1);
     match outcome {
         Ok(()) => redirect(&return_to).cookie(removal).finish(),
         Err(code) => fail(code),

@@ -74,6 +74,7 @@ pub async fn logout(
         None => local,
     };
     tracing::info!(provider = %stored.provider, "logged out");
+    metrics::counter!("courier_logouts_total", "kind" => "rp_initiated").increment(1);
     Ok(HttpResponse::Ok().json(json!({ "logout_url": logout_url })))
 }
 
@@ -142,6 +143,7 @@ pub async fn backchannel(
     match outcome {
         Ok(Some(ended)) => {
             tracing::info!(provider = %provider.id(), ended, "back-channel logout");
+            metrics::counter!("courier_logouts_total", "kind" => "back_channel").increment(ended);
             HttpResponse::Ok().finish()
         }
         Ok(None) => backchannel_error("the logout token was used already"),

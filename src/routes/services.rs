@@ -182,7 +182,17 @@ pub async fn call(
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let client = &state.services_http;
-    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout).await?;
+    let started = std::time::Instant::now();
+    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout).await;
+    let status = match &response {
+        Ok(r) => r.status().as_u16().to_string(),
+        Err(e) => e.code().to_owned(),
+    };
+    let labels = [("service", service.name().to_owned()), ("status", status)];
+    metrics::counter!("courier_service_calls_total", &labels).increment(1);
+    metrics::histogram!("courier_service_call_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    let response = response?;
 
     // A 401 may mean the token was revoked or rotated early: refresh once and try again, when
     // the body can be sent again.

@@ -45,3 +45,32 @@ async fn readyz_names_a_provider_that_cannot_be_discovered() {
     let body: Value = login.json().await.unwrap();
     assert_eq!(body["code"], "upstream_unavailable");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_logins_by_outcome() {
+    let (app, fake) = spawn_app_with_fake().await;
+    let mut browser = Browser::new();
+    crate::fake_provider::login_with_fake(&app, &fake, &mut browser, "/").await;
+    app.me(&mut browser).await;
+    browser
+        .get(&app.url("/api/services/nope/secret-looking-path"))
+        .await;
+    let text = browser
+        .get(&app.url("/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("courier_http_requests_total"), "{text}");
+    assert!(text.contains(r#"route="/api/me""#), "{text}");
+    assert!(
+        text.contains(r#"kind="login",outcome="ok""#)
+            || text.contains(r#"outcome="ok",kind="login""#)
+    );
+    assert!(text.contains("courier_active_sessions 1"), "{text}");
+    assert!(text.contains("courier_http_request_duration_seconds_bucket"));
+    assert!(
+        !text.contains("secret-looking-path"),
+        "paths never become labels"
+    );
+}

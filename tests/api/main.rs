@@ -10,6 +10,7 @@ mod linked;
 mod login;
 mod login_state;
 mod logout;
+mod logs;
 mod openapi;
 mod services;
 mod session;

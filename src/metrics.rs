@@ -1,0 +1,47 @@
+//! Prometheus metrics: one process-wide recorder, rendered at `GET /metrics`.
+//!
+//! Counted where things happen: HTTP requests by route pattern and status (with latency),
+//! service calls by service and status (with latency), token refreshes by provider and outcome,
+//! logins and logouts by outcome. Active sessions and database-pool use are read when scraped.
+
+use std::sync::OnceLock;
+
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::startup::AppState;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The recorder, installed once per process (tests run several instances in one).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("the buckets are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+    let sessions: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE key_hash IS NOT NULL
+           AND idle_expires_at > $1 AND absolute_expires_at > $1",
+    )
+    .bind(state.clock.now())
+    .fetch_one(&state.pool)
+    .await;
+    if let Ok(sessions) = sessions {
+        metrics::gauge!("courier_active_sessions").set(sessions as f64);
+    }
+    metrics::gauge!("courier_db_pool_connections").set(state.pool.size() as f64);
+    metrics::gauge!("courier_db_pool_idle_connections").set(state.pool.num_idle() as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle().render())
+}
