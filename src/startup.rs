@@ -43,6 +43,9 @@ pub struct AppState {
 /// the background and `/readyz` reports the provider as missing meanwhile).
 const INITIAL_DISCOVERY_WAIT: Duration = Duration::from_secs(10);
 
+/// How long in-flight requests may run on after SIGTERM.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 25;
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -205,6 +208,8 @@ impl Application {
                 .wrap(from_fn(middleware::request_log))
         })
         .listen(listener)?
+        // SIGTERM/SIGINT: stop accepting, give in-flight requests this long, then exit.
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .run();
 
         Ok(Application { port, server })

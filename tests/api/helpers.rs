@@ -328,7 +328,7 @@ impl TestApp {
     }
 }
 
-fn config_text(port: u16, database_url: &str, s: &AppSettings) -> String {
+pub fn config_text(port: u16, database_url: &str, s: &AppSettings) -> String {
     let quoted = |items: &[&str]| -> String {
         let items: Vec<String> = items.iter().map(|x| format!("\"{x}\"")).collect();
         items.join(", ")

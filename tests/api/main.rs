@@ -14,3 +14,4 @@ mod logs;
 mod openapi;
 mod services;
 mod session;
+mod shutdown;
