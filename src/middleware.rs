@@ -4,13 +4,17 @@
 
 use std::time::Instant;
 
+use actix_web::HttpMessage;
 use actix_web::HttpResponse;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use actix_web::http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION,
+};
 use actix_web::middleware::Next;
+use tracing::Instrument;
 
 use crate::error::{problem, problem_response};
 use crate::proxy::Proxied;
@@ -121,11 +125,20 @@ pub async fn request_log(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
-    let res = next.call(req).await;
+    let request_id = RequestId::for_request(&req);
+    req.extensions_mut().insert(request_id.clone());
+    // Every log line made while handling the request carries its id.
+    let span = tracing::info_span!("request", request_id = %request_id.0);
+    let mut res = next.call(req).instrument(span.clone()).await;
     let (status, route) = match &res {
         Ok(r) => (r.status(), r.request().match_pattern()),
         Err(e) => (e.as_response_error().status_code(), None),
     };
+    if let Ok(r) = &mut res
+        && let Ok(value) = HeaderValue::from_str(&request_id.0)
+    {
+        r.headers_mut().insert(X_REQUEST_ID, value);
+    }
     // The route pattern, never the path: paths are unbounded and would flood the metrics.
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
     let labels = [
@@ -136,12 +149,40 @@ pub async fn request_log(
     metrics::counter!("courier_http_requests_total", &labels).increment(1);
     metrics::histogram!("courier_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
-    tracing::info!(
-        %method,
-        path = %path,
-        status = status.as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            path = %path,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
     res
+}
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id: the caller's `X-Request-Id` when it is short and plain, else a new one.
+/// Logged with every line of the request, sent back, and passed on to services.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn for_request(req: &ServiceRequest) -> RequestId {
+        let given = req
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        RequestId(match given {
+            Some(id) => id.to_owned(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        })
+    }
 }

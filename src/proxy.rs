@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -52,6 +52,7 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "x-real-ip",
     "traceparent",
     "tracestate",
+    "x-request-id",
 ];
 
 const DROPPED_RESPONSE_HEADERS: &[&str] = &[
@@ -193,6 +194,13 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
         set("x-forwarded-host", host);
     }
     set("traceparent", traceparent(headers));
+    if let Some(id) = incoming
+        .req
+        .extensions()
+        .get::<crate::middleware::RequestId>()
+    {
+        set("x-request-id", id.0.clone());
+    }
     out
 }
 

@@ -150,7 +150,17 @@ async fn a_call_carries_the_users_token_and_only_the_right_headers() {
         "echo",
         "service headers come back"
     );
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(request_id.len(), 32, "a new request id");
     let echo: Value = response.json().await.unwrap();
+    assert_eq!(
+        echo["headers"]["x-request-id"],
+        request_id.as_str(),
+        "passed on"
+    );
     assert_eq!(echo["path"], "/v1/items");
     assert_eq!(echo["query"], "page=2&q=a%20b");
     assert_eq!(echo["token"]["sub"], "alice");
@@ -185,11 +195,18 @@ async fn a_call_carries_the_users_token_and_only_the_right_headers() {
                     "traceparent",
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                 ),
+                ("x-request-id", "spa-req-42"),
             ],
             None,
         )
         .await;
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "spa-req-42",
+        "a plain id is kept"
+    );
     let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-request-id"], "spa-req-42");
     assert_eq!(
         echo["token"]["sub"], "alice",
         "courier's token, not the browser's"
