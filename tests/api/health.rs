@@ -74,3 +74,47 @@ async fn metrics_count_requests_by_route_and_logins_by_outcome() {
         "paths never become labels"
     );
 }
+
+#[tokio::test]
+async fn a_provider_down_at_start_up_is_discovered_when_it_comes_back() {
+    // The provider's port is known (courier is configured with it) but nothing listens yet.
+    let provider_port = {
+        let probe = TestApp::bind();
+        probe.local_addr().unwrap().port()
+    };
+    let listener = TestApp::bind();
+    let app_port = listener.local_addr().unwrap().port();
+    let issuer = format!("http://127.0.0.1:{provider_port}");
+    let app = TestApp::spawn(listener, AppSettings::new(&issuer)).await;
+    let mut browser = Browser::new();
+    let ready = browser.get(&app.url("/readyz")).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        browser.get(&app.url("/auth/login")).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // The provider comes up on that port; courier finds it without a restart.
+    let _provider = crate::helpers::NodeProvider::start(serde_json::json!({
+        "port": provider_port,
+        "clients": [{
+            "client_id": crate::helpers::CLIENT_ID,
+            "client_secret": crate::helpers::CLIENT_SECRET,
+            "redirect_uris": [format!("http://127.0.0.1:{app_port}/auth/callback/main")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }]
+    }))
+    .await;
+    let started = std::time::Instant::now();
+    while browser.get(&app.url("/readyz")).await.status() != StatusCode::OK {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(45),
+            "discovery is retried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let response = app.login(&mut browser, "alice").await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
+}
