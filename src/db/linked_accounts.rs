@@ -14,10 +14,25 @@ fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
     format!("linked_accounts.{column}:{user_id}:{provider}").into_bytes()
 }
 
-fn seal(keys: &KeyRing, column: &str, user_id: Uuid, provider: &str, v: &SecretString) -> Vec<u8> {
-    keys.seal(
-        v.expose_secret().as_bytes(),
-        &aad(column, user_id, provider),
+/// The access and refresh tokens, each sealed to its column of the (user, provider) row.
+fn seal_tokens(
+    keys: &KeyRing,
+    user_id: Uuid,
+    provider: &str,
+    tokens: &TokenSet,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let seal = |column: &str, v: &SecretString| {
+        keys.seal(
+            v.expose_secret().as_bytes(),
+            &aad(column, user_id, provider),
+        )
+    };
+    (
+        seal("access_token", &tokens.access_token),
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| seal("refresh_token", t)),
     )
 }
 
@@ -46,6 +61,7 @@ pub async fn upsert(
     subject: &str,
     tokens: &TokenSet,
 ) -> Result<(), sqlx::Error> {
+    let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
     sqlx::query(
         "INSERT INTO linked_accounts
              (user_id, provider, subject, access_token, refresh_token, expires_at, scopes)
@@ -58,19 +74,8 @@ pub async fn upsert(
     .bind(user_id)
     .bind(provider)
     .bind(subject)
-    .bind(seal(
-        keys,
-        "access_token",
-        user_id,
-        provider,
-        &tokens.access_token,
-    ))
-    .bind(
-        tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| seal(keys, "refresh_token", user_id, provider, t)),
-    )
+    .bind(access)
+    .bind(refresh)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
     .execute(conn)
@@ -86,6 +91,7 @@ pub async fn update_tokens(
     provider: &str,
     tokens: &TokenSet,
 ) -> Result<(), sqlx::Error> {
+    let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
     sqlx::query(
         "UPDATE linked_accounts
          SET access_token = $3, refresh_token = $4, expires_at = $5, scopes = $6, updated_at = now()
@@ -93,19 +99,8 @@ pub async fn update_tokens(
     )
     .bind(user_id)
     .bind(provider)
-    .bind(seal(
-        keys,
-        "access_token",
-        user_id,
-        provider,
-        &tokens.access_token,
-    ))
-    .bind(
-        tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| seal(keys, "refresh_token", user_id, provider, t)),
-    )
+    .bind(access)
+    .bind(refresh)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
     .execute(conn)
