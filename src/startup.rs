@@ -16,6 +16,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use sqlx::PgPool;
 
+use crate::cache::AppCache;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::crypto::{KeyRing, random_bytes};
@@ -35,6 +36,7 @@ pub struct AppState {
     pub providers: Arc<ProviderRegistry>,
     pub services: ServiceRegistry,
     pub tokens: TokenService,
+    pub cache: Arc<AppCache>,
     pub services_http: reqwest::Client,
     pub clock: SharedClock,
 }
@@ -89,8 +91,18 @@ impl Application {
 
         crate::metrics::handle();
         let port = listener.local_addr()?.port();
-        let tokens =
-            TokenService::new(pool.clone(), keys.clone(), providers.clone(), clock.clone());
+        let cache = Arc::new(AppCache::default());
+        {
+            let (cache, pool) = (cache.clone(), pool.clone());
+            tokio::spawn(async move { cache.listen(pool).await });
+        }
+        let tokens = TokenService::new(
+            pool.clone(),
+            cache.clone(),
+            keys.clone(),
+            providers.clone(),
+            clock.clone(),
+        );
         let state = web::Data::new(AppState {
             services: ServiceRegistry::new(&config),
             config: Arc::new(config),
@@ -98,6 +110,7 @@ impl Application {
             keys,
             providers,
             tokens,
+            cache,
             services_http: crate::proxy::build_client(),
             clock: clock.clone(),
         });
@@ -118,6 +131,7 @@ impl Application {
             let session_config = &state.config.session;
             let store = PgSessionStore::new(
                 state.pool.clone(),
+                state.cache.clone(),
                 state.clock.clone(),
                 chrono::Duration::seconds(session_config.idle_timeout_secs as i64),
             );

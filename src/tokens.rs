@@ -8,6 +8,9 @@
 //! finds the token fresh and uses it. The rotated refresh token is committed in that same
 //! transaction; a provider that cannot be reached rolls it back, leaving the stored tokens as
 //! they were. `invalid_grant` ends the session.
+//!
+//! Opened access tokens are cached in memory (`crate::cache`) so that a request with a fresh
+//! token costs no database round trip; a refresh always works on the locked row.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -18,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::{self, AppCache, Echo};
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
 use crate::db;
@@ -115,10 +119,11 @@ enum Owner<'a> {
 }
 
 impl Owner<'_> {
-    fn lock_key(&self) -> String {
+    /// The key of its lock and its cache entry.
+    fn key(&self) -> String {
         match self {
-            Owner::Session(id) => format!("session:{id}"),
-            Owner::Linked { user_id, provider } => format!("linked:{user_id}:{provider}"),
+            Owner::Session(id) => cache::session_key(*id),
+            Owner::Linked { user_id, provider } => cache::linked_key(*user_id, provider),
         }
     }
 
@@ -130,6 +135,14 @@ impl Owner<'_> {
     }
 }
 
+/// What the cache keeps of a token row: never the refresh token.
+#[derive(Debug, Clone)]
+pub struct CachedAccess {
+    access_token: SecretString,
+    expires_at: Option<DateTime<Utc>>,
+    needs_reauth: bool,
+}
+
 /// A token row, whichever table it lives in.
 struct Stored {
     provider: String,
@@ -139,6 +152,14 @@ struct Stored {
 }
 
 impl Stored {
+    fn access(&self) -> CachedAccess {
+        CachedAccess {
+            access_token: self.tokens.access_token.clone(),
+            expires_at: self.tokens.expires_at,
+            needs_reauth: self.needs_reauth,
+        }
+    }
+
     fn from_session(s: db::session_tokens::SessionTokens) -> Self {
         Stored {
             provider: s.provider,
@@ -163,6 +184,7 @@ type ClientTokenKey = (String, Vec<String>);
 
 pub struct TokenService {
     pool: PgPool,
+    cache: Arc<AppCache>,
     keys: Arc<KeyRing>,
     providers: Arc<ProviderRegistry>,
     clock: SharedClock,
@@ -174,12 +196,14 @@ pub struct TokenService {
 impl TokenService {
     pub fn new(
         pool: PgPool,
+        cache: Arc<AppCache>,
         keys: Arc<KeyRing>,
         providers: Arc<ProviderRegistry>,
         clock: SharedClock,
     ) -> Self {
         Self {
             pool,
+            cache,
             keys,
             providers,
             clock,
@@ -189,10 +213,19 @@ impl TokenService {
         }
     }
 
-    fn is_fresh(&self, tokens: &TokenSet) -> bool {
-        tokens
-            .expires_at
-            .is_none_or(|at| at > self.clock.now() + REFRESH_MARGIN)
+    fn is_fresh(&self, expires_at: Option<DateTime<Utc>>) -> bool {
+        expires_at.is_none_or(|at| at > self.clock.now() + REFRESH_MARGIN)
+    }
+
+    /// The owner's access token as the cache has it, else as Postgres has it.
+    async fn current(&self, owner: Owner<'_>, key: &str) -> Result<CachedAccess, TokenError> {
+        if let Some(access) = self.cache.token(key) {
+            return Ok(access);
+        }
+        let epoch = self.cache.epoch();
+        let access = self.load(owner).await?.ok_or(owner.missing())?.access();
+        self.cache.put_token(epoch, key.to_owned(), access.clone());
+        Ok(access)
     }
 
     /// A fresh access token of the session's login provider.
@@ -258,27 +291,28 @@ impl TokenService {
         owner: Owner<'_>,
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, TokenError> {
-        let usable = |stored: &Stored| -> Result<bool, TokenError> {
-            if stored.needs_reauth {
+        let usable = |access: &CachedAccess| -> Result<bool, TokenError> {
+            if access.needs_reauth {
                 return Err(TokenError::ConnectionNeedsReauth);
             }
             Ok(match rejected {
-                Some(r) if stored.tokens.access_token.expose_secret() == r.expose_secret() => false,
-                _ => self.is_fresh(&stored.tokens),
+                Some(r) if access.access_token.expose_secret() == r.expose_secret() => false,
+                _ => self.is_fresh(access.expires_at),
             })
         };
-        let current = self.load(owner).await?.ok_or(owner.missing())?;
+        let key = owner.key();
+        let current = self.current(owner, &key).await?;
         if usable(&current)? {
-            return Ok(current.tokens.access_token);
+            return Ok(current.access_token);
         }
 
-        let _in_process = self.locks.lock(&owner.lock_key()).await;
+        let _in_process = self.locks.lock(&key).await;
         let mut tx = self.pool.begin().await?;
         let stored = self
             .load_for_update(&mut tx, owner)
             .await?
             .ok_or(owner.missing())?;
-        if usable(&stored)? {
+        if usable(&stored.access())? {
             return Ok(stored.tokens.access_token);
         }
         let provider = self.providers.get(&stored.provider).ok_or_else(|| {
@@ -319,12 +353,14 @@ impl TokenService {
                     }
                 }
                 tx.commit().await?;
+                self.cache.invalidate(&key);
                 tracing::info!(provider = %provider.id(), "token refreshed");
                 Ok(refreshed.access_token)
             }
             Err(GrantError::InvalidGrant) => {
                 // The provider ended the grant. A session ends with it; a linked account waits
                 // for the user to connect it again.
+                let echo = self.cache.expect(&key);
                 let outcome = match owner {
                     Owner::Session(id) => {
                         db::sessions::delete(&mut tx, id).await?;
@@ -337,6 +373,8 @@ impl TokenService {
                     }
                 };
                 tx.commit().await?;
+                self.cache.invalidate(&key);
+                Echo::heard(echo).await;
                 tracing::info!(provider = %provider.id(), "refresh refused (invalid_grant)");
                 Err(outcome)
             }

@@ -61,24 +61,41 @@ pub async fn bind_key(
 /// read, and only about once a minute a write, so that idle expiry costs no write per request.
 pub const TOUCH_INTERVAL: Duration = Duration::seconds(60);
 
-/// Loads a live session's state and, when it was last extended over a minute ago, extends its
-/// idle expiry, in one round trip. A session past either expiry is not returned.
+/// A live session as `touch` left it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Touched {
+    pub id: Uuid,
+    pub state: serde_json::Value,
+    pub last_seen_at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+}
+
+/// Loads a live session and, when it was last extended over a minute ago, extends its idle
+/// expiry, in one round trip. A session past either expiry is not returned.
 pub async fn touch(
     pool: &PgPool,
     key_hash: &[u8],
     now: DateTime<Utc>,
     idle_timeout: Duration,
-) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<Touched>, sqlx::Error> {
+    sqlx::query_as(
         "WITH live AS (
-             SELECT id, state, last_seen_at FROM sessions
+             SELECT id, state, last_seen_at, idle_expires_at, absolute_expires_at,
+                    last_seen_at < $4 AS stale
+             FROM sessions
              WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
          ), extended AS (
              UPDATE sessions
              SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
-             WHERE id = (SELECT id FROM live WHERE last_seen_at < $4)
+             WHERE id = (SELECT id FROM live WHERE stale)
          )
-         SELECT state FROM live",
+         SELECT id, state,
+                CASE WHEN stale THEN $2 ELSE last_seen_at END AS last_seen_at,
+                CASE WHEN stale THEN LEAST($3, absolute_expires_at) ELSE idle_expires_at END
+                    AS idle_expires_at,
+                absolute_expires_at
+         FROM live",
     )
     .bind(key_hash)
     .bind(now)
@@ -171,24 +188,24 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error
 }
 
 /// Ends the sessions a provider's back-channel logout names: by its session id (`sid`), by
-/// the user's subject (`sub`), or by both. Returns how many ended.
+/// the user's subject (`sub`), or by both. Returns the ids of those that ended.
 pub async fn delete_for_provider_logout(
     conn: &mut PgConnection,
     provider: &str,
     sid: Option<&str>,
     sub: Option<&str>,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     debug_assert!(sid.is_some() || sub.is_some());
-    Ok(sqlx::query(
+    sqlx::query_scalar(
         "DELETE FROM sessions
          WHERE provider = $1
            AND ($2::text IS NULL OR provider_sid = $2)
-           AND ($3::text IS NULL OR subject = $3)",
+           AND ($3::text IS NULL OR subject = $3)
+         RETURNING id",
     )
     .bind(provider)
     .bind(sid)
     .bind(sub)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    .fetch_all(conn)
+    .await
 }

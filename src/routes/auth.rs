@@ -300,6 +300,9 @@ async fn finish_connect(
                 "server_error"
             }
         })?;
+    state
+        .cache
+        .invalidate(&crate::cache::linked_key(user_id, provider.id()));
     tracing::info!(provider = %provider.id(), %service, "account connected");
     Ok(())
 }

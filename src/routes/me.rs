@@ -1,8 +1,11 @@
 //! `GET /api/me`: who the session user is.
 
+use std::sync::Arc;
+
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 
+use crate::cache::VIEW_MAX_AGE;
 use crate::db;
 use crate::error::ApiError;
 use crate::session::CurrentSession;
@@ -12,9 +15,24 @@ pub async fn me(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = db::sessions::view(&state.pool, current.id, state.clock.now())
-        .await?
-        .ok_or(ApiError::LoginRequired)?;
+    let now = state.clock.now();
+    let cached = state.cache.view(current.id).filter(|(read_at, _)| {
+        (now - *read_at)
+            .to_std()
+            .is_ok_and(|age| age < VIEW_MAX_AGE)
+    });
+    let view = match cached {
+        Some((_, view)) => view,
+        None => {
+            let epoch = state.cache.epoch();
+            let view = db::sessions::view(&state.pool, current.id, now)
+                .await?
+                .ok_or(ApiError::LoginRequired)?;
+            let view = Arc::new(view);
+            state.cache.put_view(epoch, current.id, (now, view.clone()));
+            view
+        }
+    };
     let claim = |name: &str| view.claims.get(name).cloned().unwrap_or(Value::Null);
     Ok(HttpResponse::Ok().json(json!({
         "user_id": view.user_id,

@@ -103,6 +103,9 @@ pub async fn disconnect(
         DisconnectError::Database(e) => e.into(),
         DisconnectError::Load(e) => ApiError::internal(e),
     })?;
+    state
+        .cache
+        .invalidate(&crate::cache::linked_key(current.user_id, provider.id()));
     Ok(HttpResponse::NoContent().finish())
 }
 

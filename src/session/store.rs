@@ -3,17 +3,21 @@
 //! The cookie carries a random key; the row is found by the key's SHA-256. A row is created by
 //! the login callback (with the user and the tokens, in one transaction) and bound to its key
 //! here, once, when actix-session saves the renewed session. Expiry is the server's: a row past
-//! its idle or absolute expiry does not load, and each load extends the idle expiry.
+//! its idle or absolute expiry does not load, and loads extend the idle expiry (in Postgres at
+//! most once a minute). Loaded sessions are cached in memory (`crate::cache`), so that most
+//! requests cost no database round trip.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
 use actix_web::cookie::time::Duration as CookieDuration;
 use anyhow::anyhow;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::AppCache;
 use crate::clock::SharedClock;
 use crate::crypto::{random_token, sha256};
 use crate::db;
@@ -21,17 +25,40 @@ use crate::db;
 /// The session-state entry that names the session's row.
 pub const SESSION_ID_KEY: &str = "courier.session";
 
+/// A loaded session as the cache keeps it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    state: Arc<HashMap<String, String>>,
+    last_seen_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl LiveSession {
+    /// Whether the entry can answer without Postgres: the session is live by what this
+    /// instance knows, and its idle expiry needs no extending yet.
+    fn usable(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at && now - self.last_seen_at < db::sessions::TOUCH_INTERVAL
+    }
+}
+
 #[derive(Clone)]
 pub struct PgSessionStore {
     pool: PgPool,
+    cache: Arc<AppCache>,
     clock: SharedClock,
     idle_timeout: Duration,
 }
 
 impl PgSessionStore {
-    pub fn new(pool: PgPool, clock: SharedClock, idle_timeout: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        cache: Arc<AppCache>,
+        clock: SharedClock,
+        idle_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
+            cache,
             clock,
             idle_timeout,
         }
@@ -69,20 +96,27 @@ impl SessionStore for PgSessionStore {
         &self,
         session_key: &SessionKey,
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
-        let state = db::sessions::touch(
-            &self.pool,
-            &key_hash(session_key),
-            self.clock.now(),
-            self.idle_timeout,
-        )
-        .await
-        .map_err(|e| LoadError::Other(e.into()))?;
-        match state {
-            None => Ok(None),
-            Some(state) => from_json(state)
-                .map(Some)
-                .ok_or_else(|| LoadError::Deserialization(anyhow!("session state is not a map"))),
+        let hash = key_hash(session_key);
+        let now = self.clock.now();
+        if let Some(live) = self.cache.session(&hash).filter(|s| s.usable(now)) {
+            return Ok(Some(live.state.as_ref().clone()));
         }
+        let epoch = self.cache.epoch();
+        let Some(row) = db::sessions::touch(&self.pool, &hash, now, self.idle_timeout)
+            .await
+            .map_err(|e| LoadError::Other(e.into()))?
+        else {
+            return Ok(None);
+        };
+        let state = from_json(row.state)
+            .ok_or_else(|| LoadError::Deserialization(anyhow!("session state is not a map")))?;
+        let live = LiveSession {
+            state: Arc::new(state.clone()),
+            last_seen_at: row.last_seen_at,
+            expires_at: row.idle_expires_at.min(row.absolute_expires_at),
+        };
+        self.cache.put_session(epoch, hash, row.id, live);
+        Ok(Some(state))
     }
 
     async fn save(
@@ -115,13 +149,11 @@ impl SessionStore for PgSessionStore {
         session_state: HashMap<String, String>,
         _ttl: &CookieDuration,
     ) -> Result<SessionKey, UpdateError> {
-        let updated = db::sessions::update_state(
-            &self.pool,
-            &key_hash(&session_key),
-            &to_json(&session_state),
-        )
-        .await
-        .map_err(|e| UpdateError::Other(e.into()))?;
+        let hash = key_hash(&session_key);
+        let updated = db::sessions::update_state(&self.pool, &hash, &to_json(&session_state))
+            .await
+            .map_err(|e| UpdateError::Other(e.into()))?;
+        self.cache.forget_session_key(&hash);
         if updated {
             Ok(session_key)
         } else {
@@ -141,7 +173,9 @@ impl SessionStore for PgSessionStore {
     }
 
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
-        db::sessions::delete_by_key(&self.pool, &key_hash(session_key)).await?;
+        let hash = key_hash(session_key);
+        db::sessions::delete_by_key(&self.pool, &hash).await?;
+        self.cache.forget_session_key(&hash);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! courier's API tests: one binary; each test gets its own database, port and provider.
 
+mod cache;
 mod config;
 mod fake_provider;
 mod health;

@@ -1,0 +1,421 @@
+//! A short in-process cache of sessions, `/api/me` views and opened access tokens, kept true
+//! across instances by Postgres LISTEN/NOTIFY.
+//!
+//! Triggers on `sessions`, `session_tokens` and `linked_accounts` (migration 0004) announce
+//! every change a cached entry could miss — a deleted or re-keyed session, a refreshed or
+//! removed token — on the `courier_cache` channel, with the owner's key as payload. Each
+//! instance listens, and drops what a notification names. The writer drops its own entries
+//! at once too, so that a logout is seen by the next request to the same instance without
+//! waiting for the echo.
+//!
+//! Three rules keep a stale entry from outliving a change:
+//! - The cache is used only while the listener is connected. When the connection drops, the
+//!   cache is emptied and bypassed until it is listening again (notifications sent meanwhile
+//!   are lost).
+//! - Every invalidation bumps an epoch. A loader takes the epoch before it reads Postgres and
+//!   stores what it read only if no invalidation came in between, so a read that raced a
+//!   change cannot put the old value back.
+//! - Entries live for a short `max_age` at most, whatever happens.
+//!
+//! A notification reaches every instance at about the same time, but not at once. Where it
+//! matters that the next request anywhere sees a change — a logout — the writer waits
+//! (briefly, bounded) until its own listener has heard the change announced: by then the
+//! other instances' listeners have been told too.
+//!
+//! Refresh tokens are never cached: a refresh always reads and locks the row in Postgres.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The channel the triggers notify on.
+pub const CHANNEL: &str = "courier_cache";
+
+/// Sessions and tokens: a miss costs a Postgres round trip, so they stay up to this long.
+const ENTRY_MAX_AGE: Duration = Duration::from_secs(30);
+/// `/api/me` views carry the idle expiry, which moves as the session is used.
+pub const VIEW_MAX_AGE: Duration = Duration::from_secs(5);
+/// A table that grows past this is emptied rather than scanned for the oldest entries.
+const MAX_ENTRIES: usize = 100_000;
+/// How long a writer waits to hear its own change announced.
+const ECHO_WAIT: Duration = Duration::from_secs(1);
+
+/// The cache key (and notification payload) of a token owner.
+pub fn session_key(session_id: Uuid) -> String {
+    format!("session:{session_id}")
+}
+
+pub fn linked_key(user_id: Uuid, provider: &str) -> String {
+    format!("linked:{user_id}:{provider}")
+}
+
+/// courier's cache: loaded sessions, opened access tokens, `/api/me` views (with the time,
+/// by courier's clock, they were read).
+pub type AppCache = Cache<
+    crate::session::store::LiveSession,
+    crate::tokens::CachedAccess,
+    (
+        chrono::DateTime<chrono::Utc>,
+        Arc<crate::db::sessions::SessionView>,
+    ),
+>;
+
+/// The epoch a loader saw before reading Postgres; `None` while the cache is bypassed.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(u64);
+
+struct Table<K, V> {
+    max_age: Duration,
+    entries: HashMap<K, (Instant, V)>,
+}
+
+impl<K: Eq + Hash, V: Clone> Table<K, V> {
+    fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.max_age)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, key: K, value: V) {
+        if self.entries.len() >= MAX_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (Instant::now(), value));
+    }
+
+    fn remove<Q: Eq + Hash + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.remove(key).map(|(_, v)| v)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+struct Inner<S, T, V> {
+    epoch: u64,
+    /// By the SHA-256 of the cookie key.
+    sessions: Table<[u8; 32], S>,
+    /// Session id → the key its entry is under, to drop it by id.
+    session_keys: HashMap<Uuid, [u8; 32]>,
+    views: Table<Uuid, V>,
+    /// By owner key (`session_key`, `linked_key`).
+    tokens: Table<String, T>,
+    /// Writers waiting to hear a notification, by payload.
+    echoes: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
+/// The cache, generic over what it holds so that it knows nothing of sessions' and tokens'
+/// shapes: `S` a loaded session, `T` a token, `V` an `/api/me` view.
+pub struct Cache<S, T, V> {
+    live: AtomicBool,
+    inner: Mutex<Inner<S, T, V>>,
+}
+
+impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
+    fn default() -> Self {
+        Self {
+            live: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                epoch: 0,
+                sessions: Table::new(ENTRY_MAX_AGE),
+                session_keys: HashMap::new(),
+                views: Table::new(VIEW_MAX_AGE),
+                tokens: Table::new(ENTRY_MAX_AGE),
+                echoes: HashMap::new(),
+            }),
+        }
+    }
+}
+
+fn count(table: &'static str, hit: bool) {
+    metrics::counter!("courier_cache_lookups_total", "table" => table,
+        "outcome" => if hit { "hit" } else { "miss" })
+    .increment(1);
+}
+
+impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S, T, V>> {
+        self.inner.lock().expect("cache lock is never poisoned")
+    }
+
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Take before reading Postgres; pass to `put_*` with what was read.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.is_live().then(|| Epoch(self.lock().epoch))
+    }
+
+    fn lookup<R>(
+        &self,
+        table: &'static str,
+        get: impl FnOnce(&Inner<S, T, V>) -> Option<R>,
+    ) -> Option<R> {
+        if !self.is_live() {
+            return None;
+        }
+        let found = get(&self.lock());
+        count(table, found.is_some());
+        found
+    }
+
+    fn store(&self, epoch: Option<Epoch>, put: impl FnOnce(&mut Inner<S, T, V>)) {
+        let Some(Epoch(seen)) = epoch else { return };
+        let mut inner = self.lock();
+        if inner.epoch == seen && self.is_live() {
+            put(&mut inner);
+        }
+    }
+
+    pub fn session(&self, key_hash: &[u8; 32]) -> Option<S> {
+        self.lookup("sessions", |i| i.sessions.get(key_hash))
+    }
+
+    pub fn put_session(&self, epoch: Option<Epoch>, key_hash: [u8; 32], id: Uuid, session: S) {
+        self.store(epoch, |i| {
+            if i.session_keys.len() >= MAX_ENTRIES {
+                i.session_keys.clear();
+                i.sessions.clear();
+            }
+            i.session_keys.insert(id, key_hash);
+            i.sessions.put(key_hash, session);
+        });
+    }
+
+    pub fn view(&self, session_id: Uuid) -> Option<V> {
+        self.lookup("views", |i| i.views.get(&session_id))
+    }
+
+    pub fn put_view(&self, epoch: Option<Epoch>, session_id: Uuid, view: V) {
+        self.store(epoch, |i| i.views.put(session_id, view));
+    }
+
+    pub fn token(&self, owner_key: &str) -> Option<T> {
+        self.lookup("tokens", |i| i.tokens.get(owner_key))
+    }
+
+    pub fn put_token(&self, epoch: Option<Epoch>, owner_key: String, token: T) {
+        self.store(epoch, |i| i.tokens.put(owner_key, token));
+    }
+
+    /// Drops the session under a cookie key (its cookie was purged).
+    pub fn forget_session_key(&self, key_hash: &[u8; 32]) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.sessions.remove(key_hash);
+    }
+
+    /// Drops what a change to `owner_key` (a `session_key` or `linked_key`) makes stale; an
+    /// unknown key empties everything.
+    pub fn invalidate(&self, owner_key: &str) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.tokens.remove(owner_key);
+        if owner_key.starts_with("linked:") {
+            return;
+        }
+        match owner_key
+            .strip_prefix("session:")
+            .and_then(|id| id.parse().ok())
+        {
+            Some(id) => {
+                inner.views.remove(&id);
+                if let Some(key) = inner.session_keys.remove(&id) {
+                    inner.sessions.remove(&key);
+                }
+            }
+            None => clear(&mut inner),
+        }
+    }
+
+    /// Call before a write that changes `owner_key`; after the commit, `heard` waits until the
+    /// change has been announced back (or the listener is gone, or a second has passed).
+    pub fn expect(&self, owner_key: &str) -> Option<Echo> {
+        if !self.is_live() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.lock();
+        let waiting = inner.echoes.entry(owner_key.to_owned()).or_default();
+        waiting.retain(|w| !w.is_closed());
+        waiting.push(tx);
+        Some(Echo(rx))
+    }
+
+    fn announced(&self, payload: &str) {
+        self.invalidate(payload);
+        if let Some(waiting) = self.lock().echoes.remove(payload) {
+            for w in waiting {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        let mut inner = self.lock();
+        clear(&mut inner);
+        self.live.store(live, Ordering::Release);
+    }
+
+    /// Listens for invalidations until the pool closes, reconnecting with backoff. The cache is
+    /// live only while the listener is.
+    pub async fn listen(&self, pool: PgPool) {
+        let mut backoff = Duration::from_millis(100);
+        while !pool.is_closed() {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => match listener.listen(CHANNEL).await {
+                    Ok(()) => {
+                        self.set_live(true);
+                        backoff = Duration::from_millis(100);
+                        self.follow(&mut listener).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cache: LISTEN failed"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cache: cannot connect the listener"),
+            }
+            self.set_live(false);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn follow(&self, listener: &mut PgListener) {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => self.announced(notification.payload()),
+                // The connection dropped and was re-established: what was sent meanwhile is
+                // lost, so nothing cached before can be trusted.
+                Ok(None) => {
+                    tracing::warn!("cache: listener reconnected; cache emptied");
+                    self.set_live(true);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache: listener lost; cache bypassed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A writer's wait for its change to be announced.
+pub struct Echo(oneshot::Receiver<()>);
+
+impl Echo {
+    pub async fn heard(echo: Option<Echo>) {
+        if let Some(Echo(rx)) = echo {
+            let _ = tokio::time::timeout(ECHO_WAIT, rx).await;
+        }
+    }
+}
+
+fn clear<S: Clone, T: Clone, V: Clone>(inner: &mut Inner<S, T, V>) {
+    inner.epoch += 1;
+    // Dropping the senders releases the waiters: nothing will be heard on this connection.
+    inner.echoes.clear();
+    inner.sessions.clear();
+    inner.session_keys.clear();
+    inner.views.clear();
+    inner.tokens.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestCache = Cache<u32, u32, u32>;
+
+    fn live() -> TestCache {
+        let cache = TestCache::default();
+        cache.set_live(true);
+        cache
+    }
+
+    #[test]
+    fn nothing_is_cached_while_not_listening() {
+        let cache = TestCache::default();
+        let epoch = cache.epoch();
+        cache.put_token(epoch, "session:x".into(), 1);
+        assert_eq!(cache.token("session:x"), None);
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_stored() {
+        let cache = live();
+        let id = Uuid::new_v4();
+        let before = cache.epoch();
+        cache.invalidate(&session_key(id));
+        cache.put_token(before, session_key(id), 1);
+        assert_eq!(cache.token(&session_key(id)), None);
+        cache.put_token(cache.epoch(), session_key(id), 2);
+        assert_eq!(cache.token(&session_key(id)), Some(2));
+    }
+
+    #[test]
+    fn a_session_notification_drops_its_session_view_and_token() {
+        let cache = live();
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        for (n, id) in [(1, id), (2, other)] {
+            let epoch = cache.epoch();
+            cache.put_session(epoch, [n as u8; 32], id, n);
+            cache.put_view(epoch, id, n);
+            cache.put_token(epoch, session_key(id), n);
+        }
+        cache.invalidate(&session_key(id));
+        assert_eq!(cache.session(&[1; 32]), None);
+        assert_eq!(cache.view(id), None);
+        assert_eq!(cache.token(&session_key(id)), None);
+        assert_eq!(cache.session(&[2; 32]), Some(2));
+        assert_eq!(cache.view(other), Some(2));
+        assert_eq!(cache.token(&session_key(other)), Some(2));
+    }
+
+    #[test]
+    fn a_linked_notification_drops_only_that_token() {
+        let cache = live();
+        let user = Uuid::new_v4();
+        let epoch = cache.epoch();
+        cache.put_token(epoch, linked_key(user, "github"), 1);
+        cache.put_token(epoch, linked_key(user, "google"), 2);
+        cache.invalidate(&linked_key(user, "github"));
+        assert_eq!(cache.token(&linked_key(user, "github")), None);
+        assert_eq!(cache.token(&linked_key(user, "google")), Some(2));
+    }
+
+    #[test]
+    fn an_unknown_payload_or_a_lost_listener_empties_everything() {
+        let cache = live();
+        cache.put_token(cache.epoch(), "session:a".into(), 1);
+        cache.invalidate("something else");
+        assert_eq!(cache.token("session:a"), None);
+        cache.put_token(cache.epoch(), "session:a".into(), 1);
+        cache.set_live(false);
+        assert_eq!(cache.token("session:a"), None);
+        assert!(cache.epoch().is_none());
+    }
+}
