@@ -25,6 +25,19 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry trace export (OTLP over HTTP). Off unless `otlp_endpoint` is set here or the
+/// standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's base URL, e.g. `http://127.0.0.1:4318`; spans go to `{it}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (default `courier`).
+    pub service_name: Option<String>,
 }
 
 /// Requests to `/auth/login`, `/auth/callback/*` and `/auth/connect/*`, per client address and

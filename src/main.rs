@@ -56,13 +56,20 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    telemetry::init(cli.log_format);
+    let telemetry = match telemetry::init(cli.log_format, &config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("courier: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,
             _ => serve(config).await,
         }
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

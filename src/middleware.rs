@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::error::{problem, problem_response};
 use crate::proxy::Proxied;
+use crate::telemetry::TraceContext;
 
 pub async fn response_policy(
     req: ServiceRequest,
@@ -128,8 +129,22 @@ pub async fn request_log(
     let request_id = RequestId::for_request(&req);
     req.extensions_mut().insert(request_id.clone());
     // Every log line made while handling the request carries its id.
-    let span = tracing::info_span!("request", request_id = %request_id.0);
-    let mut res = next.call(req).instrument(span.clone()).await;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} request"),
+        otel.kind = "server",
+        request_id = %request_id.0,
+        trace_id = tracing::field::Empty,
+    );
+    let trace = TraceContext::for_request(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+        &span,
+    );
+    span.record("trace_id", trace.trace_id());
+    req.extensions_mut().insert(trace);
+    let mut res = trace.scope(next.call(req).instrument(span.clone())).await;
     let (status, route) = match &res {
         Ok(r) => (r.status(), r.request().match_pattern()),
         Err(e) => (e.as_response_error().status_code(), None),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::http::header::HeaderName;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -18,8 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use url::Url;
 
-use crate::crypto::random_bytes;
 use crate::error::ApiError;
+use crate::telemetry::TraceContext;
 
 /// Marks a response as the service's own, so its error statuses are passed through rather than
 /// turned into courier problem documents.
@@ -193,7 +193,9 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
         };
         set("x-forwarded-host", host);
     }
-    set("traceparent", traceparent(headers));
+    if let Some(trace) = incoming.req.extensions().get::<TraceContext>() {
+        set("traceparent", trace.traceparent());
+    }
     if let Some(id) = incoming
         .req
         .extensions()
@@ -202,24 +204,6 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
         set("x-request-id", id.0.clone());
     }
     out
-}
-
-/// A W3C traceparent for the outgoing call: the browser's trace id when it sent a valid one,
-/// a new one otherwise, and a new span id either way.
-fn traceparent(headers: &HeaderMap) -> String {
-    let incoming_trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let parts: Vec<&str> = v.split('-').collect();
-            let valid = parts.len() == 4
-                && parts[1].len() == 32
-                && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
-                && parts[1] != "00000000000000000000000000000000";
-            valid.then(|| parts[1].to_ascii_lowercase())
-        });
-    let trace = incoming_trace.unwrap_or_else(|| hex::encode(random_bytes::<16>()));
-    format!("00-{trace}-{}-01", hex::encode(random_bytes::<8>()))
 }
 
 /// One call to the service. `Err` carries the problem to answer with.

@@ -49,7 +49,12 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)?;
+            let mut request = reqwest::Request::try_from(request)?;
+            if let Some(trace) = crate::telemetry::TraceContext::current()
+                && let Ok(value) = reqwest::header::HeaderValue::from_str(&trace.traceparent())
+            {
+                request.headers_mut().insert("traceparent", value);
+            }
             let response = self.0.execute(request).await?;
             let mut builder = openidconnect::http::Response::builder().status(response.status());
             let form = response

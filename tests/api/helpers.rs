@@ -621,3 +621,69 @@ impl NodeProvider {
         );
     }
 }
+
+/// The real `courier` binary, serving `settings` on `port` over `db`: for what only a process
+/// can show (signals, crashes, span export). Killed when dropped.
+pub struct CourierProcess {
+    pub child: tokio::process::Child,
+    pub app: TestApp,
+    _dir: tempfile::TempDir,
+}
+
+impl CourierProcess {
+    /// A port for a process to bind (free when this returns).
+    pub fn free_port() -> u16 {
+        TestApp::bind().local_addr().unwrap().port()
+    }
+
+    /// Starts the binary and waits until `/healthz` answers.
+    pub async fn start(
+        db: Arc<TestDb>,
+        port: u16,
+        settings: &AppSettings,
+        env: &[(&str, &str)],
+    ) -> CourierProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("courier.toml");
+        std::fs::write(&config, config_text(port, &db.url, settings)).unwrap();
+        let log = std::env::var("COURIER_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", log)
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let app = TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            db,
+            clock: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        while reqwest::get(app.url("/healthz")).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "courier starts"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        CourierProcess {
+            child,
+            app,
+            _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (a `kill` name: TERM, KILL) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}

@@ -16,3 +16,4 @@ mod openapi;
 mod services;
 mod session;
 mod shutdown;
+mod trace;
