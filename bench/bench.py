@@ -1,74 +1,91 @@
 #!/usr/bin/env python3
-"""Benchmark: courier's proxy path against a direct call to the same service.
+"""Benchmark: courier against the service it fronts and against nginx, side by side in one run.
 
-    bench/proxy.py [--duration 10] [--connections 64] [--write docs/benchmarks.md]
+    bench/run [--duration 10] [--connections 64] [--users 16] [--write docs/benchmarks.md]
 
-Builds the release binaries, starts on loopback a fresh database, the test provider, the demo
-API (without token checks, so the numbers are courier's and not the provider's) and courier,
-logs a user in, and runs wrk against (a) the demo API directly and (b) the same request through
-`/api/services/demo/…` with the session cookie. Prints req/s and latency percentiles, and with
---write appends the table to the given Markdown file.
+(bench/run installs what is missing and builds the release binaries, then runs this file.)
+Starts on loopback a fresh database, the test provider, the demo API (without token checks, so
+that the numbers are courier's and not the provider's), nginx and courier; logs N users in; and
+runs wrk (-t2) against:
+
+  (a) the demo API directly, GET /v1/items?page=1;
+  (b) nginx proxy_pass to it (upstream keepalive, HTTP/1.1), same path;
+  (c) courier's proxy path /api/services/demo/v1/items?page=1, spread over the N sessions;
+  (d) courier's /api/me, same sessions;
+  (e) courier's /healthz;
+  (c) once more at 256 connections, for courier's RSS there;
+  (f) (c) and (d) again after 1,000,000 more sessions (with users, identities and tokens) are
+      inserted by SQL and the tables analyzed.
+
+Every row runs the same wrk Lua script, so wrk's own cost is the same in all of them. Prints a
+Markdown table (req/s, p50, p99, non-2xx and socket errors), the ratios and courier's peak RSS
+against the operations issue's targets; --write replaces the "## Latest run" section of the
+given Markdown file.
 """
 
 import argparse
 import base64
 import datetime
+import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, free_port, login, start_courier, start_provider, wait_ready  # noqa: E402
+from client import ROOT, Browser, free_port, login, start_provider, wait_ready  # noqa: E402
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+PATH = "/v1/items?page=1"
+MILLION = 1_000_000
 
+LUA = """-- One of the sessions' cookies per request; with the argument "bare", no extra headers.
+local cookies = {%s}
+local bare = false
+function init(args) bare = args[1] == "bare" end
+function request()
+  if bare then return wrk.format() end
+  return wrk.format(nil, nil, {["Cookie"] = "__Host-courier=" .. cookies[math.random(#cookies)],
+                               ["X-CSRF"] = "1"})
+end
+"""
 
-def wrk(url, duration, connections, headers=()):
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
-    for h in headers:
-        cmd += ["-H", h]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+NGINX = """worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  upstream demo {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://demo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
 
-    def pct(p):
-        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": pct(50), "p99": pct(99), "errors": int(non2xx.group(1)) if non2xx else 0}
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--write")
-    args = parser.parse_args()
-
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "courier", "-p", "demo-api"], cwd=ROOT, check=True)
-    subprocess.run([os.path.join(ROOT, "scripts/ensure-postgres")], check=True)
-    db = "courier_bench_" + secrets.token_hex(4)
-    subprocess.run(["psql", ADMIN, "-qc", f"CREATE DATABASE {db}"], check=True)
-    procs = []
-    try:
-        port, demo_port = free_port(), free_port()
-        app = f"http://127.0.0.1:{port}"
-        demo = f"http://127.0.0.1:{demo_port}"
-        provider, issuer = start_provider(app)
-        procs.append(provider)
-        procs.append(subprocess.Popen([os.path.join(ROOT, "target/release/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
-                                      stderr=subprocess.DEVNULL))
-        procs.append(start_courier(os.path.join(ROOT, "target/release/courier"), f"""
-[server]
+COURIER = """[server]
 listen = "127.0.0.1:{port}"
-public_url = "{app}"
+public_url = "http://127.0.0.1:{port}"
 [database]
 url = "postgres://postgres@127.0.0.1:5432/{db}"
 max_connections = 16
 [security]
-encryption_keys = ["{base64.b64encode(os.urandom(32)).decode()}"]
+encryption_keys = ["{key}"]
 [[providers]]
 id = "main"
 issuer = "{issuer}"
@@ -78,42 +95,218 @@ scopes = ["openid", "profile", "email", "offline_access"]
 login = true
 [[services]]
 name = "demo"
-base_url = "{demo}/"
+base_url = "http://127.0.0.1:{demo}/"
 provider = "main"
-"""))
-        wait_ready(f"{demo}/v1/x")
+"""
+
+# 1,000,000 users, each with an identity, a bound live session and a token row shaped like the
+# real ones (the sealed bytes of a real row: never opened, so their binding does not matter).
+SESSIONS_SQL = f"""
+WITH u AS (
+  INSERT INTO users (id) SELECT gen_random_uuid() FROM generate_series(1, {MILLION}) RETURNING id
+), i AS (
+  INSERT INTO identities (provider, subject, user_id, claims)
+  SELECT 'main', 'bench-' || u.id, u.id, r.claims FROM u, (SELECT claims FROM identities LIMIT 1) r
+), s AS (
+  INSERT INTO sessions (id, key_hash, user_id, provider, subject, created_at, last_seen_at,
+                        idle_expires_at, absolute_expires_at)
+  SELECT gen_random_uuid(), sha256(uuid_send(gen_random_uuid())), u.id, 'main', 'bench-' || u.id,
+         now(), now(), now() + interval '1 day', now() + interval '30 days' FROM u
+  RETURNING id
+)
+INSERT INTO session_tokens (session_id, access_token, refresh_token, id_token, expires_at, scopes)
+SELECT s.id, r.access_token, r.refresh_token, r.id_token, r.expires_at, r.scopes
+FROM s, (SELECT * FROM session_tokens LIMIT 1) r;
+ANALYZE;
+"""
+
+
+def psql(url, sql, check=True):
+    subprocess.run(["psql", url, "-qX", "-v", "ON_ERROR_STOP=1", "-c", sql], check=check,
+                   stdout=subprocess.DEVNULL)
+
+
+def wrk(url, script, duration, connections, bare):
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script, url]
+    out = subprocess.run(cmd + (["--", "bare"] if bare else []), capture_output=True, text=True,
+                         check=True).stdout
+
+    def pct(p):
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": sum(map(int, sockets.groups())) if sockets else 0}
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+class RssSampler(threading.Thread):
+    """Reads courier's VmRSS once a second; keeps the maximum for each phase."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.phase, self.max = pid, None, {}
+
+    def run(self):
+        while True:
+            try:
+                rss = status_kib(self.pid, "VmRSS")
+            except (OSError, AttributeError):
+                return
+            self.max[self.phase] = max(self.max.get(self.phase, 0), rss)
+            time.sleep(1)
+
+
+def start(procs, cmd, **kwargs):
+    procs.append(subprocess.Popen(cmd, **kwargs))
+    return procs[-1]
+
+
+def measure(args, db, tmp, procs):
+    port, demo_port, nginx_port = free_port(), free_port(), free_port()
+    app = f"http://127.0.0.1:{port}"
+    provider, issuer = start_provider(app)
+    procs.append(provider)
+    start(procs, [os.path.join(ROOT, "target/release/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
+          stderr=subprocess.DEVNULL)
+    with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+        f.write(NGINX.format(dir=tmp, upstream=demo_port, port=nginx_port))
+    start(procs, ["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
+                  "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
+    config = os.path.join(tmp, "courier.toml")
+    with open(config, "w") as f:
+        f.write(COURIER.format(port=port, db=db, issuer=issuer, demo=demo_port,
+                               key=base64.b64encode(os.urandom(32)).decode()))
+    courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
+                    env={**os.environ, "RUST_LOG": "error"})
+    for url in (f"http://127.0.0.1:{demo_port}/v1/x", f"http://127.0.0.1:{nginx_port}/v1/x",
+                f"{app}/readyz"):
+        wait_ready(url)
+
+    cookies = []
+    for n in range(args.users):
         browser = Browser()
-        login(browser, app, "bench")
-        cookie = browser.cookie(f"127.0.0.1:{port}", "__Host-courier")
+        login(browser, app, f"bench{n}")
+        cookies.append(browser.cookie(f"127.0.0.1:{port}", "__Host-courier"))
+    script = os.path.join(tmp, "sessions.lua")
+    with open(script, "w") as f:
+        f.write(LUA % ", ".join(json.dumps(c) for c in cookies))
 
-        path = "/v1/items?page=1"
-        results = {
-            "direct": wrk(f"{demo}{path}", args.duration, args.connections),
-            "proxy": wrk(f"{app}/api/services/demo{path}", args.duration, args.connections,
-                         ["X-CSRF: 1", f"Cookie: __Host-courier={cookie}"]),
-        }
-    finally:
-        for p in procs:
-            p.kill()
-        subprocess.run(["psql", ADMIN, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"])
+    sampler = RssSampler(courier.pid)
+    sampler.start()
+    results = {}
 
-    d, p = results["direct"], results["proxy"]
-    rows = [
-        "| path | req/s | p50 ms | p99 ms | non-2xx |",
-        "|---|---:|---:|---:|---:|",
-        f"| (a) demo API directly | {d['rps']:.0f} | {d['p50']:.2f} | {d['p99']:.2f} | {d['errors']} |",
-        f"| (b) courier proxy, logged-in session | {p['rps']:.0f} | {p['p50']:.2f} | {p['p99']:.2f} | {p['errors']} |",
-    ]
-    summary = (f"proxy/direct throughput: {p['rps'] / d['rps']:.2f}; "
-               f"p50 added by courier: {p['p50'] - d['p50']:.2f} ms")
-    print("\n".join(rows))
-    print(summary)
+    def row(key, url, bare=False, connections=args.connections):
+        print(f"{key}: {url} ({connections} connections)", file=sys.stderr)
+        sampler.phase = key
+        results[key] = wrk(url, script, args.duration, connections, bare)
+
+    row("a", f"http://127.0.0.1:{demo_port}{PATH}", bare=True)
+    row("b", f"http://127.0.0.1:{nginx_port}{PATH}", bare=True)
+    row("c", f"{app}/api/services/demo{PATH}")
+    row("d", f"{app}/api/me")
+    row("e", f"{app}/healthz", bare=True)
+    row("c256", f"{app}/api/services/demo{PATH}", connections=256)
+    print(f"inserting {MILLION:,} sessions", file=sys.stderr)
+    sampler.phase = "insert"
+    started = time.monotonic()
+    psql(f"postgres://postgres@127.0.0.1:5432/{db}", SESSIONS_SQL)
+    print(f"inserted in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    row("fc", f"{app}/api/services/demo{PATH}")
+    row("fd", f"{app}/api/me")
+    return results, status_kib(courier.pid, "VmHWM"), sampler.max.get("c256", 0)
+
+
+def report(args, r, hwm_kib, rss256_kib):
+    labels = {"a": "(a) demo API directly", "b": "(b) nginx proxy_pass",
+              "c": f"(c) courier proxy path, {args.users} sessions", "d": "(d) courier /api/me",
+              "e": "(e) courier /healthz", "c256": "(c) at 256 connections",
+              "fc": f"(f) (c) with {MILLION:,} more sessions",
+              "fd": f"(f) (d) with {MILLION:,} more sessions"}
+    lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors |", "|---|---:|---:|---:|---:|"]
+    for key, label in labels.items():
+        x = r[key]
+        lines.append(f"| {label} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
+                     f"{x['non2xx']}/{x['errors']} |")
+
+    def target(met):
+        return "met" if met else "**not met**"
+
+    cb, ca, de = r["c"]["rps"] / r["b"]["rps"], r["c"]["rps"] / r["a"]["rps"], r["d"]["rps"] / r["e"]["rps"]
+    added = r["c"]["p50"] - r["a"]["p50"]
+    cost_c, cost_d = 1 - r["fc"]["rps"] / r["c"]["rps"], 1 - r["fd"]["rps"] / r["d"]["rps"]
+    hwm, rss256 = hwm_kib / 1024, rss256_kib / 1024
+    lines += ["", "| measure | value | target | |", "|---|---:|---|---|",
+              f"| c/b | {cb:.3f} | ≥ 0.8 | {target(cb >= 0.8)} |",
+              f"| c/a | {ca:.3f} | | |",
+              f"| d/e | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
+              f"| p50 added by courier (c − a) | {added:.2f} ms | < 1 ms | {target(added < 1)} |",
+              f"| {MILLION:,} sessions' cost on (c) | {cost_c:.1%} | < 10% | {target(cost_c < 0.1)} |",
+              f"| {MILLION:,} sessions' cost on (d) | {cost_d:.1%} | < 10% | {target(cost_d < 0.1)} |",
+              f"| courier's RSS at 256 connections (max VmRSS) | {rss256:.1f} MiB | < 64 MiB | "
+              f"{target(rss256 < 64)} |",
+              f"| courier's peak RSS over the run (VmHWM) | {hwm:.1f} MiB | | |"]
+    return "\n".join(lines)
+
+
+def write_doc(path, args, table):
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    section = (f"## Latest run\n\n{datetime.date.today().isoformat()}, {commit}: "
+               f"{args.connections} connections, {args.duration} s per row, wrk -t2, {args.users} sessions, "
+               f"{os.cpu_count()} cores.\n\n"
+               f"{table}\n\n")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    latest = re.compile(r"^## Latest run\n.*?(?=^## |\Z)", re.M | re.S)
+    if latest.search(text):
+        text = latest.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per row")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--users", type=int, default=16, help="sessions that (c) and (d) spread over")
+    parser.add_argument("--write", metavar="FILE", help="replace the file's '## Latest run' section")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    db = "courier_bench_" + secrets.token_hex(4)
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="courier-bench-") as tmp:
+        psql(ADMIN, f"CREATE DATABASE {db}")
+        try:
+            results, hwm, rss256 = measure(args, db, tmp, procs)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            psql(ADMIN, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", check=False)
+
+    table = report(args, results, hwm, rss256)
+    print(table)
     if args.write:
-        stamp = datetime.date.today().isoformat()
-        with open(os.path.join(ROOT, args.write), "a") as f:
-            f.write(f"\n## Proxy path, {stamp} ({args.connections} connections, {args.duration} s, "
-                    f"wrk -t2, {os.cpu_count()} cores)\n\n" + "\n".join(rows) + f"\n\n{summary}\n")
+        write_doc(os.path.join(ROOT, args.write), args, table)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
