@@ -287,16 +287,20 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
     pub async fn listen(&self, pool: PgPool) {
         let mut backoff = Duration::from_millis(100);
         while !pool.is_closed() {
-            match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => match listener.listen(CHANNEL).await {
-                    Ok(()) => {
-                        self.set_live(true);
-                        backoff = Duration::from_millis(100);
-                        self.follow(&mut listener).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cache: LISTEN failed"),
-                },
-                Err(e) => tracing::warn!(error = %e, "cache: cannot connect the listener"),
+            let listener = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                // A lost connection must reach `follow` at once, not after reconnecting.
+                listener.eager_reconnect(false);
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            match listener.await {
+                Ok(mut listener) => {
+                    self.set_live(true);
+                    backoff = Duration::from_millis(100);
+                    self.follow(&mut listener).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cache: cannot listen"),
             }
             self.set_live(false);
             tokio::time::sleep(backoff).await;
@@ -308,14 +312,13 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => self.announced(notification.payload()),
-                // The connection dropped and was re-established: what was sent meanwhile is
-                // lost, so nothing cached before can be trusted.
+                // The connection dropped: what is sent until a new one listens is lost.
                 Ok(None) => {
-                    tracing::warn!("cache: listener reconnected; cache emptied");
-                    self.set_live(true);
+                    tracing::warn!("cache: listener lost; cache bypassed until it is back");
+                    return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cache: listener lost; cache bypassed");
+                    tracing::warn!(error = %e, "cache: listener failed; cache bypassed");
                     return;
                 }
             }

@@ -33,11 +33,16 @@ pub struct TestDb {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    admin: String,
 }
 
 impl TestDb {
     pub async fn new() -> Self {
-        let admin = admin_url();
+        Self::new_on(admin_url()).await
+    }
+
+    /// A database on the server that `admin` (a superuser URL) reaches.
+    pub async fn new_on(admin: String) -> Self {
         let name = format!("courier_test_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin)
             .await
@@ -52,7 +57,12 @@ impl TestDb {
         let pool = PgPool::connect(&url)
             .await
             .expect("connect to the test database");
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            url,
+            pool,
+            admin,
+        }
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -66,7 +76,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let admin = admin_url();
+        let admin = self.admin.clone();
         // Drop runs inside the test's runtime; a thread of its own may block on a new one.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -205,6 +215,11 @@ impl TestApp {
 
     pub async fn spawn(listener: TcpListener, settings: AppSettings) -> TestApp {
         Self::spawn_on(Arc::new(TestDb::new().await), listener, settings).await
+    }
+
+    /// courier on a database made elsewhere (another Postgres server, say).
+    pub async fn spawn_on_db(db: Arc<TestDb>, settings: AppSettings) -> TestApp {
+        Self::spawn_on(db, Self::bind(), settings).await
     }
 
     /// Another courier instance on the same database as `self`.

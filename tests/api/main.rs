@@ -3,6 +3,7 @@
 mod cache;
 mod config;
 mod fake_provider;
+mod faults;
 mod health;
 mod helpers;
 mod hostile;
