@@ -231,7 +231,7 @@ async fn spawn_bad_service() -> String {
                 match path.as_str() {
                     "/hang" => tokio::time::sleep(Duration::from_secs(3600)).await,
                     "/reset" => {
-                        let _ = socket.set_linger(Some(Duration::ZERO));
+                        let _ = socket.set_zero_linger();
                         drop(socket);
                     }
                     "/truncate" => {
