@@ -7,6 +7,7 @@ pub mod connections;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod fault;
 pub mod housekeeping;
 pub mod limits;
 pub mod metrics;

@@ -24,10 +24,10 @@ use uuid::Uuid;
 use crate::cache::{self, AppCache, Echo};
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
-use crate::db;
 use crate::error::ApiError;
 use crate::oidc::ProviderRegistry;
 use crate::oidc::grants::{self, GrantError};
+use crate::{db, fault};
 
 /// A token is refreshed when it expires within this margin.
 pub const REFRESH_MARGIN: Duration = Duration::seconds(60);
@@ -319,6 +319,7 @@ impl TokenService {
             TokenError::ProviderUnavailable("provider no longer configured".into())
         })?;
         let now = self.clock.now();
+        fault::point("refresh:before_grant").await;
         let outcome = grants::refresh(
             provider,
             &self.providers.http,
@@ -341,6 +342,7 @@ impl TokenService {
         .increment(1);
         match outcome {
             Ok(refreshed) => {
+                fault::point("refresh:after_grant").await;
                 match owner {
                     Owner::Session(id) => {
                         db::session_tokens::update(&mut tx, &self.keys, id, &refreshed).await?
@@ -352,7 +354,9 @@ impl TokenService {
                         .await?
                     }
                 }
+                fault::point("refresh:before_commit").await;
                 tx.commit().await?;
+                fault::point("refresh:after_commit").await;
                 self.cache.invalidate(&key);
                 tracing::info!(provider = %provider.id(), "token refreshed");
                 Ok(refreshed.access_token)

@@ -2,6 +2,8 @@
 
 mod cache;
 mod config;
+#[cfg(feature = "fault-injection")]
+mod crash;
 mod fake_provider;
 mod faults;
 mod health;
