@@ -11,20 +11,20 @@ use crate::helpers::{AppSettings, Browser, TestApp, TestDb};
 
 const COOKIE: &str = "__Host-courier";
 
-/// How many courier instances listen on the test's database right now.
-async fn listeners(db: &TestDb) -> i64 {
+/// The backends of the courier instances listening on the test's database right now.
+async fn listener_pids(db: &TestDb) -> Vec<i32> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
+        "SELECT pid FROM pg_stat_activity
          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
     )
-    .fetch_one(&db.pool)
+    .fetch_all(&db.pool)
     .await
     .unwrap()
 }
 
-async fn wait_for_listeners(db: &TestDb, n: i64) {
+async fn wait_for_listeners(db: &TestDb, n: usize) {
     for _ in 0..200 {
-        if listeners(db).await == n {
+        if listener_pids(db).await.len() == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -137,13 +137,7 @@ async fn notifications_lost_while_the_listener_was_away_empty_the_cache() {
 
     // The listeners' connections drop: whatever they may have missed, the caches are emptied
     // once they listen again.
-    let old: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let old: Vec<i32> = listener_pids(&first.db).await;
     sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
         .bind(&old)
         .execute(pool)
@@ -162,12 +156,6 @@ async fn notifications_lost_while_the_listener_was_away_empty_the_cache() {
     }
     // And they listen again by themselves, on new connections.
     wait_for_listeners(&first.db, 2).await;
-    let new: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let new: Vec<i32> = listener_pids(&first.db).await;
     assert!(new.iter().all(|pid| !old.contains(pid)));
 }
