@@ -44,8 +44,10 @@ pub const CHANNEL: &str = "courier_cache";
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(30);
 /// `/api/me` views carry the idle expiry, which moves as the session is used.
 pub const VIEW_MAX_AGE: Duration = Duration::from_secs(5);
-/// A table that grows past this is emptied rather than scanned for the oldest entries.
-const MAX_ENTRIES: usize = 100_000;
+/// A table that grows past this is emptied rather than scanned for the oldest entries. Access
+/// tokens can be a few KiB each: 20,000 of them bound the token table near 50 MiB, and more
+/// sessions active within `ENTRY_MAX_AGE` on one instance only mean more database reads.
+const MAX_ENTRIES: usize = 20_000;
 /// How long a writer waits to hear its own change announced.
 const ECHO_WAIT: Duration = Duration::from_secs(1);
 
