@@ -17,10 +17,13 @@
 //!   change cannot put the old value back.
 //! - Entries live for a short `max_age` at most, whatever happens.
 //!
-//! A notification reaches every instance at about the same time, but not at once. Where it
-//! matters that the next request anywhere sees a change — a logout — the writer waits
-//! (briefly, bounded) until its own listener has heard the change announced: by then the
-//! other instances' listeners have been told too.
+//! A notification reaches every instance at about the same time, but not at once: the soak
+//! (docs/reliability.md) saw another instance serve a session 0.9 ms after its logout had
+//! answered. Where the next request anywhere must see a change — a logout — the writer asks
+//! for confirmation: its announcement carries a nonce, every instance that hears it drops the
+//! entries and records the nonce in `cache_acks`, and the writer answers only once every
+//! listening instance (`cache_listeners`, kept by a heartbeat) has confirmed, or after a
+//! second at most.
 //!
 //! Refresh tokens are never cached: a refresh always reads and locks the row in Postgres.
 
@@ -32,10 +35,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::oneshot;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::db::cache_acks;
 
 /// The channel the triggers notify on.
 pub const CHANNEL: &str = "courier_cache";
@@ -48,8 +52,10 @@ pub const VIEW_MAX_AGE: Duration = Duration::from_secs(5);
 /// tokens can be a few KiB each: 20,000 of them bound the token table near 50 MiB, and more
 /// sessions active within `ENTRY_MAX_AGE` on one instance only mean more database reads.
 const MAX_ENTRIES: usize = 20_000;
-/// How long a writer waits to hear its own change announced.
-const ECHO_WAIT: Duration = Duration::from_secs(1);
+/// How long a writer waits for every instance to confirm its announcement.
+const CONFIRM_WAIT: Duration = Duration::from_secs(1);
+/// How often a listening instance renews its `cache_listeners` row.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The cache key (and notification payload) of a token owner.
 pub fn session_key(session_id: Uuid) -> String {
@@ -126,13 +132,13 @@ struct Inner<S, T, V> {
     views: Table<Uuid, V>,
     /// By owner key (`session_key`, `linked_key`).
     tokens: Table<String, T>,
-    /// Writers waiting to hear a notification, by payload.
-    echoes: HashMap<String, Vec<oneshot::Sender<()>>>,
 }
 
 /// The cache, generic over what it holds so that it knows nothing of sessions' and tokens'
 /// shapes: `S` a loaded session, `T` a token, `V` an `/api/me` view.
 pub struct Cache<S, T, V> {
+    /// This process, as `cache_listeners` and `cache_acks` know it.
+    instance: Uuid,
     live: AtomicBool,
     inner: Mutex<Inner<S, T, V>>,
 }
@@ -140,6 +146,7 @@ pub struct Cache<S, T, V> {
 impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
     fn default() -> Self {
         Self {
+            instance: Uuid::new_v4(),
             live: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 epoch: 0,
@@ -147,7 +154,6 @@ impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
                 session_keys: HashMap::new(),
                 views: Table::new(VIEW_MAX_AGE),
                 tokens: Table::new(ENTRY_MAX_AGE),
-                echoes: HashMap::new(),
             }),
         }
     }
@@ -255,27 +261,56 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         }
     }
 
-    /// Call before a write that changes `owner_key`; after the commit, `heard` waits until the
-    /// change has been announced back (or the listener is gone, or a second has passed).
-    pub fn expect(&self, owner_key: &str) -> Option<Echo> {
-        if !self.is_live() {
-            return None;
+    /// After the commit of writes that `announce`d: drops the entries here, then waits until
+    /// every listening instance has confirmed dropping them (at most a second; a straggler is
+    /// logged).
+    pub async fn confirm(&self, pool: &PgPool, announced: &[Announcement]) {
+        if announced.is_empty() {
+            return;
         }
-        let (tx, rx) = oneshot::channel();
-        let mut inner = self.lock();
-        let waiting = inner.echoes.entry(owner_key.to_owned()).or_default();
-        waiting.retain(|w| !w.is_closed());
-        waiting.push(tx);
-        Some(Echo(rx))
-    }
-
-    fn announced(&self, payload: &str) {
-        self.invalidate(payload);
-        if let Some(waiting) = self.lock().echoes.remove(payload) {
-            for w in waiting {
-                let _ = w.send(());
+        for a in announced {
+            self.invalidate(&a.key);
+        }
+        let nonces: Vec<Uuid> = announced.iter().map(|a| a.nonce).collect();
+        let started = Instant::now();
+        loop {
+            match cache_acks::all_confirmed(pool, &nonces).await {
+                Ok(true) => break,
+                Ok(false) if started.elapsed() < CONFIRM_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Ok(false) => {
+                    tracing::warn!("cache: an instance did not confirm a logout within 1 s");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache: confirmations cannot be read");
+                    break;
+                }
             }
         }
+        let _ = cache_acks::forget(pool, &nonces).await;
+    }
+
+    /// A notification: an owner key, or `ack:<nonce>:<owner key>` when the writer waits for
+    /// this instance to confirm.
+    fn announced(self: &Arc<Self>, pool: &PgPool, payload: &str) {
+        let Some(rest) = payload.strip_prefix("ack:") else {
+            return self.invalidate(payload);
+        };
+        let Some((nonce, key)) = rest
+            .split_once(':')
+            .and_then(|(n, key)| Some((n.parse::<Uuid>().ok()?, key)))
+        else {
+            return self.invalidate(payload);
+        };
+        self.invalidate(key);
+        let (pool, instance) = (pool.clone(), self.instance);
+        tokio::spawn(async move {
+            if let Err(e) = cache_acks::ack(&pool, nonce, instance).await {
+                tracing::warn!(error = %e, "cache: confirming an announcement failed");
+            }
+        });
     }
 
     fn set_live(&self, live: bool) {
@@ -285,8 +320,9 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
     }
 
     /// Listens for invalidations until the pool closes, reconnecting with backoff. The cache is
-    /// live only while the listener is.
-    pub async fn listen(&self, pool: PgPool) {
+    /// live only while the listener is, and only once this instance is registered as listening
+    /// (so that logouts wait for its confirmation).
+    pub async fn listen(self: Arc<Self>, pool: PgPool) {
         let mut backoff = Duration::from_millis(100);
         while !pool.is_closed() {
             let listener = async {
@@ -294,55 +330,76 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
                 // A lost connection must reach `follow` at once, not after reconnecting.
                 listener.eager_reconnect(false);
                 listener.listen(CHANNEL).await?;
+                cache_acks::heartbeat(&pool, self.instance).await?;
                 Ok::<_, sqlx::Error>(listener)
             };
             match listener.await {
                 Ok(mut listener) => {
                     self.set_live(true);
                     backoff = Duration::from_millis(100);
-                    self.follow(&mut listener).await;
+                    self.follow(&pool, &mut listener).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "cache: cannot listen"),
             }
             self.set_live(false);
+            let _ = cache_acks::leave(&pool, self.instance).await;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    async fn follow(&self, listener: &mut PgListener) {
+    async fn follow(self: &Arc<Self>, pool: &PgPool, listener: &mut PgListener) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => self.announced(notification.payload()),
-                // The connection dropped: what is sent until a new one listens is lost.
-                Ok(None) => {
-                    tracing::warn!("cache: listener lost; cache bypassed until it is back");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache: listener failed; cache bypassed");
-                    return;
+            tokio::select! {
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => self.announced(pool, notification.payload()),
+                    // The connection dropped: what is sent until a new one listens is lost.
+                    Ok(None) => {
+                        tracing::warn!("cache: listener lost; cache bypassed until it is back");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache: listener failed; cache bypassed");
+                        return;
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if let Err(e) = cache_acks::heartbeat(pool, self.instance).await {
+                        tracing::warn!(error = %e, "cache: heartbeat failed");
+                    }
                 }
             }
         }
     }
 }
 
-/// A writer's wait for its change to be announced.
-pub struct Echo(oneshot::Receiver<()>);
+/// A change announced inside its transaction, for `Cache::confirm` after the commit.
+pub struct Announcement {
+    nonce: Uuid,
+    key: String,
+}
 
-impl Echo {
-    pub async fn heard(echo: Option<Echo>) {
-        if let Some(Echo(rx)) = echo {
-            let _ = tokio::time::timeout(ECHO_WAIT, rx).await;
-        }
-    }
+/// Announces, inside the writer's transaction, a change to `owner_key` that every instance
+/// must confirm (the triggers announce it too, without asking for confirmation).
+pub async fn announce(
+    conn: &mut PgConnection,
+    owner_key: &str,
+) -> Result<Announcement, sqlx::Error> {
+    let nonce = Uuid::new_v4();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(format!("ack:{nonce}:{owner_key}"))
+        .execute(conn)
+        .await?;
+    Ok(Announcement {
+        nonce,
+        key: owner_key.to_owned(),
+    })
 }
 
 fn clear<S: Clone, T: Clone, V: Clone>(inner: &mut Inner<S, T, V>) {
     inner.epoch += 1;
-    // Dropping the senders releases the waiters: nothing will be heard on this connection.
-    inner.echoes.clear();
     inner.sessions.clear();
     inner.session_keys.clear();
     inner.views.clear();

@@ -16,6 +16,7 @@ pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), sqlx::
     let sessions = db::sessions::purge_expired(pool, now, now - PENDING_LOGIN_TTL).await?;
     let states = db::login_states::purge_expired(pool, now).await?;
     let logout_tokens = db::logout_tokens::purge_expired(pool, now).await?;
+    db::cache_acks::purge(pool).await?;
     if sessions + states + logout_tokens > 0 {
         tracing::info!(
             sessions,

@@ -93,8 +93,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let cache = Arc::new(AppCache::default());
         {
-            let (cache, pool) = (cache.clone(), pool.clone());
-            tokio::spawn(async move { cache.listen(pool).await });
+            tokio::spawn(cache.clone().listen(pool.clone()));
         }
         let tokens = TokenService::new(
             pool.clone(),

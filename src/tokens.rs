@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cache::{self, AppCache, Echo};
+use crate::cache::{self, AppCache};
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
 use crate::error::ApiError;
@@ -364,10 +364,11 @@ impl TokenService {
             Err(GrantError::InvalidGrant) => {
                 // The provider ended the grant. A session ends with it; a linked account waits
                 // for the user to connect it again.
-                let echo = self.cache.expect(&key);
+                let mut announced = Vec::new();
                 let outcome = match owner {
                     Owner::Session(id) => {
                         db::sessions::delete(&mut tx, id).await?;
+                        announced.push(cache::announce(&mut tx, &key).await?);
                         TokenError::ReauthRequired
                     }
                     Owner::Linked { user_id, provider } => {
@@ -378,7 +379,7 @@ impl TokenService {
                 };
                 tx.commit().await?;
                 self.cache.invalidate(&key);
-                Echo::heard(echo).await;
+                self.cache.confirm(&self.pool, &announced).await;
                 tracing::info!(provider = %provider.id(), "refresh refused (invalid_grant)");
                 Err(outcome)
             }

@@ -1,5 +1,6 @@
 //! Postgres: the pool, migrations, and one module per table family. All SQL lives here.
 
+pub mod cache_acks;
 pub mod linked_accounts;
 pub mod login_states;
 pub mod logout_tokens;

@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use url::form_urlencoded;
 
-use crate::cache::{self, Echo};
+use crate::cache;
 use crate::db;
 use crate::error::ApiError;
 use crate::oidc::logout_token::{self, LogoutTokenError};
@@ -43,14 +43,12 @@ pub async fn logout(
             tracing::warn!(error = %e, "the session's tokens could not be read at logout");
             None
         });
-    let key = cache::session_key(current.id);
-    let echo = state.cache.expect(&key);
-    let mut conn = state.pool.acquire().await.map_err(ApiError::from)?;
-    db::sessions::delete(&mut conn, current.id).await?;
-    drop(conn);
-    state.cache.invalidate(&key);
-    // Every instance has heard of it before the SPA is told.
-    Echo::heard(echo).await;
+    let mut tx = state.pool.begin().await?;
+    db::sessions::delete(&mut tx, current.id).await?;
+    let announced = cache::announce(&mut tx, &cache::session_key(current.id)).await?;
+    tx.commit().await?;
+    // Every instance has dropped the session before the SPA is told.
+    state.cache.confirm(&state.pool, &[announced]).await;
     // The row is gone; this clears the cookie.
     req.get_session().purge();
 
@@ -142,13 +140,12 @@ pub async fn backchannel(
             target.sub.as_deref(),
         )
         .await?;
-        let keys: Vec<String> = ended.iter().map(|id| cache::session_key(*id)).collect();
-        let echoes: Vec<_> = keys.iter().map(|key| state.cache.expect(key)).collect();
-        tx.commit().await?;
-        for key in &keys {
-            state.cache.invalidate(key);
+        let mut announced = Vec::with_capacity(ended.len());
+        for id in &ended {
+            announced.push(cache::announce(&mut tx, &cache::session_key(*id)).await?);
         }
-        futures_util::future::join_all(echoes.into_iter().map(Echo::heard)).await;
+        tx.commit().await?;
+        state.cache.confirm(&state.pool, &announced).await;
         Ok::<_, sqlx::Error>(Some(ended.len() as u64))
     }
     .await;
