@@ -15,7 +15,8 @@ runs wrk (-t2) against:
   (e) courier's /healthz;
   (c) once more at 256 connections, for courier's RSS there;
   (f) (c) and (d) again after 1,000,000 more sessions (with users, identities and tokens) are
-      inserted by SQL and the tables analyzed.
+      inserted by SQL and the tables analyzed, on a restarted courier (its in-memory cache
+      starts empty, so every session is first looked up among the million).
 
 Every row runs the same wrk Lua script, so wrk's own cost is the same in all of them. Prints a
 Markdown table (req/s, p50, p99, non-2xx and socket errors), the ratios and courier's peak RSS
@@ -219,9 +220,18 @@ def measure(args, db, tmp, procs):
     started = time.monotonic()
     psql(f"postgres://postgres@127.0.0.1:5432/{db}", SESSIONS_SQL)
     print(f"inserted in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    # A new process, so that (f) starts with nothing in courier's in-memory cache and every
+    # session is first looked up among the million.
+    hwm = status_kib(courier.pid, "VmHWM")
+    courier.terminate()
+    courier.wait()
+    courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
+                    env={**os.environ, "RUST_LOG": "error"})
+    wait_ready(f"{app}/readyz")
     row("fc", f"{app}/api/services/demo{PATH}")
     row("fd", f"{app}/api/me")
-    return results, status_kib(courier.pid, "VmHWM"), sampler.max.get("c256", 0)
+    hwm = max(hwm, status_kib(courier.pid, "VmHWM"))
+    return results, hwm, sampler.max.get("c256", 0)
 
 
 def report(args, r, hwm_kib, rss256_kib):
