@@ -1,10 +1,10 @@
 //! Liveness and readiness.
 
-use reqwest::StatusCode;
-use serde_json::Value;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
 use crate::fake_provider::spawn_app_with_fake;
-use crate::helpers::{AppSettings, Browser, TestApp};
+use crate::helpers::{AppSettings, Browser, NodeProvider, TestApp, location};
 
 #[tokio::test]
 async fn healthz_and_readyz_answer_when_everything_is_up() {
@@ -117,4 +117,40 @@ async fn a_provider_down_at_start_up_is_discovered_when_it_comes_back() {
     let response = app.login(&mut browser, "alice").await;
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_provider_down_at_the_callback_sends_the_browser_back_and_stores_nothing() {
+    let listener = TestApp::bind();
+    let mut provider =
+        NodeProvider::for_courier(listener.local_addr().unwrap().port(), json!({})).await;
+    let app = TestApp::spawn(listener, AppSettings::new(&provider.issuer)).await;
+    let mut browser = Browser::new();
+    let form = app.start_login_at_provider(&mut browser, "/after").await;
+    let post = form.join(&format!("{}/login", form.path())).unwrap();
+    let response = browser
+        .send(
+            Method::POST,
+            post.as_str(),
+            &[],
+            Some(&[("login", "alice"), ("password", "x")]),
+        )
+        .await;
+    let next = location(&post, &response);
+    // Through the provider's consent, up to (not into) courier's callback.
+    let (at, response) = browser
+        .follow(next.as_str(), |u| u.path().starts_with("/auth/callback/"))
+        .await;
+    let callback = location(&at, &response);
+
+    // The provider goes away between its redirect and courier's code exchange.
+    provider.stop().await;
+    let response = browser.get(callback.as_str()).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        response.headers()["location"],
+        "/?login_error=provider_unavailable"
+    );
+    assert_eq!(app.db.count("sessions").await, 0);
+    assert_eq!(app.db.count("users").await, 0);
 }
