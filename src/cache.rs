@@ -121,6 +121,12 @@ impl<K: Eq + Hash, V: Clone> Table<K, V> {
     fn clear(&mut self) {
         self.entries.clear();
     }
+
+    /// Drops the entries too old to be used.
+    fn sweep(&mut self) {
+        let max_age = self.max_age;
+        self.entries.retain(|_, (at, _)| at.elapsed() < max_age);
+    }
 }
 
 struct Inner<S, T, V> {
@@ -313,6 +319,20 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         });
     }
 
+    /// Frees what has aged out: without this, sessions seen once (a login, then nothing) would
+    /// stay in memory until a table fills up.
+    fn sweep(&self) {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        inner.sessions.sweep();
+        inner.views.sweep();
+        inner.tokens.sweep();
+        let sessions = &inner.sessions;
+        inner
+            .session_keys
+            .retain(|_, key| sessions.entries.contains_key(key));
+    }
+
     fn set_live(&self, live: bool) {
         let mut inner = self.lock();
         clear(&mut inner);
@@ -365,6 +385,7 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
                     }
                 },
                 _ = heartbeat.tick() => {
+                    self.sweep();
                     if let Err(e) = cache_acks::heartbeat(pool, self.instance).await {
                         tracing::warn!(error = %e, "cache: heartbeat failed");
                     }
@@ -467,6 +488,26 @@ mod tests {
         cache.invalidate(&linked_key(user, "github"));
         assert_eq!(cache.token(&linked_key(user, "github")), None);
         assert_eq!(cache.token(&linked_key(user, "google")), Some(2));
+    }
+
+    #[test]
+    fn aged_out_entries_are_freed() {
+        let cache = live();
+        let id = Uuid::new_v4();
+        let epoch = cache.epoch();
+        cache.put_session(epoch, [1; 32], id, 1);
+        cache.put_token(epoch, session_key(id), 1);
+        cache.sweep();
+        assert_eq!(cache.lock().sessions.entries.len(), 1, "young entries stay");
+        {
+            let mut inner = cache.lock();
+            inner.sessions.max_age = Duration::ZERO;
+            inner.tokens.max_age = Duration::ZERO;
+        }
+        cache.sweep();
+        let inner = cache.lock();
+        assert!(inner.sessions.entries.is_empty() && inner.tokens.entries.is_empty());
+        assert!(inner.session_keys.is_empty());
     }
 
     #[test]
