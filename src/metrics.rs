@@ -27,6 +27,19 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Histogram samples wait in memory until they are folded into their buckets: at a scrape, or
+/// here every 5 s, so that an instance nobody scrapes does not grow (the soak found ~19 bytes
+/// per request held until the next scrape).
+pub fn spawn_upkeep() {
+    tokio::spawn(async {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            handle().run_upkeep();
+        }
+    });
+}
+
 /// `GET /metrics`: Prometheus text.
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
     let sessions: Result<i64, _> = sqlx::query_scalar(

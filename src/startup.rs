@@ -90,6 +90,7 @@ impl Application {
         housekeeping::spawn(pool.clone(), clock.clone());
 
         crate::metrics::handle();
+        crate::metrics::spawn_upkeep();
         let port = listener.local_addr()?.port();
         let cache = Arc::new(AppCache::default());
         {
