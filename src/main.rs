@@ -7,11 +7,6 @@ use courier::config::Config;
 use courier::startup::Application;
 use courier::telemetry::{self, LogFormat};
 
-/// glibc's allocator spends a tenth of the proxy path's time in malloc/free under load
-/// (docs/benchmarks.md); mimalloc's thread-local heaps do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// courier: a backend-for-frontend for single-page apps.
 #[derive(Parser)]
 #[command(version)]
