@@ -39,7 +39,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, free_port, login, start_provider, wait_ready  # noqa: E402
+from client import ROOT, Browser, demo_config, free_port, login, start_provider, wait_ready  # noqa: E402
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 PATH = "/v1/items?page=1"
@@ -77,27 +77,6 @@ http {{
     }}
   }}
 }}
-"""
-
-COURIER = """[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-[database]
-url = "postgres://postgres@127.0.0.1:5432/{db}"
-max_connections = 16
-[security]
-encryption_keys = ["{key}"]
-[[providers]]
-id = "main"
-issuer = "{issuer}"
-client_id = "courier"
-client_secret = "courier-secret"
-scopes = ["openid", "profile", "email", "offline_access"]
-login = true
-[[services]]
-name = "demo"
-base_url = "http://127.0.0.1:{demo}/"
-provider = "main"
 """
 
 # 1,000,000 users, each with an identity, a bound live session and a token row shaped like the
@@ -183,8 +162,7 @@ def measure(args, db, tmp, procs):
                   "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
     config = os.path.join(tmp, "courier.toml")
     with open(config, "w") as f:
-        f.write(COURIER.format(port=port, db=db, issuer=issuer, demo=demo_port,
-                               key=base64.b64encode(os.urandom(32)).decode()))
+        f.write(demo_config(port, db, issuer, demo_port, base64.b64encode(os.urandom(32)).decode()))
     courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
                     env={**os.environ, "RUST_LOG": "error"})
     for url in (f"http://127.0.0.1:{demo_port}/v1/x", f"http://127.0.0.1:{nginx_port}/v1/x",

@@ -40,7 +40,7 @@ import urllib.parse
 from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, free_port, start_provider, wait_ready  # noqa: E402
+from client import ROOT, Browser, demo_config, free_port, start_provider, wait_ready  # noqa: E402
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 COOKIE = "__Host-courier"
@@ -61,31 +61,6 @@ EXPECTED = {
     "after_logout": {401},   # the logged-out cookie at either instance
     "provider": {200, 302, 303},  # the provider's pages during a login (not courier's)
 }
-
-CONFIG = """[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-
-[database]
-url = "postgres://postgres@127.0.0.1:5432/{db}"
-max_connections = {max_connections}
-
-[security]
-encryption_keys = ["{key}"]
-
-[[providers]]
-id = "main"
-issuer = "{issuer}"
-client_id = "courier"
-client_secret = "courier-secret"
-scopes = ["openid", "profile", "email", "offline_access"]
-login = true
-
-[[services]]
-name = "demo"
-base_url = "http://127.0.0.1:{demo}/"
-provider = "main"
-"""
 
 
 def psql(sql, check=True):
@@ -409,8 +384,7 @@ def run(args, db, logdir, procs, stop):
     for name, port in zip(NAMES, ports):
         config = os.path.join(logdir, f"courier-{name}.toml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(port=port, db=db, key=key, issuer=issuer, demo=demo_port,
-                                  max_connections=MAX_CONNECTIONS))
+            f.write(demo_config(port, db, issuer, demo_port, key, MAX_CONNECTIONS))
         with open(os.path.join(logdir, f"courier-{name}.log"), "w") as log:
             couriers.append(subprocess.Popen(
                 [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],

@@ -65,20 +65,24 @@ async fn login_on_both(
     (on_first, on_second)
 }
 
+async fn logout(app: &TestApp, browser: &mut Browser) {
+    let response = browser
+        .send(
+            Method::POST,
+            &app.url("/auth/logout"),
+            &[("x-csrf", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_logout_on_one_instance_ends_the_session_on_the_other_at_once() {
     let (fake, first, second) = two_instances().await;
     for _ in 0..10 {
         let (mut on_first, mut on_second) = login_on_both(&fake, &first, &second).await;
-        let logout = on_first
-            .send(
-                Method::POST,
-                &first.url("/auth/logout"),
-                &[("x-csrf", "1")],
-                None,
-            )
-            .await;
-        assert_eq!(logout.status(), StatusCode::OK);
+        logout(&first, &mut on_first).await;
         // The logout answers once every listening instance has confirmed dropping the
         // session: the very next request to the other one must be refused.
         assert_eq!(
@@ -167,15 +171,7 @@ async fn an_instance_that_never_confirms_holds_a_logout_up_for_a_second_at_most(
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let logout = on_first
-        .send(
-            Method::POST,
-            &first.url("/auth/logout"),
-            &[("x-csrf", "1")],
-            None,
-        )
-        .await;
-    assert_eq!(logout.status(), StatusCode::OK);
+    logout(&first, &mut on_first).await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),

@@ -135,3 +135,32 @@ def start_courier(binary, config_text, env=None):
     public_url = re.search(r'public_url = "([^"]+)"', config_text).group(1)
     wait_ready(f"{public_url}/readyz")
     return process
+
+
+def demo_config(port, db, issuer, demo_port, key, max_connections=16):
+    """courier's configuration for the benchmarks and the soak: the login provider `main` and
+    one service `demo` that uses its token."""
+    return f"""[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+
+[database]
+url = "postgres://postgres@127.0.0.1:5432/{db}"
+max_connections = {max_connections}
+
+[security]
+encryption_keys = ["{key}"]
+
+[[providers]]
+id = "main"
+issuer = "{issuer}"
+client_id = "courier"
+client_secret = "courier-secret"
+scopes = ["openid", "profile", "email", "offline_access"]
+login = true
+
+[[services]]
+name = "demo"
+base_url = "http://127.0.0.1:{demo_port}/"
+provider = "main"
+"""
