@@ -151,7 +151,7 @@ async fn a_crash_mid_refresh_never_leaves_a_session_with_a_rotated_away_token() 
                     );
                 }
             }
-            drop(courier);
+            courier.stop().await;
         }
     }
 }

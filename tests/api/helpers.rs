@@ -690,6 +690,11 @@ impl CourierProcess {
         }
     }
 
+    /// Kills the process and waits until it is gone, so that its port is free again.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Sends `signal` (a `kill` name: TERM, KILL) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("still running").to_string();
