@@ -89,4 +89,5 @@ async fn spans_are_exported_to_a_configured_collector() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(exported, "the request's span reached the collector");
+    courier.stop().await;
 }
