@@ -39,7 +39,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, demo_config, free_port, login, start_provider, wait_ready  # noqa: E402
+from client import (ROOT, Browser, demo_config, free_port, login, replace_section,  # noqa: E402
+                    start_provider, wait_ready)
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 PATH = "/v1/items?page=1"
@@ -251,15 +252,7 @@ def write_doc(path, args, table):
                f"{args.connections} connections, {args.duration} s per row, wrk -t2, {args.users} sessions, "
                f"{os.cpu_count()} cores.\n\n"
                f"{table}\n\n")
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    latest = re.compile(r"^## Latest run\n.*?(?=^## |\Z)", re.M | re.S)
-    if latest.search(text):
-        text = latest.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
+    replace_section(path, "Latest run", section, "Benchmarks")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -40,7 +40,8 @@ import urllib.parse
 from collections import Counter
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../tests/blackbox"))
-from client import ROOT, Browser, demo_config, free_port, start_provider, wait_ready  # noqa: E402
+from client import (ROOT, Browser, demo_config, free_port, replace_section,  # noqa: E402
+                    start_provider, wait_ready)
 
 ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 COOKIE = "__Host-courier"
@@ -560,15 +561,7 @@ def built_from():
 def write_doc(path, args, commit, text):
     section = (f"## Soak\n\n`bench/soak --minutes {args.minutes:g}`, {datetime.date.today().isoformat()}, "
                f"{commit}, {os.cpu_count()} cores (shared with whatever else ran).\n\n{text}\n\n")
-    doc = open(path).read() if os.path.exists(path) else "# Reliability\n"
-    soak = re.compile(r"^## Soak\n.*?(?=^## |\Z)", re.M | re.S)
-    if soak.search(doc):
-        doc = soak.sub(lambda _: section, doc, count=1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(doc.rstrip("\n") + "\n")
-
+    replace_section(path, "Soak", section, "Reliability")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 use crate::fake_provider::{FakeProvider, login_with_fake};
 use crate::helpers::{AppSettings, Browser, TestApp, TestDb};
@@ -65,24 +65,12 @@ async fn login_on_both(
     (on_first, on_second)
 }
 
-async fn logout(app: &TestApp, browser: &mut Browser) {
-    let response = browser
-        .send(
-            Method::POST,
-            &app.url("/auth/logout"),
-            &[("x-csrf", "1")],
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
 #[tokio::test]
 async fn a_logout_on_one_instance_ends_the_session_on_the_other_at_once() {
     let (fake, first, second) = two_instances().await;
     for _ in 0..10 {
         let (mut on_first, mut on_second) = login_on_both(&fake, &first, &second).await;
-        logout(&first, &mut on_first).await;
+        first.logout(&mut on_first).await;
         // The logout answers once every listening instance has confirmed dropping the
         // session: the very next request to the other one must be refused.
         assert_eq!(
@@ -171,7 +159,7 @@ async fn an_instance_that_never_confirms_holds_a_logout_up_for_a_second_at_most(
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    logout(&first, &mut on_first).await;
+    first.logout(&mut on_first).await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),

@@ -326,6 +326,19 @@ impl TestApp {
             .await
     }
 
+    /// `POST /auth/logout` with the CSRF header; asserts it succeeded.
+    pub async fn logout(&self, browser: &mut Browser) {
+        let response = browser
+            .send(
+                Method::POST,
+                &self.url("/auth/logout"),
+                &[("x-csrf", "1")],
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     pub async fn me(&self, browser: &mut Browser) -> Response {
         self.api(browser, Method::GET, "/api/me").await
     }

@@ -60,14 +60,7 @@ async fn no_token_secret_or_cookie_value_reaches_the_log_at_any_level() {
     .await;
     // A second login (a renewed session) and a logout.
     login_with_fake(&app, &fake, &mut browser, "/").await;
-    browser
-        .send(
-            Method::POST,
-            &app.url("/auth/logout"),
-            &[("x-csrf", "1")],
-            None,
-        )
-        .await;
+    app.logout(&mut browser).await;
 
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(log.contains("request"), "the log was captured");

@@ -164,3 +164,17 @@ name = "demo"
 base_url = "http://127.0.0.1:{demo_port}/"
 provider = "main"
 """
+
+
+def replace_section(path, heading, section, title):
+    """Replaces the `## {heading}` section of the Markdown file `path` with `section` (which
+    starts with that heading), or appends it; a missing file starts as `# {title}`."""
+    import re
+    text = open(path).read() if os.path.exists(path) else f"# {title}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
