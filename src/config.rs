@@ -153,6 +153,30 @@ pub struct ProviderConfig {
     pub authorize_params: BTreeMap<String, String>,
     #[serde(default)]
     pub login: bool,
+    /// How courier authenticates at the token (and revocation) endpoint; see `client_auth()`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client authentication at the provider (RFC 6749 §2.3.1). `private_key_jwt` is not yet
+/// supported (the FAPI 2.0 work adds it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl ProviderConfig {
+    /// The configured method, else HTTP Basic for OpenID providers (what discovery-based
+    /// clients default to) and the request body for plain OAuth 2.0 ones (GitHub's way).
+    pub fn client_auth(&self, is_oidc: bool) -> ClientAuth {
+        self.client_auth.unwrap_or(if is_oidc {
+            ClientAuth::ClientSecretBasic
+        } else {
+            ClientAuth::ClientSecretPost
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -25,6 +25,12 @@ pub enum ApiError {
     RateLimited,
     #[error("{0}")]
     UpstreamUnavailable(String),
+    /// A provider that failed or refused courier's request: 503 with `Retry-After`.
+    #[error("{detail}")]
+    RetryLater {
+        detail: String,
+        retry_after_secs: u64,
+    },
     /// A dependent service that cannot be reached (502), as opposed to a provider or Postgres
     /// (503); both have the code `upstream_unavailable`.
     #[error("{0}")]
@@ -51,9 +57,9 @@ impl ApiError {
             ApiError::ConnectRequired { .. } => "connect_required",
             ApiError::ReauthRequired => "reauth_required",
             ApiError::RateLimited => "rate_limited",
-            ApiError::UpstreamUnavailable(_) | ApiError::ServiceUnreachable(_) => {
-                "upstream_unavailable"
-            }
+            ApiError::UpstreamUnavailable(_)
+            | ApiError::RetryLater { .. }
+            | ApiError::ServiceUnreachable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
             ApiError::BadRequest(_) | ApiError::PayloadTooLarge => "bad_request",
             ApiError::NotFound(_) => "not_found",
@@ -85,7 +91,9 @@ impl ResponseError for ApiError {
             }
             ApiError::ServiceNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamUnavailable(_) | ApiError::RetryLater { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::ServiceUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -103,7 +111,17 @@ impl ResponseError for ApiError {
         if let ApiError::ConnectRequired { connect_url } = self {
             body["connect_url"] = json!(connect_url);
         }
-        problem_response(status, body)
+        let mut response = problem_response(status, body);
+        if let ApiError::RetryLater {
+            retry_after_secs, ..
+        } = self
+        {
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from(*retry_after_secs),
+            );
+        }
+        response
     }
 }
 

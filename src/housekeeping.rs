@@ -1,4 +1,5 @@
-//! Background purge of what has expired: sessions, used login states and used logout tokens. Deletes are
+//! Background purge of what has expired: sessions, used login states, used logout tokens and
+//! refresh leases nobody holds. Deletes are
 //! idempotent, so any number of instances may run this at once.
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), sqlx::
     let states = db::login_states::purge_expired(pool, now).await?;
     let logout_tokens = db::logout_tokens::purge_expired(pool, now).await?;
     db::cache_acks::purge(pool).await?;
+    db::refresh_leases::purge(pool).await?;
     if sessions + states + logout_tokens > 0 {
         tracing::info!(
             sessions,

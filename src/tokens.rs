@@ -1,20 +1,30 @@
 //! "A fresh access token for this session (or for courier itself) at this provider."
 //!
-//! A session's token is refreshed when it expires within 60 s, or when a service rejected it.
-//! Refreshes are single-flight everywhere: within an instance, callers for one session queue on
-//! an in-process lock; across instances, the refresh runs inside a transaction holding the
-//! token row's lock (`SELECT … FOR UPDATE`), which Postgres keeps for as long as the
-//! transaction lives — it cannot expire under a slow provider. Whoever gets the lock second
-//! finds the token fresh and uses it. The rotated refresh token is committed in that same
-//! transaction; a provider that cannot be reached rolls it back, leaving the stored tokens as
-//! they were. `invalid_grant` ends the session.
+//! A token is refreshed when it expires within the shorter of 60 s and a quarter of its
+//! lifetime, or when a service rejected it. Refreshes are single-flight everywhere, and no
+//! database connection is held while the provider answers (docs/tokens.md):
+//! - within an instance, callers for one owner queue on an in-process lock, and whoever gets
+//!   it next reads Postgres again and uses a token that the one before it got;
+//! - across instances, the one grant is sent by whoever holds the owner's lease
+//!   (`db::refresh_leases`): a row taken with a 10 s expiry and renewed while the grant is in
+//!   flight, so that a holder that dies frees it within seconds. Others wait, reading the
+//!   token row, until it changes or the lease frees;
+//! - the result is stored only over the tokens it started from (a generation number on the
+//!   row, compare-and-swap), so a late refresh can never overwrite a newer one.
+//!
+//! Token-endpoint answers are classified in `oidc::token_endpoint`: a dead grant ends the
+//! session (a linked account waits to be connected again); courier's own misconfiguration and
+//! an unavailable provider keep every token and pause new grants for that owner for 5 s,
+//! doubling up to 60 s, while a token that has not yet expired is still used.
 //!
 //! Opened access tokens are cached in memory (`crate::cache`) so that a request with a fresh
-//! token costs no database round trip; a refresh always works on the locked row.
+//! token costs no database round trip; a refresh always works from the row in Postgres.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -24,13 +34,31 @@ use uuid::Uuid;
 use crate::cache::{self, AppCache};
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
+use crate::db::refresh_leases::{self, Blocked};
 use crate::error::ApiError;
 use crate::oidc::ProviderRegistry;
 use crate::oidc::grants::{self, GrantError};
 use crate::{db, fault};
 
-/// A token is refreshed when it expires within this margin.
+/// A token is refreshed when it expires within this margin, or within a quarter of its
+/// lifetime when that is shorter.
 pub const REFRESH_MARGIN: Duration = Duration::seconds(60);
+
+/// How long a request waits for a refresh that another instance is making.
+const WAIT_FOR_OTHERS: std::time::Duration = std::time::Duration::from_secs(20);
+/// How often the holder of a lease renews it while the provider answers.
+const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The margin before `expires_at` at which a token obtained at `obtained_at` is due.
+pub fn refresh_margin(
+    obtained_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Duration {
+    match (obtained_at, expires_at) {
+        (Some(from), Some(to)) if to > from => REFRESH_MARGIN.min((to - from) / 4),
+        _ => REFRESH_MARGIN,
+    }
+}
 
 /// Tokens as kept server-side. Debug output is redacted by `SecretString`.
 #[derive(Debug, Clone)]
@@ -39,7 +67,18 @@ pub struct TokenSet {
     pub refresh_token: Option<SecretString>,
     pub id_token: Option<SecretString>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the access token was issued (as courier saw it): with `expires_at`, its lifetime.
+    pub obtained_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
+}
+
+/// An access token for one call.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub secret: SecretString,
+    /// It was got because a service answered 401 to the one before it: a 401 to this one is
+    /// passed on rather than answered with yet another refresh.
+    pub after_rejection: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +91,9 @@ pub enum TokenError {
     NotConnected,
     #[error("the linked account must be connected again")]
     ConnectionNeedsReauth,
-    #[error("the provider is unavailable: {0}")]
-    ProviderUnavailable(String),
+    /// The provider failed, or refused courier's own request; retry after this many seconds.
+    #[error("the provider cannot issue a token now")]
+    ProviderUnavailable { retry_after_secs: u64 },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -69,10 +109,10 @@ impl From<TokenError> for ApiError {
             TokenError::NotConnected | TokenError::ConnectionNeedsReauth => ApiError::internal(
                 anyhow::anyhow!("a linked-account error reached the API unmapped"),
             ),
-            TokenError::ProviderUnavailable(detail) => {
-                tracing::warn!(%detail, "token refresh failed");
-                ApiError::UpstreamUnavailable("the provider cannot refresh the token now".into())
-            }
+            TokenError::ProviderUnavailable { retry_after_secs } => ApiError::RetryLater {
+                detail: "the provider cannot issue a token now".into(),
+                retry_after_secs,
+            },
             TokenError::Database(e) => e.into(),
             TokenError::Sealed(db::session_tokens::LoadError::Database(e)) => e.into(),
             TokenError::Sealed(e) => ApiError::internal(e),
@@ -96,7 +136,10 @@ impl<K: Eq + Hash + Clone> Default for KeyedLocks<K> {
 impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     pub async fn lock(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.locks.lock().expect("lock map is never poisoned");
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if locks.len() > 1024 {
                 locks.retain(|_, l| Arc::strong_count(l) > 1);
             }
@@ -104,11 +147,6 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
         };
         lock.lock_owned().await
     }
-}
-
-struct CachedToken {
-    access_token: SecretString,
-    expires_at: Option<DateTime<Utc>>,
 }
 
 /// Whose tokens: a session's (login provider), or a user's linked account at a provider.
@@ -119,7 +157,7 @@ enum Owner<'a> {
 }
 
 impl Owner<'_> {
-    /// The key of its lock and its cache entry.
+    /// The key of its locks, its lease and its cache entry.
     fn key(&self) -> String {
         match self {
             Owner::Session(id) => cache::session_key(*id),
@@ -133,6 +171,13 @@ impl Owner<'_> {
             Owner::Linked { .. } => TokenError::NotConnected,
         }
     }
+
+    fn dead(&self) -> TokenError {
+        match self {
+            Owner::Session(_) => TokenError::ReauthRequired,
+            Owner::Linked { .. } => TokenError::ConnectionNeedsReauth,
+        }
+    }
 }
 
 /// What the cache keeps of a token row: never the refresh token.
@@ -140,7 +185,23 @@ impl Owner<'_> {
 pub struct CachedAccess {
     access_token: SecretString,
     expires_at: Option<DateTime<Utc>>,
+    obtained_at: Option<DateTime<Utc>>,
+    generation: i64,
+    after_rejection: bool,
     needs_reauth: bool,
+}
+
+impl CachedAccess {
+    fn token(&self) -> AccessToken {
+        AccessToken {
+            secret: self.access_token.clone(),
+            after_rejection: self.after_rejection,
+        }
+    }
+
+    fn is(&self, token: Option<&SecretString>) -> bool {
+        token.is_some_and(|t| t.expose_secret() == self.access_token.expose_secret())
+    }
 }
 
 /// A token row, whichever table it lives in.
@@ -148,6 +209,8 @@ struct Stored {
     provider: String,
     subject: String,
     tokens: TokenSet,
+    generation: i64,
+    after_rejection: bool,
     needs_reauth: bool,
 }
 
@@ -156,6 +219,9 @@ impl Stored {
         CachedAccess {
             access_token: self.tokens.access_token.clone(),
             expires_at: self.tokens.expires_at,
+            obtained_at: self.tokens.obtained_at,
+            generation: self.generation,
+            after_rejection: self.after_rejection,
             needs_reauth: self.needs_reauth,
         }
     }
@@ -165,6 +231,8 @@ impl Stored {
             provider: s.provider,
             subject: s.subject,
             tokens: s.tokens,
+            generation: s.generation,
+            after_rejection: s.after_rejection,
             needs_reauth: false,
         }
     }
@@ -174,6 +242,8 @@ impl Stored {
             provider: provider.to_owned(),
             subject: a.subject,
             tokens: a.tokens,
+            generation: a.generation,
+            after_rejection: a.after_rejection,
             needs_reauth: a.status == db::linked_accounts::Status::ReauthRequired,
         }
     }
@@ -182,15 +252,30 @@ impl Stored {
 /// A client-credentials token is cached per provider and scope list.
 type ClientTokenKey = (String, Vec<String>);
 
+/// courier's own client token at one provider, and the pause after a failed grant.
+#[derive(Default)]
+struct ClientTokenState {
+    token: Option<TokenSet>,
+    failures: u32,
+    retry_at: Option<DateTime<Utc>>,
+}
+
 pub struct TokenService {
     pool: PgPool,
     cache: Arc<AppCache>,
     keys: Arc<KeyRing>,
     providers: Arc<ProviderRegistry>,
     clock: SharedClock,
+    /// This instance, as the holder of refresh leases.
+    instance: Uuid,
     locks: KeyedLocks<String>,
     client_tokens: KeyedLocks<ClientTokenKey>,
-    client_cache: Mutex<HashMap<ClientTokenKey, Arc<CachedToken>>>,
+    client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
+}
+
+/// The pause after `failures` failed grants in a row: 5 s, doubling, at most 60 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::seconds((5i64 << failures.min(4)).min(60))
 }
 
 impl TokenService {
@@ -207,14 +292,31 @@ impl TokenService {
             keys,
             providers,
             clock,
+            instance: Uuid::new_v4(),
             locks: KeyedLocks::default(),
             client_tokens: KeyedLocks::default(),
             client_cache: Mutex::new(HashMap::new()),
         }
     }
 
-    fn is_fresh(&self, expires_at: Option<DateTime<Utc>>) -> bool {
-        expires_at.is_none_or(|at| at > self.clock.now() + REFRESH_MARGIN)
+    /// Not yet due for a refresh.
+    fn is_fresh(
+        &self,
+        obtained_at: Option<DateTime<Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> bool {
+        expires_at.is_none_or(|at| at > self.clock.now() + refresh_margin(obtained_at, expires_at))
+    }
+
+    /// Still accepted by a service, due or not.
+    fn is_unexpired(&self, expires_at: Option<DateTime<Utc>>) -> bool {
+        expires_at.is_none_or(|at| at > self.clock.now())
+    }
+
+    fn retry_after(&self, at: DateTime<Utc>) -> TokenError {
+        TokenError::ProviderUnavailable {
+            retry_after_secs: (at - self.clock.now()).num_seconds().clamp(1, 60) as u64,
+        }
     }
 
     /// The owner's access token as the cache has it, else as Postgres has it.
@@ -229,7 +331,7 @@ impl TokenService {
     }
 
     /// A fresh access token of the session's login provider.
-    pub async fn session_access_token(&self, session_id: Uuid) -> Result<SecretString, TokenError> {
+    pub async fn session_access_token(&self, session_id: Uuid) -> Result<AccessToken, TokenError> {
         self.fresh_token(Owner::Session(session_id), None).await
     }
 
@@ -239,7 +341,7 @@ impl TokenService {
         &self,
         session_id: Uuid,
         rejected: &SecretString,
-    ) -> Result<SecretString, TokenError> {
+    ) -> Result<AccessToken, TokenError> {
         self.fresh_token(Owner::Session(session_id), Some(rejected))
             .await
     }
@@ -250,7 +352,7 @@ impl TokenService {
         user_id: Uuid,
         provider: &str,
         rejected: Option<&SecretString>,
-    ) -> Result<SecretString, TokenError> {
+    ) -> Result<AccessToken, TokenError> {
         self.fresh_token(Owner::Linked { user_id, provider }, rejected)
             .await
     }
@@ -268,21 +370,20 @@ impl TokenService {
         })
     }
 
-    async fn load_for_update(
+    /// The token to use as it stands, if it is one: not needing reauthorization, not the
+    /// rejected one, and fresh.
+    fn usable(
         &self,
-        conn: &mut sqlx::PgConnection,
-        owner: Owner<'_>,
-    ) -> Result<Option<Stored>, TokenError> {
-        Ok(match owner {
-            Owner::Session(id) => db::session_tokens::get_for_update(conn, &self.keys, id)
-                .await?
-                .map(Stored::from_session),
-            Owner::Linked { user_id, provider } => {
-                db::linked_accounts::get_for_update(conn, &self.keys, user_id, provider)
-                    .await?
-                    .map(|a| Stored::from_linked(a, provider))
-            }
-        })
+        access: &CachedAccess,
+        rejected: Option<&SecretString>,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        if access.needs_reauth {
+            return Err(TokenError::ConnectionNeedsReauth);
+        }
+        Ok(
+            (!access.is(rejected) && self.is_fresh(access.obtained_at, access.expires_at))
+                .then(|| access.token()),
+        )
     }
 
     #[tracing::instrument(skip(self, rejected), fields(forced = rejected.is_some()))]
@@ -290,147 +391,378 @@ impl TokenService {
         &self,
         owner: Owner<'_>,
         rejected: Option<&SecretString>,
-    ) -> Result<SecretString, TokenError> {
-        let usable = |access: &CachedAccess| -> Result<bool, TokenError> {
-            if access.needs_reauth {
-                return Err(TokenError::ConnectionNeedsReauth);
-            }
-            Ok(match rejected {
-                Some(r) if access.access_token.expose_secret() == r.expose_secret() => false,
-                _ => self.is_fresh(access.expires_at),
-            })
-        };
+    ) -> Result<AccessToken, TokenError> {
         let key = owner.key();
-        let current = self.current(owner, &key).await?;
-        if usable(&current)? {
-            return Ok(current.access_token);
+        let seen = self.current(owner, &key).await?;
+        if let Some(token) = self.usable(&seen, rejected)? {
+            return Ok(token);
         }
 
         let _in_process = self.locks.lock(&key).await;
-        let mut tx = self.pool.begin().await?;
-        let stored = self
-            .load_for_update(&mut tx, owner)
-            .await?
-            .ok_or(owner.missing())?;
-        if usable(&stored.access())? {
-            return Ok(stored.tokens.access_token);
-        }
-        let provider = self.providers.get(&stored.provider).ok_or_else(|| {
-            TokenError::ProviderUnavailable("provider no longer configured".into())
-        })?;
-        let now = self.clock.now();
-        fault::point("refresh:before_grant").await;
-        let outcome = grants::refresh(
-            provider,
-            &self.providers.http,
-            &stored.tokens,
-            &stored.subject,
-            now,
-        )
-        .await;
-        let label = match &outcome {
-            Ok(_) => "refreshed",
-            Err(GrantError::InvalidGrant) => "invalid_grant",
-            Err(GrantError::Unavailable(_)) => "unavailable",
-            Err(GrantError::Failed(_)) => "failed",
-        };
-        metrics::counter!(
-            "courier_token_refreshes_total",
-            "provider" => provider.id().to_owned(),
-            "outcome" => label
-        )
-        .increment(1);
-        match outcome {
-            Ok(refreshed) => {
-                fault::point("refresh:after_grant").await;
-                match owner {
-                    Owner::Session(id) => {
-                        db::session_tokens::update(&mut tx, &self.keys, id, &refreshed).await?
-                    }
-                    Owner::Linked { user_id, provider } => {
-                        db::linked_accounts::update_tokens(
-                            &mut tx, &self.keys, user_id, provider, &refreshed,
-                        )
-                        .await?
-                    }
+        let waiting_since = Instant::now();
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            // Postgres, not the cache: whoever held the lock before may have just refreshed.
+            let stored = self.load(owner).await?.ok_or(owner.missing())?;
+            let access = stored.access();
+            if let Some(token) = self.usable(&access, rejected)? {
+                return Ok(token);
+            }
+            // Someone refreshed since this request looked: use their token while it lasts.
+            if access.generation != seen.generation
+                && !access.is(rejected)
+                && self.is_unexpired(access.expires_at)
+            {
+                return Ok(access.token());
+            }
+            // Without a refresh token, the grant ends with its access token.
+            if stored.tokens.refresh_token.is_none() {
+                if !access.is(rejected) && self.is_unexpired(access.expires_at) {
+                    return Ok(access.token());
                 }
-                fault::point("refresh:before_commit").await;
-                tx.commit().await?;
-                fault::point("refresh:after_commit").await;
-                self.cache.invalidate(&key);
-                tracing::info!(provider = %provider.id(), "token refreshed");
-                Ok(refreshed.access_token)
+                return Err(self.end_grant(owner, &key, stored.generation).await);
             }
-            Err(GrantError::InvalidGrant) => {
-                // The provider ended the grant. A session ends with it; a linked account waits
-                // for the user to connect it again.
-                let mut announced = Vec::new();
-                let outcome = match owner {
-                    Owner::Session(id) => {
-                        db::sessions::delete(&mut tx, id).await?;
-                        announced.push(cache::announce(&mut tx, &key).await?);
-                        TokenError::ReauthRequired
+            match refresh_leases::acquire(&self.pool, &key, self.instance).await? {
+                None => {
+                    return self
+                        .refresh_under_lease(owner, &key, stored, rejected)
+                        .await;
+                }
+                Some(Blocked::BackingOff { retry_at }) => {
+                    // The provider failed a moment ago: a token that still works is used.
+                    if !access.is(rejected) && self.is_unexpired(access.expires_at) {
+                        return Ok(access.token());
                     }
-                    Owner::Linked { user_id, provider } => {
-                        db::linked_accounts::mark_reauth_required(&mut tx, user_id, provider)
-                            .await?;
-                        TokenError::ConnectionNeedsReauth
+                    return Err(self.retry_after(retry_at));
+                }
+                Some(Blocked::Held) => {
+                    // Another instance is refreshing: wait for its result or for its lease to
+                    // free (it renews it while it works; a dead holder's lapses in 10 s).
+                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                        return Err(TokenError::ProviderUnavailable {
+                            retry_after_secs: 1,
+                        });
                     }
-                };
-                tx.commit().await?;
-                self.cache.invalidate(&key);
-                self.cache.confirm(&self.pool, &announced).await;
-                tracing::info!(provider = %provider.id(), "refresh refused (invalid_grant)");
-                Err(outcome)
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
             }
-            Err(e) => Err(TokenError::ProviderUnavailable(e.to_string())),
         }
     }
 
-    /// courier's own client-credentials token at `provider` for `scopes`, cached until shortly
-    /// before it expires and shared by all users of this instance.
+    /// Renews this instance's lease on `key` while `work` runs.
+    async fn renewing<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        let mut ticker = tokio::time::interval(RENEW_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticker.tick() => {
+                    match refresh_leases::renew(&self.pool, key, self.instance).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("refresh lease lost while the provider answered"),
+                        Err(e) => tracing::warn!(error = %e, "refresh lease could not be renewed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the one refresh grant of `stored`, holding the owner's lease, and stores what it
+    /// gives. No database connection is held while the provider answers.
+    async fn refresh_under_lease(
+        &self,
+        owner: Owner<'_>,
+        key: &str,
+        stored: Stored,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let Some(provider) = self.providers.get(&stored.provider) else {
+            // A rolling deploy removed the provider: nothing to refresh with, nothing to delete.
+            tracing::error!(provider = %stored.provider, "tokens name a provider that is not configured");
+            self.release(key).await;
+            return Err(TokenError::ProviderUnavailable {
+                retry_after_secs: 60,
+            });
+        };
+        fault::point("refresh:before_grant").await;
+        let outcome = self
+            .renewing(
+                key,
+                grants::refresh(
+                    provider,
+                    &self.providers.http,
+                    &stored.tokens,
+                    &stored.subject,
+                    self.clock.now(),
+                ),
+            )
+            .await;
+        metrics::counter!(
+            "courier_token_refreshes_total",
+            "provider" => provider.id().to_owned(),
+            "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "refreshed")
+        )
+        .increment(1);
+        let access = stored.access();
+        match outcome {
+            Ok(refreshed) => {
+                fault::point("refresh:after_grant").await;
+                let forced = rejected.is_some();
+                fault::point("refresh:before_commit").await;
+                let result = self
+                    .store_refreshed(owner, stored.generation, &refreshed, forced)
+                    .await;
+                fault::point("refresh:after_commit").await;
+                self.release(key).await;
+                self.cache.invalidate(key);
+                match result? {
+                    true => tracing::info!(provider = %provider.id(), "token refreshed"),
+                    // Only a holder slower than its lease, or an owner gone meanwhile, gets
+                    // here; the token it got still serves this request.
+                    false => {
+                        if self.load(owner).await?.is_none() {
+                            return Err(owner.missing());
+                        }
+                        tracing::warn!(provider = %provider.id(), "a newer refresh was stored first; this one serves one request");
+                    }
+                }
+                Ok(AccessToken {
+                    secret: refreshed.access_token,
+                    after_rejection: forced,
+                })
+            }
+            Err(GrantError::Dead(reason)) => {
+                tracing::info!(provider = %provider.id(), %reason, "refresh refused: the grant has ended");
+                let ended = self.end_grant(owner, key, stored.generation).await;
+                self.release(key).await;
+                Err(ended)
+            }
+            Err(failure) => {
+                match &failure {
+                    GrantError::Misconfigured(reason) => tracing::error!(
+                        provider = %provider.id(),
+                        %reason,
+                        "the provider refused courier's refresh request: check the provider's client configuration"
+                    ),
+                    _ => {
+                        tracing::warn!(provider = %provider.id(), error = %failure, "refresh failed; tokens kept")
+                    }
+                }
+                let retry_at = refresh_leases::back_off(&self.pool, key, self.instance)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| self.clock.now() + backoff(0));
+                if !access.is(rejected) && self.is_unexpired(access.expires_at) {
+                    return Ok(access.token());
+                }
+                Err(self.retry_after(retry_at))
+            }
+        }
+    }
+
+    /// Stores a refresh's result. Postgres may blink right after the provider rotated the
+    /// refresh token: the write is tried again for a few seconds before the new tokens are
+    /// given up (docs/tokens.md, "What a fault can cost").
+    async fn store_refreshed(
+        &self,
+        owner: Owner<'_>,
+        generation: i64,
+        tokens: &TokenSet,
+        forced: bool,
+    ) -> Result<bool, TokenError> {
+        let mut pause = std::time::Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            let result = match owner {
+                Owner::Session(id) => {
+                    db::session_tokens::store_refreshed(
+                        &self.pool, &self.keys, id, generation, tokens, forced,
+                    )
+                    .await
+                }
+                Owner::Linked { user_id, provider } => {
+                    db::linked_accounts::store_refreshed(
+                        &self.pool, &self.keys, user_id, provider, generation, tokens, forced,
+                    )
+                    .await
+                }
+            };
+            match result {
+                Err(e) if db::is_unavailable(&e) && attempts < 5 => {
+                    attempts += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// The provider ended the grant. A session ends with it (on every instance before this
+    /// returns); a linked account waits for the user to connect it again.
+    async fn end_grant(&self, owner: Owner<'_>, key: &str, generation: i64) -> TokenError {
+        let ended = match owner {
+            Owner::Session(id) => self.end_session(id, key).await,
+            Owner::Linked { user_id, provider } => {
+                db::linked_accounts::mark_reauth_required(&self.pool, user_id, provider, generation)
+                    .await
+            }
+        };
+        self.cache.invalidate(key);
+        match ended {
+            Ok(()) => owner.dead(),
+            Err(e) => e.into(),
+        }
+    }
+
+    async fn end_session(&self, id: Uuid, key: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        db::sessions::delete(&mut tx, id).await?;
+        let announced = cache::announce(&mut tx, key).await?;
+        tx.commit().await?;
+        self.cache.invalidate(key);
+        self.cache.confirm(&self.pool, &[announced]).await;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) {
+        if let Err(e) = refresh_leases::release(&self.pool, key, self.instance).await {
+            // It lapses by itself within seconds.
+            tracing::warn!(error = %e, "refresh lease could not be released");
+        }
+    }
+
+    /// courier's own client-credentials token at `provider` for `scopes`, cached until it is
+    /// due and shared by all users of this instance. A failed grant pauses new ones for 5 s,
+    /// doubling up to 60 s, while a token that has not expired is still used.
     pub async fn client_access_token(
         &self,
         provider_id: &str,
         scopes: &[String],
-    ) -> Result<SecretString, TokenError> {
+    ) -> Result<AccessToken, TokenError> {
         let key = (provider_id.to_owned(), scopes.to_vec());
-        let cached = |this: &Self| {
-            this.client_cache
+        let cached = |this: &Self| -> Result<Option<AccessToken>, TokenError> {
+            let states = this
+                .client_cache
                 .lock()
-                .expect("cache lock is never poisoned")
-                .get(&key)
-                .filter(|t| {
-                    t.expires_at
-                        .is_none_or(|at| at > this.clock.now() + REFRESH_MARGIN)
-                })
-                .map(|t| t.access_token.clone())
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(state) = states.get(&key) else {
+                return Ok(None);
+            };
+            let token = state.token.as_ref();
+            if let Some(t) = token.filter(|t| this.is_fresh(t.obtained_at, t.expires_at)) {
+                return Ok(Some(AccessToken {
+                    secret: t.access_token.clone(),
+                    after_rejection: false,
+                }));
+            }
+            match state.retry_at {
+                Some(at) if at > this.clock.now() => {
+                    match token.filter(|t| this.is_unexpired(t.expires_at)) {
+                        Some(t) => Ok(Some(AccessToken {
+                            secret: t.access_token.clone(),
+                            after_rejection: false,
+                        })),
+                        None => Err(this.retry_after(at)),
+                    }
+                }
+                _ => Ok(None),
+            }
         };
-        if let Some(token) = cached(self) {
+        if let Some(token) = cached(self)? {
             return Ok(token);
         }
         let _flight = self.client_tokens.lock(&key).await;
-        if let Some(token) = cached(self) {
+        if let Some(token) = cached(self)? {
             return Ok(token);
         }
-        let provider = self
-            .providers
-            .get(provider_id)
-            .ok_or_else(|| TokenError::ProviderUnavailable("provider not configured".into()))?;
-        let (access_token, expires_at) =
+        let Some(provider) = self.providers.get(provider_id) else {
+            tracing::error!(provider = %provider_id, "a service names a provider that is not configured");
+            return Err(TokenError::ProviderUnavailable {
+                retry_after_secs: 60,
+            });
+        };
+        let outcome =
             grants::client_credentials(provider, &self.providers.http, scopes, self.clock.now())
-                .await
-                .map_err(|e| TokenError::ProviderUnavailable(e.to_string()))?;
-        self.client_cache
+                .await;
+        metrics::counter!(
+            "courier_client_token_grants_total",
+            "provider" => provider.id().to_owned(),
+            "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "granted")
+        )
+        .increment(1);
+        let mut states = self
+            .client_cache
             .lock()
-            .expect("cache lock is never poisoned")
-            .insert(
-                key,
-                Arc::new(CachedToken {
-                    access_token: access_token.clone(),
-                    expires_at,
-                }),
-            );
-        Ok(access_token)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = states.entry(key).or_default();
+        match outcome {
+            Ok(tokens) => {
+                let secret = tokens.access_token.clone();
+                *state = ClientTokenState {
+                    token: Some(tokens),
+                    failures: 0,
+                    retry_at: None,
+                };
+                Ok(AccessToken {
+                    secret,
+                    after_rejection: false,
+                })
+            }
+            Err(failure) => {
+                match &failure {
+                    GrantError::Misconfigured(reason) => tracing::error!(
+                        provider = %provider.id(),
+                        %reason,
+                        "the provider refused courier's client-credentials request: check the provider's client configuration"
+                    ),
+                    _ => {
+                        tracing::warn!(provider = %provider.id(), error = %failure, "client-credentials grant failed")
+                    }
+                }
+                let retry_at = self.clock.now() + backoff(state.failures);
+                state.failures += 1;
+                state.retry_at = Some(retry_at);
+                match state
+                    .token
+                    .as_ref()
+                    .filter(|t| self.is_unexpired(t.expires_at))
+                {
+                    Some(t) => Ok(AccessToken {
+                        secret: t.access_token.clone(),
+                        after_rejection: false,
+                    }),
+                    None => Err(self.retry_after(retry_at)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_a_quarter_of_a_short_lifetime() {
+        let t0 = Utc::now();
+        assert_eq!(
+            refresh_margin(Some(t0), Some(t0 + Duration::seconds(20))),
+            Duration::seconds(5)
+        );
+        assert_eq!(
+            refresh_margin(Some(t0), Some(t0 + Duration::hours(1))),
+            REFRESH_MARGIN
+        );
+        assert_eq!(refresh_margin(None, Some(t0)), REFRESH_MARGIN);
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_5_to_60_seconds() {
+        let secs: Vec<i64> = (0..6).map(|n| backoff(n).num_seconds()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 60, 60]);
     }
 }

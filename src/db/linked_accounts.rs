@@ -64,12 +64,15 @@ pub async fn upsert(
     let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
     sqlx::query(
         "INSERT INTO linked_accounts
-             (user_id, provider, subject, access_token, refresh_token, expires_at, scopes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+             (user_id, provider, subject, access_token, refresh_token, expires_at, scopes,
+              obtained_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (user_id, provider) DO UPDATE
          SET subject = EXCLUDED.subject, access_token = EXCLUDED.access_token,
              refresh_token = EXCLUDED.refresh_token, expires_at = EXCLUDED.expires_at,
-             scopes = EXCLUDED.scopes, status = 'connected', updated_at = now()",
+             scopes = EXCLUDED.scopes, obtained_at = EXCLUDED.obtained_at,
+             status = 'connected', after_rejection = false,
+             generation = linked_accounts.generation + 1, updated_at = now()",
     )
     .bind(user_id)
     .bind(provider)
@@ -78,48 +81,62 @@ pub async fn upsert(
     .bind(refresh)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
+    .bind(tokens.obtained_at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Replaces the tokens after a refresh.
-pub async fn update_tokens(
-    conn: &mut PgConnection,
+/// Replaces the tokens after a refresh if the row is still at `generation` (see
+/// `session_tokens::store_refreshed`). False when it is gone or was changed meanwhile.
+pub async fn store_refreshed(
+    pool: &PgPool,
     keys: &KeyRing,
     user_id: Uuid,
     provider: &str,
+    generation: i64,
     tokens: &TokenSet,
-) -> Result<(), sqlx::Error> {
+    after_rejection: bool,
+) -> Result<bool, sqlx::Error> {
     let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
-    sqlx::query(
+    let stored = sqlx::query(
         "UPDATE linked_accounts
-         SET access_token = $3, refresh_token = $4, expires_at = $5, scopes = $6, updated_at = now()
-         WHERE user_id = $1 AND provider = $2",
+         SET access_token = $4, refresh_token = $5, expires_at = $6, scopes = $7,
+             obtained_at = $8, after_rejection = $9, generation = generation + 1,
+             updated_at = now()
+         WHERE user_id = $1 AND provider = $2 AND generation = $3",
     )
     .bind(user_id)
     .bind(provider)
+    .bind(generation)
     .bind(access)
     .bind(refresh)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(tokens.obtained_at)
+    .bind(after_rejection)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(stored == 1)
 }
 
+/// The provider refused the account's grant: it waits for the user to connect it again. Only
+/// the tokens at `generation` are marked (a reconnect meanwhile wins).
 pub async fn mark_reauth_required(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     user_id: Uuid,
     provider: &str,
+    generation: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE linked_accounts SET status = 'reauth_required', updated_at = now()
-         WHERE user_id = $1 AND provider = $2",
+         WHERE user_id = $1 AND provider = $2 AND generation = $3",
     )
     .bind(user_id)
     .bind(provider)
-    .execute(conn)
+    .bind(generation)
+    .execute(pool)
     .await?;
     Ok(())
 }
@@ -132,6 +149,9 @@ struct Row {
     expires_at: Option<DateTime<Utc>>,
     scopes: Vec<String>,
     status: String,
+    obtained_at: Option<DateTime<Utc>>,
+    generation: i64,
+    after_rejection: bool,
 }
 
 #[derive(Debug)]
@@ -139,9 +159,14 @@ pub struct LinkedAccount {
     pub subject: String,
     pub tokens: TokenSet,
     pub status: Status,
+    /// Bumped by every refresh and reconnect.
+    pub generation: i64,
+    /// The access token was got because a service answered 401 to the one before it.
+    pub after_rejection: bool,
 }
 
-const SELECT: &str = "SELECT subject, access_token, refresh_token, expires_at, scopes, status
+const SELECT: &str = "SELECT subject, access_token, refresh_token, expires_at, scopes, status,
+                             obtained_at, generation, after_rejection
                       FROM linked_accounts WHERE user_id = $1 AND provider = $2";
 
 pub async fn get(
@@ -154,22 +179,6 @@ pub async fn get(
         .bind(user_id)
         .bind(provider)
         .fetch_optional(pool)
-        .await?;
-    row.map(|r| open_row(keys, user_id, provider, r))
-        .transpose()
-}
-
-/// Like `get`, holding the row's lock until the transaction ends (see `tokens.rs`).
-pub async fn get_for_update(
-    conn: &mut PgConnection,
-    keys: &KeyRing,
-    user_id: Uuid,
-    provider: &str,
-) -> Result<Option<LinkedAccount>, LoadError> {
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} FOR UPDATE")))
-        .bind(user_id)
-        .bind(provider)
-        .fetch_optional(conn)
         .await?;
     row.map(|r| open_row(keys, user_id, provider, r))
         .transpose()
@@ -190,6 +199,8 @@ fn open_row(
     Ok(LinkedAccount {
         subject: row.subject,
         status: Status::parse(&row.status),
+        generation: row.generation,
+        after_rejection: row.after_rejection,
         tokens: TokenSet {
             access_token: open("access_token", &row.access_token)?,
             refresh_token: row
@@ -199,6 +210,7 @@ fn open_row(
                 .transpose()?,
             id_token: None,
             expires_at: row.expires_at,
+            obtained_at: row.obtained_at,
             scopes: row.scopes,
         },
     })

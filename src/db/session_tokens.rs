@@ -41,8 +41,8 @@ pub async fn insert(
     let sealed = seal_all(keys, session_id, tokens);
     sqlx::query(
         "INSERT INTO session_tokens
-             (session_id, access_token, refresh_token, id_token, expires_at, scopes)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+             (session_id, access_token, refresh_token, id_token, expires_at, scopes, obtained_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(session_id)
     .bind(sealed.access_token)
@@ -50,34 +50,45 @@ pub async fn insert(
     .bind(sealed.id_token)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
+    .bind(tokens.obtained_at)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Replaces a session's token set (after a refresh), sealed under the current key.
-pub async fn update(
-    conn: &mut PgConnection,
+/// Replaces a session's token set after a refresh, sealed under the current key, if the row
+/// is still at `generation` (compare-and-swap: a refresh stores its result only over the
+/// tokens it started from). `after_rejection` records that a service's 401 caused it. False
+/// when the row is gone or was changed meanwhile.
+pub async fn store_refreshed(
+    pool: &PgPool,
     keys: &KeyRing,
     session_id: Uuid,
+    generation: i64,
     tokens: &TokenSet,
-) -> Result<(), sqlx::Error> {
+    after_rejection: bool,
+) -> Result<bool, sqlx::Error> {
     let sealed = seal_all(keys, session_id, tokens);
-    sqlx::query(
+    let stored = sqlx::query(
         "UPDATE session_tokens
-         SET access_token = $2, refresh_token = $3, id_token = $4, expires_at = $5, scopes = $6,
+         SET access_token = $3, refresh_token = $4, id_token = $5, expires_at = $6, scopes = $7,
+             obtained_at = $8, after_rejection = $9, generation = generation + 1,
              updated_at = now()
-         WHERE session_id = $1",
+         WHERE session_id = $1 AND generation = $2",
     )
     .bind(session_id)
+    .bind(generation)
     .bind(sealed.access_token)
     .bind(sealed.refresh_token)
     .bind(sealed.id_token)
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(tokens.obtained_at)
+    .bind(after_rejection)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(stored == 1)
 }
 
 #[derive(sqlx::FromRow)]
@@ -89,6 +100,9 @@ struct Row {
     id_token: Option<Vec<u8>>,
     expires_at: Option<DateTime<Utc>>,
     scopes: Vec<String>,
+    obtained_at: Option<DateTime<Utc>>,
+    generation: i64,
+    after_rejection: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,10 +119,15 @@ pub struct SessionTokens {
     pub provider: String,
     pub subject: String,
     pub tokens: TokenSet,
+    /// Bumped by every refresh.
+    pub generation: i64,
+    /// The access token was got because a service answered 401 to the one before it.
+    pub after_rejection: bool,
 }
 
 const SELECT: &str = "SELECT s.provider, s.subject, t.access_token, t.refresh_token, t.id_token,
-                             t.expires_at, t.scopes
+                             t.expires_at, t.scopes, t.obtained_at, t.generation,
+                             t.after_rejection
                       FROM session_tokens t JOIN sessions s ON s.id = t.session_id
                       WHERE t.session_id = $1";
 
@@ -124,20 +143,6 @@ pub async fn get(
     row.map(|r| open_row(keys, session_id, r)).transpose()
 }
 
-/// Like `get`, holding the row's lock until the transaction ends: the one refresh of a session
-/// happens under it, on whichever instance gets it first.
-pub async fn get_for_update(
-    conn: &mut PgConnection,
-    keys: &KeyRing,
-    session_id: Uuid,
-) -> Result<Option<SessionTokens>, LoadError> {
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT} FOR UPDATE OF t")))
-        .bind(session_id)
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| open_row(keys, session_id, r)).transpose()
-}
-
 fn open_row(keys: &KeyRing, session_id: Uuid, row: Row) -> Result<SessionTokens, LoadError> {
     let open = |column: &str, sealed: &[u8]| -> Result<SecretString, LoadError> {
         let plain = keys.open(sealed, &aad(column, session_id))?;
@@ -148,6 +153,8 @@ fn open_row(keys: &KeyRing, session_id: Uuid, row: Row) -> Result<SessionTokens,
     Ok(SessionTokens {
         provider: row.provider,
         subject: row.subject,
+        generation: row.generation,
+        after_rejection: row.after_rejection,
         tokens: TokenSet {
             access_token: open("access_token", &row.access_token)?,
             refresh_token: row
@@ -161,6 +168,7 @@ fn open_row(keys: &KeyRing, session_id: Uuid, row: Row) -> Result<SessionTokens,
                 .map(|t| open("id_token", t))
                 .transpose()?,
             expires_at: row.expires_at,
+            obtained_at: row.obtained_at,
             scopes: row.scopes,
         },
     })

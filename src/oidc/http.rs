@@ -28,6 +28,29 @@ impl HttpError {
     }
 }
 
+/// A request error as it may be logged: its kind and cause, never the URL (whose query could
+/// carry a secret).
+pub fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer could not be read"
+    } else {
+        "the request failed"
+    };
+    let mut detail = kind.to_owned();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
+}
+
 /// Builds the shared client: no redirects (SSRF, and token endpoints never redirect),
 /// bounded connect and total time.
 pub fn build_client() -> reqwest::Client {

@@ -7,5 +7,6 @@ pub mod login;
 pub mod logout_token;
 pub mod registry;
 pub mod revocation;
+pub mod token_endpoint;
 
 pub use registry::{Provider, ProviderRegistry};

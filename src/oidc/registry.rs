@@ -105,6 +105,10 @@ impl Provider {
                 .map(|s| ClientSecret::new(s.expose_secret().to_owned())),
         )
         .set_redirect_uri(self.redirect_uri.clone())
+        .set_auth_type(match self.config.client_auth(true) {
+            crate::config::ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+            crate::config::ClientAuth::ClientSecretPost => AuthType::RequestBody,
+        })
     }
 
     /// Whether the provider speaks OpenID Connect (configured by `issuer`), as opposed to plain
@@ -123,7 +127,10 @@ impl Provider {
                 .set_auth_uri(AuthUrl::from_url(auth.clone()))
                 .set_token_uri(TokenUrl::from_url(token.clone()))
                 .set_redirect_uri(self.redirect_uri.clone())
-                .set_auth_type(AuthType::RequestBody);
+                .set_auth_type(match self.config.client_auth(false) {
+                    crate::config::ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+                    crate::config::ClientAuth::ClientSecretPost => AuthType::RequestBody,
+                });
         if let Some(secret) = &self.config.client_secret {
             client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
         }

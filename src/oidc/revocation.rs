@@ -5,6 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::oidc::grants::GrantError;
 use crate::oidc::http::ProviderHttp;
 use crate::oidc::registry::Provider;
+use crate::oidc::token_endpoint;
 
 /// Revokes `token` (a refresh token when `is_refresh`, else an access token). Ok(false) when
 /// the provider has no revocation endpoint. A provider that cannot be reached is an error;
@@ -27,24 +28,12 @@ pub async fn revoke(
         ("token", token.expose_secret().to_owned()),
         ("token_type_hint", hint.to_owned()),
     ];
-    let mut request = http.0.post(endpoint);
-    let secret = provider.config.client_secret.as_ref();
-    if provider.is_oidc() {
-        request = request.basic_auth(
-            &provider.config.client_id,
-            secret.map(|s| s.expose_secret().to_owned()),
-        );
-    } else {
-        form.push(("client_id", provider.config.client_id.clone()));
-        if let Some(secret) = secret {
-            form.push(("client_secret", secret.expose_secret().to_owned()));
-        }
-    }
+    let request = token_endpoint::authenticate(provider, http.0.post(endpoint), &mut form);
     let response = request
         .form(&form)
         .send()
         .await
-        .map_err(|e| GrantError::Unavailable(e.to_string()))?;
+        .map_err(|e| GrantError::Unavailable(crate::oidc::http::describe(&e)))?;
     if response.status().is_server_error() {
         return Err(GrantError::Unavailable(format!(
             "revocation answered {}",

@@ -186,7 +186,15 @@ pub async fn call(
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let client = &state.services_http;
     let started = std::time::Instant::now();
-    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout).await;
+    let response = proxy::send(
+        client,
+        &incoming,
+        &target,
+        body,
+        token.as_ref().map(|t| &t.secret),
+        timeout,
+    )
+    .await;
     let status = match &response {
         Ok(r) => r.status().as_u16().to_string(),
         Err(e) => e.code().to_owned(),
@@ -198,21 +206,27 @@ pub async fn call(
     let response = response?;
 
     // A 401 may mean the token was revoked or rotated early: refresh once and try again, when
-    // the body can be sent again.
+    // the body can be sent again — unless this token was itself got after a 401 (a service
+    // that keeps refusing must not cost a refresh per request).
     if response.status() == reqwest::StatusCode::UNAUTHORIZED
         && service.config.token == TokenMode::User
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
+        && !rejected.after_rejection
     {
         let fresh = if service.linked {
             state
                 .tokens
-                .linked_access_token(current.user_id, provider_of(service), Some(rejected))
+                .linked_access_token(
+                    current.user_id,
+                    provider_of(service),
+                    Some(&rejected.secret),
+                )
                 .await
                 .map_err(|e| linked_error(service, e))?
         } else {
             state
                 .tokens
-                .session_access_token_after_rejection(current.id, rejected)
+                .session_access_token_after_rejection(current.id, &rejected.secret)
                 .await?
         };
         let again = proxy::send(
@@ -220,7 +234,7 @@ pub async fn call(
             &incoming,
             &target,
             OutgoingBody::Buffered(bytes),
-            Some(&fresh),
+            Some(&fresh.secret),
             timeout,
         )
         .await?;

@@ -176,6 +176,8 @@ pub struct AppSettings {
     pub extra_toml: String,
     /// Extra keys of the `[server]` table.
     pub server_toml: String,
+    /// `database.max_connections`.
+    pub max_connections: u32,
 }
 
 impl AppSettings {
@@ -188,6 +190,7 @@ impl AppSettings {
             encryption_keys: vec![courier::crypto::generate_key()],
             extra_toml: String::new(),
             server_toml: String::new(),
+            max_connections: 5,
         }
     }
 
@@ -370,7 +373,7 @@ public_url = "http://127.0.0.1:{port}"
 {server_extra}
 [database]
 url = "{database_url}"
-max_connections = 5
+max_connections = {max_connections}
 
 [session]
 idle_timeout_secs = {idle}
@@ -395,6 +398,7 @@ login = true
         scopes = quoted(&s.scopes),
         extra = s.extra_toml,
         server_extra = s.server_toml,
+        max_connections = s.max_connections,
     )
 }
 
