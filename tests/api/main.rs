@@ -14,6 +14,7 @@ mod linked;
 mod login;
 mod login_state;
 mod logout;
+mod logout_token_compat;
 mod logs;
 mod openapi;
 mod services;
