@@ -10,6 +10,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod id_token;
+mod issuer_param;
 mod linked;
 mod login;
 mod login_state;
