@@ -1,6 +1,7 @@
 //! courier's API tests: one binary; each test gets its own database, port and provider.
 
 mod cache;
+mod check_online;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
