@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -290,9 +292,16 @@ impl Config {
             message,
         };
         let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let (line, column) = line_and_column(text, span.start);
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
             err(
                 String::new(),
-                format!("not valid TOML: {}", e.message().trim()),
+                format!("not valid TOML{at}: {}", e.message().trim()),
             )
         })?;
         for (key, value) in table.iter_mut() {
@@ -349,12 +358,13 @@ impl Config {
         }
         if self.session.absolute_timeout_secs < self.session.idle_timeout_secs {
             return fail(
-                "session.absolute_timeout_secs",
-                "must not be shorter than session.idle_timeout_secs",
+                "session.idle_timeout_secs",
+                "must not be longer than session.absolute_timeout_secs",
             );
         }
         KeyRing::from_config(&self.security.encryption_keys)
             .map_err(|(i, m)| (format!("security.encryption_keys[{i}]"), m))?;
+        self.refuse_unsafe()?;
 
         if self.server.max_header_bytes < 1024 || self.server.max_cookies == 0 {
             return fail(
@@ -381,6 +391,103 @@ impl Config {
         self.validate_services()
     }
 
+    /// Settings that parse but cannot work or are unsafe (the SPEC's "Command line" list).
+    /// `serve` and `check-config` both refuse them, as both load the file through here.
+    fn refuse_unsafe(&self) -> Result<(), (String, String)> {
+        let public_url = &self.server.public_url;
+        if public_url.scheme() == "http" && !is_loopback(public_url) {
+            return Err((
+                "server.public_url".into(),
+                "must be https:// unless it is a loopback address: the session cookie is \
+                 `Secure` and tokens pass through this origin"
+                    .into(),
+            ));
+        }
+        if let Some(dir) = &self.server.static_dir
+            && !dir.is_dir()
+        {
+            return Err((
+                "server.static_dir".into(),
+                format!("`{}` is not a directory", dir.display()),
+            ));
+        }
+        if self.database.url.expose_secret().trim().is_empty() {
+            return Err(("database.url".into(), "must not be empty".into()));
+        }
+        for (i, key) in self.security.encryption_keys.iter().enumerate() {
+            // Decodes (checked by the key ring above); a key of one repeated byte (all zeros,
+            // say) is a placeholder, not a random key.
+            let bytes = STANDARD
+                .decode(key.expose_secret().trim())
+                .unwrap_or_default();
+            if bytes.windows(2).all(|w| w[0] == w[1]) {
+                return Err((
+                    format!("security.encryption_keys[{i}]"),
+                    "is not a random key (every byte is the same); make one with \
+                     `courier gen-key`"
+                        .into(),
+                ));
+            }
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            if let Some(secret) = &p.client_secret
+                && secret.expose_secret().trim().is_empty()
+            {
+                return Err((
+                    format!("providers[{i}].client_secret"),
+                    "is empty (an unset or empty `${VAR}`?); leave the key out for a \
+                     client without a secret"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings that work but are probably not meant (the SPEC's "Command line" list):
+    /// `check-config` prints them and `serve` logs them; neither refuses them.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut warnings = Vec::new();
+        let mut warn = |key: String, message: &str| {
+            warnings.push(ConfigWarning {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        for (i, p) in self.providers.iter().enumerate() {
+            for (field, url) in [
+                ("issuer", &p.issuer),
+                ("authorization_endpoint", &p.authorization_endpoint),
+                ("token_endpoint", &p.token_endpoint),
+            ] {
+                if let Some(url) = url
+                    && url.scheme() == "http"
+                    && !is_loopback(url)
+                {
+                    warn(
+                        format!("providers[{i}].{field}"),
+                        "is http:// on a non-loopback host: codes, tokens and the client \
+                         secret would cross the network unencrypted",
+                    );
+                }
+            }
+        }
+        if self.session.idle_timeout_secs > MAX_SENSIBLE_IDLE_SECS {
+            warn(
+                "session.idle_timeout_secs".into(),
+                "is longer than 24 hours: a forgotten session stays usable that long",
+            );
+        }
+        if !self.session.cookie_name.starts_with("__Host-") {
+            warn(
+                "session.cookie_name".into(),
+                "has no `__Host-` prefix: the browser will not guarantee that the cookie is \
+                 Secure, host-only and for Path=/",
+            );
+        }
+        warnings
+    }
+
     fn validate_providers(&self) -> Result<(), (String, String)> {
         if self.providers.is_empty() {
             return Err(("providers".into(), "at least one provider is needed".into()));
@@ -398,7 +505,18 @@ impl Config {
                 return Err((key("id"), format!("`{}` is used twice", p.id)));
             }
             match (&p.issuer, &p.authorization_endpoint, &p.token_endpoint) {
-                (Some(issuer), None, None) => check_base_url(issuer, &key("issuer"))?,
+                (Some(issuer), None, None) => {
+                    check_base_url(issuer, &key("issuer"))?;
+                    // Discovery appends this itself: given here, every fetch would miss.
+                    if issuer.path().contains("/.well-known/") {
+                        return Err((
+                            key("issuer"),
+                            "is a discovery URL; give the issuer itself (the part before \
+                             `/.well-known/`)"
+                                .into(),
+                        ));
+                    }
+                }
                 (None, Some(auth), Some(token)) => {
                     check_base_url(auth, &key("authorization_endpoint"))?;
                     check_base_url(token, &key("token_endpoint"))?;
@@ -541,6 +659,44 @@ impl Config {
     }
 }
 
+/// A setting that works but is probably not meant. Never holds a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// An idle timeout beyond this is warned about.
+const MAX_SENSIBLE_IDLE_SECS: u64 = 24 * 3600;
+
+/// Whether `url`'s host is this machine: `localhost` (and `*.localhost`, RFC 6761), 127.0.0.0/8
+/// or ::1. Browsers treat such origins as secure over plain http, and nothing crosses a network.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
 /// Parameters courier sets itself on every authorization request.
 const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "response_type",
@@ -626,7 +782,7 @@ mod tests {
 
     fn env(name: &str) -> Option<String> {
         match name {
-            "KEY" => Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            "KEY" => Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
             "SECRET" => Some("s3cret".into()),
             _ => None,
         }

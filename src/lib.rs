@@ -1,6 +1,7 @@
 //! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
 
 pub mod cache;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod connections;

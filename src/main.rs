@@ -33,7 +33,11 @@ enum Command {
     /// Run pending migrations and exit.
     Migrate,
     /// Validate the configuration without serving.
-    CheckConfig,
+    CheckConfig {
+        /// Also fetch each provider's metadata and keys and report what it supports.
+        #[arg(long)]
+        online: bool,
+    },
     /// Print a new base64 encryption key.
     GenKey,
 }
@@ -52,9 +56,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::CheckConfig = command {
-        println!("{}: ok", cli.config.display());
-        return ExitCode::SUCCESS;
+    if let Command::CheckConfig { online } = command {
+        return courier::check::run(&cli.config, &config, online);
     }
     let telemetry = match telemetry::init(cli.log_format, &config.telemetry) {
         Ok(telemetry) => telemetry,
@@ -63,6 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The same warnings check-config prints; serve starts anyway.
+    for warning in config.warnings() {
+        tracing::warn!(key = %warning.key, "{}: {}", cli.config.display(), warning.message);
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,

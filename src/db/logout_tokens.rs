@@ -1,9 +1,13 @@
-//! Back-channel logout tokens already accepted: a `jti` is accepted once per provider.
+//! Back-channel logout tokens already accepted: a `jti` is accepted once per provider. A row
+//! is kept until `expires_at`, which the caller sets no earlier than the last moment its token
+//! could still pass the checks (for a token without `exp`: `iat` + 120 s + skew), so that the
+//! purge never makes a replay acceptable.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-/// Records the token as used. Returns false when it had been used already.
+/// Records the token as used, to be remembered until `expires_at`. Returns false when it had
+/// been used already.
 pub async fn mark_used(
     conn: &mut PgConnection,
     provider: &str,

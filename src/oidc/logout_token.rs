@@ -1,7 +1,15 @@
 //! Logout tokens of OpenID Connect Back-Channel Logout 1.0 (with errata 1): signature from the
 //! provider's JWKS (re-fetched once on an unknown `kid`), pinned asymmetric algorithms, `iss`,
-//! `aud`, `iat`, `exp` (required), `jti`, the back-channel `events` member, `sid` and/or `sub`,
-//! no `nonce`, and `typ` = `logout+jwt` when present. Replay (`jti`) is the caller's check.
+//! `aud`, `iat`, `exp` (when present), `jti`, the back-channel `events` member, `sid` and/or
+//! `sub`, and no `nonce`. Replay (`jti`) is the caller's check; [`LogoutTarget::remember_until`]
+//! says how long the `jti` must be kept for that check to hold.
+//!
+//! Providers in the field differ from the letter of the spec: Keycloak before 25 and
+//! IdentityServer 6 type their logout tokens `JWT` (or not at all), and some omit `exp`. So `typ`
+//! may be absent, `JWT`, `logout+jwt` or `application/logout+jwt` (any case); anything else (an
+//! access token's `at+jwt`, say) is refused, as it is a token made for another purpose. A token
+//! without `exp` is taken to expire [`UNDATED_LIFETIME`] after its `iat`, with the same clock
+//! skew allowance as an explicit `exp`.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use jsonwebtoken::jwk::Jwk;
@@ -19,6 +27,11 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 const SKEW: Duration = Duration::seconds(60);
 /// A logout token older than this is refused even when its `exp` is later.
 const MAX_AGE: Duration = Duration::minutes(10);
+/// How long after its `iat` a logout token without `exp` is taken to be valid (plus [`SKEW`]).
+pub const UNDATED_LIFETIME: Duration = Duration::seconds(120);
+/// Extra time a used `jti` is remembered beyond the last moment its token could be accepted:
+/// every instance purges used `jti`s by its own clock, and instances' clocks differ a little.
+const REMEMBER_MARGIN: Duration = Duration::seconds(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogoutTokenError {
@@ -40,7 +53,18 @@ pub struct LogoutTarget {
     pub jti: String,
     pub sid: Option<String>,
     pub sub: Option<String>,
-    pub expires_at: DateTime<Utc>,
+    /// The `jti` must be remembered at least until then: until this moment (by courier's
+    /// clock) the token would otherwise be accepted again.
+    pub remember_until: DateTime<Utc>,
+}
+
+/// Whether a JOSE `typ` header is one that logout tokens are sent with in practice.
+fn acceptable_typ(typ: &str) -> bool {
+    // RFC 7515 §4.1.9: `application/` may be left out of a media type in `typ`; media types are
+    // case-insensitive.
+    ["logout+jwt", "application/logout+jwt", "JWT"]
+        .iter()
+        .any(|t| typ.eq_ignore_ascii_case(t))
 }
 
 fn jsonwebtoken_alg(alg: &CoreJwsSigningAlgorithm) -> Option<Algorithm> {
@@ -75,12 +99,12 @@ pub async fn verify(
 ) -> Result<LogoutTarget, LogoutTokenError> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| reject("not a signed JWT with a supported algorithm"))?;
-    // RFC 7515 §4.1.9: `application/` may be left out of a media type in `typ`.
     if let Some(typ) = &header.typ
-        && !typ.eq_ignore_ascii_case("logout+jwt")
-        && !typ.eq_ignore_ascii_case("application/logout+jwt")
+        && !acceptable_typ(typ)
     {
-        return Err(reject(format!("`typ` is `{typ}`, not logout+jwt")));
+        return Err(reject(format!(
+            "`typ` is `{typ}`, not logout+jwt, JWT or absent"
+        )));
     }
     let mut metadata = provider.metadata().ok_or_else(|| {
         LogoutTokenError::Unavailable("the provider's metadata is not loaded".into())
@@ -136,15 +160,23 @@ pub async fn verify(
         .claims;
 
     let iat = timestamp(&claims, "iat")?;
-    let exp = timestamp(&claims, "exp")?;
     if iat > now + SKEW {
         return Err(reject("issued in the future"));
     }
     if iat < now - MAX_AGE {
         return Err(reject("issued too long ago"));
     }
-    if exp <= now - SKEW {
-        return Err(reject("expired"));
+    // Only an absent `exp` counts as "none"; a present one must be a timestamp.
+    let valid_until = match claims.get("exp") {
+        Some(_) => timestamp(&claims, "exp")?,
+        None => iat + UNDATED_LIFETIME,
+    };
+    if valid_until <= now - SKEW {
+        return Err(reject(if claims.get("exp").is_some() {
+            "expired"
+        } else {
+            "has no `exp` and was issued more than 120 s ago"
+        }));
     }
     let has_event = claims
         .get("events")
@@ -167,6 +199,7 @@ pub async fn verify(
         jti,
         sid,
         sub,
-        expires_at: exp.max(now) + SKEW,
+        // Accepted only while `now < valid_until + SKEW`: remembered at least that long.
+        remember_until: valid_until.max(now) + SKEW + REMEMBER_MARGIN,
     })
 }

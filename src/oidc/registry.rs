@@ -27,6 +27,9 @@ pub struct ExtraMetadata {
     pub end_session_endpoint: Option<url::Url>,
     pub revocation_endpoint: Option<url::Url>,
     pub introspection_endpoint: Option<url::Url>,
+    /// RFC 9207: the provider names itself (`iss`) in every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}
@@ -151,6 +154,14 @@ impl Provider {
             Some(m) => m.userinfo_endpoint().map(|u| u.url().clone()),
             None => self.config.userinfo_endpoint.clone(),
         }
+    }
+
+    /// Whether the provider's metadata promises `iss` in authorization responses (RFC 9207).
+    pub fn sends_iss_in_authorization_response(metadata: &Metadata) -> bool {
+        metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            .unwrap_or(false)
     }
 
     /// The end-session endpoint of a discovered provider.

@@ -191,14 +191,26 @@ pub async fn callback(
         }
     }
 
+    // RFC 9207 (mix-up defence), for error responses too: when the provider names itself it
+    // must be the provider this login went to, and a provider that promises to always name
+    // itself must have done so. Plain OAuth providers have no metadata and no issuer.
+    if let Some(metadata) = provider.metadata() {
+        let iss = query_param(&req, "iss");
+        let refused = match &iss {
+            Some(iss) => iss != metadata.issuer().as_str(),
+            None => Provider::sends_iss_in_authorization_response(&metadata),
+        };
+        if refused {
+            tracing::warn!(
+                provider = %provider.id(),
+                iss_present = iss.is_some(),
+                "authorization response refused: its issuer is missing or not this provider's"
+            );
+            return fail("issuer_mismatch");
+        }
+    }
     if let Some(error) = query_param(&req, "error") {
         return fail(&provider_error_code(&error));
-    }
-    // RFC 9207: when the provider names itself, it must be the provider this login went to.
-    if let (Some(iss), Some(metadata)) = (query_param(&req, "iss"), provider.metadata())
-        && iss != metadata.issuer().as_str()
-    {
-        return fail("issuer_mismatch");
     }
     let Some(code) = query_param(&req, "code") else {
         return fail("invalid_request");

@@ -127,9 +127,13 @@ pub async fn backchannel(
     // provider's retry with the same token is not taken for a replay.
     let outcome = async {
         let mut tx = state.pool.begin().await?;
-        let fresh =
-            db::logout_tokens::mark_used(&mut tx, provider.id(), &target.jti, target.expires_at)
-                .await?;
+        let fresh = db::logout_tokens::mark_used(
+            &mut tx,
+            provider.id(),
+            &target.jti,
+            target.remember_until,
+        )
+        .await?;
         if !fresh {
             return Ok(None);
         }

@@ -150,3 +150,199 @@ fn gen_key_prints_a_usable_key() {
     let (ok, out) = check(VALID, &env);
     assert!(ok, "{out}");
 }
+
+/// Runs `args` + `--config <text>` and returns (exit code, stdout, stderr).
+fn run_with(args: &[&str], text: &str, env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let file = config_file(text);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", file.path().to_str().unwrap()]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = courier(&all, &env);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        !stdout.contains("very-secret-value") && !stderr.contains("very-secret-value"),
+        "a secret was printed"
+    );
+    (out.status.code(), stdout, stderr)
+}
+
+/// A configuration, its environment, and the key its error must name.
+type UnsafeCase = (String, Vec<(&'static str, String)>, &'static str);
+
+/// What cannot work or is unsafe, each with the key it names.
+fn unsafe_cases() -> Vec<UnsafeCase> {
+    let zero_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+    let with_env = |name: &'static str, value: &str| {
+        let mut env = env();
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value.to_owned()));
+        env
+    };
+    vec![
+        (
+            VALID.replace("http://127.0.0.1:8080", "http://app.example.com"),
+            env(),
+            "server.public_url",
+        ),
+        (
+            VALID.replace("http://127.0.0.1:8080", "http://10.0.0.5:8080"),
+            env(),
+            "server.public_url",
+        ),
+        (
+            VALID.replacen(
+                "client_secret = \"${TEST_SECRET}\"",
+                "client_secret = \"\"",
+                1,
+            ),
+            env(),
+            "providers[0].client_secret",
+        ),
+        (
+            VALID.to_owned(),
+            with_env("TEST_SECRET", ""),
+            "providers[0].client_secret",
+        ),
+        (
+            VALID.to_owned(),
+            with_env("TEST_KEY", &zero_key),
+            "security.encryption_keys[0]",
+        ),
+        (
+            VALID.to_owned(),
+            with_env("TEST_KEY", "c2hvcnQta2V5"),
+            "security.encryption_keys[0]",
+        ),
+        (
+            VALID.replace(
+                "public_url = \"http://127.0.0.1:8080\"",
+                "public_url = \"http://127.0.0.1:8080\"\nstatic_dir = \"/nonexistent/spa\"",
+            ),
+            env(),
+            "server.static_dir",
+        ),
+        (
+            VALID.replace(
+                "[security]",
+                "[session]\nidle_timeout_secs = 7200\nabsolute_timeout_secs = 3600\n[security]",
+            ),
+            env(),
+            "session.idle_timeout_secs",
+        ),
+    ]
+}
+
+#[test]
+fn check_config_refuses_unsafe_settings_and_names_the_key() {
+    for (text, env, key) in unsafe_cases() {
+        let (code, _, stderr) = run_with(&["check-config"], &text, &env);
+        assert_eq!(code, Some(2), "{key} accepted: {stderr}");
+        assert!(stderr.contains(key), "{key} not in: {stderr}");
+    }
+}
+
+#[test]
+fn serve_refuses_what_check_config_refuses() {
+    // Refused while loading the file: nothing is bound and no database is reached.
+    for (text, env, key) in unsafe_cases() {
+        let (code, _, stderr) = run_with(&["serve"], &text, &env);
+        assert_eq!(code, Some(2), "{key} served: {stderr}");
+        assert!(stderr.contains(key), "{key} not in: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_warns_about_risky_settings_but_accepts_them() {
+    let text = VALID
+        .replace("http://127.0.0.1:9000", "http://login.example.com")
+        .replace(
+            "[security]",
+            "[session]\ncookie_name = \"courier\"\nidle_timeout_secs = 172800\nabsolute_timeout_secs = 604800\n[security]",
+        );
+    let (code, stdout, stderr) = run_with(&["check-config"], &text, &env());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    for key in [
+        "providers[0].issuer",
+        "session.idle_timeout_secs",
+        "session.cookie_name",
+    ] {
+        assert!(
+            stderr.contains("warning:") && stderr.contains(key),
+            "{key} not warned about: {stderr}"
+        );
+    }
+    // The spec's example warns about nothing.
+    let (code, _, stderr) = run_with(&["check-config"], VALID, &env());
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn loopback_http_urls_stay_allowed() {
+    for origin in [
+        "http://localhost:8080",
+        "http://127.0.0.2:8080",
+        "http://[::1]:8080",
+    ] {
+        let text = VALID
+            .replace("http://127.0.0.1:8080", origin)
+            .replace("http://127.0.0.1:9000", &origin.replace("8080", "9000"));
+        let (code, _, stderr) = run_with(&["check-config"], &text, &env());
+        assert_eq!(code, Some(0), "{origin}: {stderr}");
+        assert!(!stderr.contains("warning"), "{origin}: {stderr}");
+    }
+}
+
+#[test]
+fn toml_syntax_errors_give_the_line_and_column() {
+    let text = VALID.replace("client_id = \"gh\"", "client_id = gh");
+    let line = text.lines().position(|l| l == "client_id = gh").unwrap() + 1;
+    let (code, _, stderr) = run_with(&["check-config"], &text, &env());
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(&format!("line {line}, column 13")),
+        "line {line} not in: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serve_logs_the_warnings_check_config_prints() {
+    use tokio::io::AsyncBufReadExt;
+
+    let db = crate::helpers::TestDb::new().await;
+    let text = VALID
+        .replace("127.0.0.1:8080\"\npublic", "127.0.0.1:0\"\npublic")
+        .replace(
+            "[security]",
+            "[session]\ncookie_name = \"courier\"\n[security]",
+        );
+    let file = config_file(&text);
+    let mut env = env();
+    env[0].1 = db.url.clone();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["serve", "--config", file.path().to_str().unwrap()])
+        .env_remove("COURIER_CONFIG")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start courier");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("session.cookie_name") && line.contains("__Host-") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    child.kill().await.ok();
+    assert!(warned, "serve logged the cookie-name warning");
+}

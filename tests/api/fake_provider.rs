@@ -30,6 +30,8 @@ pub struct FakeProvider {
     pub server: MockServer,
     pub issuer: String,
     published: std::sync::Mutex<Vec<String>>,
+    /// Extra discovery metadata (see `advertise`).
+    extra_metadata: std::sync::Mutex<serde_json::Map<String, Value>>,
 }
 
 impl FakeProvider {
@@ -41,6 +43,7 @@ impl FakeProvider {
             server,
             issuer,
             published: Default::default(),
+            extra_metadata: Default::default(),
         };
         provider.publish_keys(&["signing"]).await;
         provider
@@ -51,18 +54,21 @@ impl FakeProvider {
         *self.published.lock().unwrap() = kids.iter().map(|k| k.to_string()).collect();
         self.server.reset().await;
         let issuer = &self.issuer;
+        let mut metadata = json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+        });
+        let extra = self.extra_metadata.lock().unwrap().clone();
+        metadata.as_object_mut().unwrap().extend(extra);
         Mock::given(method("GET"))
             .and(path("/.well-known/openid-configuration"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-                "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/authorize"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "code_challenge_methods_supported": ["S256"],
-            })))
+            .respond_with(ResponseTemplate::new(200).set_body_json(metadata))
             .mount(&self.server)
             .await;
         let keys: Vec<Value> = kids.iter().map(|k| jwk(k)).collect();
@@ -71,6 +77,17 @@ impl FakeProvider {
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": keys })))
             .mount(&self.server)
             .await;
+    }
+
+    /// Adds (or overrides) members of the discovery metadata from now on. courier reads the
+    /// metadata at start-up: call this before spawning the app.
+    pub async fn advertise(&self, extra: Value) {
+        if let Value::Object(extra) = extra {
+            self.extra_metadata.lock().unwrap().extend(extra);
+        }
+        let published = self.published.lock().unwrap().clone();
+        let kids: Vec<&str> = published.iter().map(String::as_str).collect();
+        self.publish_keys(&kids).await;
     }
 
     /// Claims of a valid ID token for `nonce`.

@@ -99,8 +99,16 @@ async fn a_code_used_twice_is_refused() {
         .unwrap()
         .1
         .into_owned();
+    // The provider names itself in its callbacks (RFC 9207), so a replay would too.
+    let iss = callback
+        .query_pairs()
+        .find(|(k, _)| k == "iss")
+        .map(|(_, v)| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())
+        .unwrap_or_default();
     let replay = other
-        .get(&app.url(&format!("/auth/callback/main?code={code}&state={state}")))
+        .get(&app.url(&format!(
+            "/auth/callback/main?code={code}&state={state}&iss={iss}"
+        )))
         .await;
     assert_eq!(
         replay.headers()[LOCATION],

@@ -243,7 +243,7 @@ async fn forged_logout_tokens_are_refused_and_leave_the_session_alive() {
     let wrong_typ = {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("signing".into());
-        header.typ = Some("JWT".into());
+        header.typ = Some("at+jwt".into());
         let key = EncodingKey::from_rsa_pem(&private_pem("signing")).unwrap();
         jsonwebtoken::encode(&header, &logout_claims(&fake), &key).unwrap()
     };
@@ -266,7 +266,12 @@ async fn forged_logout_tokens_are_refused_and_leave_the_session_alive() {
         ("a wrong iss", with("iss", json!("http://evil.example"))),
         ("a wrong aud", with("aud", json!("someone-else"))),
         ("expired", with("exp", json!(now() - 300))),
-        ("no exp", without("exp")),
+        ("no exp, issued 10 minutes ago", {
+            let mut claims = logout_claims(&fake);
+            claims.as_object_mut().unwrap().remove("exp");
+            claims["iat"] = json!(now() - 600);
+            sign_logout("signing", &claims)
+        }),
         ("no iat", without("iat")),
         ("events missing", without("events")),
         (
@@ -276,7 +281,7 @@ async fn forged_logout_tokens_are_refused_and_leave_the_session_alive() {
         ("a nonce", with("nonce", json!("n"))),
         ("no jti", without("jti")),
         ("neither sid nor sub", neither),
-        ("typ JWT", wrong_typ),
+        ("typ at+jwt", wrong_typ),
         (
             "a key the provider never published",
             sign_logout("attacker", &logout_claims(&fake)),

@@ -1,6 +1,7 @@
 //! courier's API tests: one binary; each test gets its own database, port and provider.
 
 mod cache;
+mod check_online;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
@@ -10,10 +11,12 @@ mod health;
 mod helpers;
 mod hostile;
 mod id_token;
+mod issuer_param;
 mod linked;
 mod login;
 mod login_state;
 mod logout;
+mod logout_token_compat;
 mod logs;
 mod openapi;
 mod refresh;

@@ -165,7 +165,8 @@ login = true
         other = Browser()
         auth = other.get(f"{app}/auth/login").getheader("Location")
         state = urllib.parse.parse_qs(urllib.parse.urlsplit(auth).query)["state"][0]
-        r = other.get(f"{app}/auth/callback/main?code={code}&state={state}")
+        iss = urllib.parse.quote(issuer, safe="")  # the provider names itself (RFC 9207)
+        r = other.get(f"{app}/auth/callback/main?code={code}&state={state}&iss={iss}")
         check("a code used twice is refused", r.getheader("Location") == "/?login_error=token_exchange_failed",
               r.getheader("Location"))
         r = Browser().get(f"{app}/auth/callback/main?code=x")
@@ -177,9 +178,19 @@ login = true
         b = Browser()
         auth = b.get(f"{app}/auth/login").getheader("Location")
         state = urllib.parse.parse_qs(urllib.parse.urlsplit(auth).query)["state"][0]
-        r = b.get(f"{app}/auth/callback/main?error=access_denied&state={state}")
+        r = b.get(f"{app}/auth/callback/main?error=access_denied&state={state}&iss={iss}")
         check("error=access_denied comes back as a login error",
               r.getheader("Location") == "/?login_error=access_denied")
+        # RFC 9207: node-oidc-provider advertises the iss parameter, so a callback without it
+        # is not the provider's.
+        b = Browser()
+        callback = submit(b, provider_form(b), "erin", stop_at_callback=True)
+        without_iss = re.sub(r"&iss=[^&]*|iss=[^&]*&", "", callback)
+        r = b.get(without_iss)
+        check("a callback without iss is refused (issuer_mismatch)",
+              "iss=" not in urllib.parse.urlsplit(without_iss).query
+              and r.getheader("Location") == "/?login_error=issuer_mismatch", (without_iss, r.getheader("Location")))
+        check("... and makes no session", me(b).status == 401)
         for hostile in ["//evil.example", "https://evil.example", "/%5Cevil.example", "%2F%2Fevil.example"]:
             b = Browser()
             r = submit(b, provider_form(b, urllib.parse.quote(hostile, safe="")), "dave")
