@@ -144,6 +144,7 @@ pub struct ProviderConfig {
     pub authorization_endpoint: Option<Url>,
     pub token_endpoint: Option<Url>,
     pub userinfo_endpoint: Option<Url>,
+    /// RFC 7009; with `issuer`, it replaces the discovered one (or fills its absence).
     pub revocation_endpoint: Option<Url>,
     pub client_id: String,
     pub client_secret: Option<SecretString>,
@@ -393,19 +394,19 @@ impl Config {
                     ));
                 }
             }
-            for (field, url) in [
-                ("userinfo_endpoint", &p.userinfo_endpoint),
-                ("revocation_endpoint", &p.revocation_endpoint),
-            ] {
-                if let Some(url) = url {
-                    if p.issuer.is_some() {
-                        return Err((
-                            key(field),
-                            "comes from discovery when `issuer` is set".into(),
-                        ));
-                    }
-                    check_base_url(url, &key(field))?;
+            if let Some(url) = &p.userinfo_endpoint {
+                if p.issuer.is_some() {
+                    return Err((
+                        key("userinfo_endpoint"),
+                        "comes from discovery when `issuer` is set".into(),
+                    ));
                 }
+                check_base_url(url, &key("userinfo_endpoint"))?;
+            }
+            // Allowed with `issuer` too: some providers (django-oauth-toolkit) leave the
+            // revocation endpoint out of their OpenID discovery document.
+            if let Some(url) = &p.revocation_endpoint {
+                check_base_url(url, &key("revocation_endpoint"))?;
             }
             if p.client_id.is_empty() {
                 return Err((key("client_id"), "must not be empty".into()));

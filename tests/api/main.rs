@@ -4,6 +4,7 @@ mod cache;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod dot;
 mod fake_provider;
 mod faults;
 mod health;
