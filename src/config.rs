@@ -692,6 +692,28 @@ login = true
     }
 
     #[test]
+    fn a_revocation_endpoint_may_stand_next_to_an_issuer() {
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nrevocation_endpoint = \"http://127.0.0.1:9000/o/revoke_token/\"",
+        );
+        let config = parse(&text).unwrap();
+        assert!(config.providers[0].revocation_endpoint.is_some());
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nrevocation_endpoint = \"ftp://x\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("providers[0].revocation_endpoint"), "{e}");
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nuserinfo_endpoint = \"http://x/\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("comes from discovery"), "{e}");
+    }
+
+    #[test]
     fn expansion_replaces_every_reference() {
         assert_eq!(
             expand_string("a${SECRET}b${SECRET}", &env).unwrap(),

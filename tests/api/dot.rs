@@ -188,6 +188,16 @@ async fn submit(
 /// login form → DOT's consent form ("Authorize") → courier's callback. Returns the callback
 /// URL DOT sent the browser to and courier's answer to it.
 async fn login(app: &TestApp, browser: &mut Browser, user: &str) -> (Url, Response) {
+    login_answering_consent(app, browser, user, true).await
+}
+
+/// Like `login`, pressing "Authorize" on the consent page when `allow`, else "Cancel".
+async fn login_answering_consent(
+    app: &TestApp,
+    browser: &mut Browser,
+    user: &str,
+    allow: bool,
+) -> (Url, Response) {
     let (login_url, page) = browser
         .follow(&app.url("/auth/login?return_to=/after-login"), |_| false)
         .await;
@@ -211,8 +221,14 @@ async fn login(app: &TestApp, browser: &mut Browser, user: &str) -> (Url, Respon
     let page = page.text().await.unwrap();
     assert!(page.contains("authorizationForm"), "DOT asks for consent");
     // The consent form posts to the URL it was shown at.
-    let answer = submit(browser, &consent_url, &page, &[("allow", "Authorize")]).await;
-    assert_eq!(answer.status(), StatusCode::FOUND, "consent given");
+    // "Cancel" is a submit button without a name: the form goes without `allow`.
+    let button: &[(&str, &str)] = if allow {
+        &[("allow", "Authorize")]
+    } else {
+        &[]
+    };
+    let answer = submit(browser, &consent_url, &page, button).await;
+    assert_eq!(answer.status(), StatusCode::FOUND, "consent answered");
     let callback = location(&consent_url, &answer);
     assert_eq!(
         callback.port(),
@@ -350,6 +366,29 @@ async fn a_user_logs_in_through_dot_login_and_consent_pages_and_reads_api_me() {
 }
 
 #[tokio::test]
+async fn cancelling_consent_at_dot_comes_back_as_access_denied_without_a_session() {
+    let listener = TestApp::bind();
+    let port = listener.local_addr().unwrap().port();
+    let provider = DotProvider::for_courier(port, 3600).await;
+    let mut settings = AppSettings::new(&provider.issuer);
+    settings.scopes = vec!["openid", "profile", "email"];
+    let app = TestApp::spawn(listener, settings).await;
+    let mut browser = Browser::new();
+
+    let (callback, response) = login_answering_consent(&app, &mut browser, "carol", false).await;
+    let error = callback
+        .query_pairs()
+        .find(|(k, _)| k == "error")
+        .unwrap()
+        .1;
+    assert_eq!(error, "access_denied", "{callback}");
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(response.headers()[LOCATION], "/?login_error=access_denied");
+    assert!(browser.cookie(&app.address, "__Host-courier").is_none());
+    assert_eq!(app.db.count("sessions").await, 0);
+}
+
+#[tokio::test]
 async fn a_proxied_call_carries_a_token_that_dot_introspects_as_active() {
     let mut w = World::start(3600).await;
     let echo = w.echo().await;
@@ -395,6 +434,12 @@ async fn an_expired_dot_token_is_refreshed_and_the_rotated_out_refresh_token_is_
     assert_ne!(
         before.access_token.expose_secret(),
         after.access_token.expose_secret()
+    );
+    // DOT sends a new ID token with each refresh, without `nonce`: courier checked and kept it.
+    assert_ne!(
+        before.id_token.unwrap().expose_secret(),
+        after.id_token.as_ref().unwrap().expose_secret(),
+        "the refreshed ID token was accepted"
     );
 
     // The rotated-out refresh token is dead at DOT.
