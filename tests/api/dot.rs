@@ -22,11 +22,11 @@ const PASSWORD: &str = "courier-test-password";
 
 /// django-oauth-toolkit, started for one test from `tests/dot-provider/serve.py` with the
 /// venv that scripts/test installs into `target/dot-provider`. Its sqlite database lives in a
-/// temporary directory of this test.
+/// temporary directory of this test. Dropping it kills the process and removes the directory.
 pub struct DotProvider {
     /// `http://127.0.0.1:{port}/o`: django-oauth-toolkit's URLs are mounted under `/o/`.
     pub issuer: String,
-    child: Option<tokio::process::Child>,
+    _child: tokio::process::Child,
     _data: tempfile::TempDir,
 }
 
@@ -63,7 +63,7 @@ impl DotProvider {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         DotProvider {
             issuer,
-            child: Some(child),
+            _child: child,
             _data: data,
         }
     }
@@ -81,14 +81,6 @@ impl DotProvider {
             }]
         }))
         .await
-    }
-
-    /// Stops the provider: its port refuses connections from now on.
-    #[allow(dead_code)]
-    pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill the provider");
-        }
     }
 
     fn endpoint(&self, name: &str) -> String {
