@@ -1,7 +1,7 @@
 """Django settings of the test provider: django-oauth-toolkit with OpenID Connect on.
 
 serve.py sets the DOT_* environment variables below before Django starts: the issuer (which
-holds the port it bound), the sqlite file of this run, the signing key made for this run and
+holds the port it bound), the sqlite file of this run, the signing key (signing-key.pem) and
 the access-token lifetime.
 """
 
