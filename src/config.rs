@@ -146,6 +146,7 @@ pub struct ProviderConfig {
     pub authorization_endpoint: Option<Url>,
     pub token_endpoint: Option<Url>,
     pub userinfo_endpoint: Option<Url>,
+    /// RFC 7009; with `issuer`, it replaces the discovered one (or fills its absence).
     pub revocation_endpoint: Option<Url>,
     pub client_id: String,
     pub client_secret: Option<SecretString>,
@@ -535,19 +536,19 @@ impl Config {
                     ));
                 }
             }
-            for (field, url) in [
-                ("userinfo_endpoint", &p.userinfo_endpoint),
-                ("revocation_endpoint", &p.revocation_endpoint),
-            ] {
-                if let Some(url) = url {
-                    if p.issuer.is_some() {
-                        return Err((
-                            key(field),
-                            "comes from discovery when `issuer` is set".into(),
-                        ));
-                    }
-                    check_base_url(url, &key(field))?;
+            if let Some(url) = &p.userinfo_endpoint {
+                if p.issuer.is_some() {
+                    return Err((
+                        key("userinfo_endpoint"),
+                        "comes from discovery when `issuer` is set".into(),
+                    ));
                 }
+                check_base_url(url, &key("userinfo_endpoint"))?;
+            }
+            // Allowed with `issuer` too: some providers (django-oauth-toolkit) leave the
+            // revocation endpoint out of their OpenID discovery document.
+            if let Some(url) = &p.revocation_endpoint {
+                check_base_url(url, &key("revocation_endpoint"))?;
             }
             if p.client_id.is_empty() {
                 return Err((key("client_id"), "must not be empty".into()));
@@ -868,6 +869,28 @@ login = true
         );
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("services[0].provider"), "{e}");
+    }
+
+    #[test]
+    fn a_revocation_endpoint_may_stand_next_to_an_issuer() {
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nrevocation_endpoint = \"http://127.0.0.1:9000/o/revoke_token/\"",
+        );
+        let config = parse(&text).unwrap();
+        assert!(config.providers[0].revocation_endpoint.is_some());
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nrevocation_endpoint = \"ftp://x\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("providers[0].revocation_endpoint"), "{e}");
+        let text = MINIMAL.replace(
+            "login = true",
+            "login = true\nuserinfo_endpoint = \"http://x/\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("comes from discovery"), "{e}");
     }
 
     #[test]

@@ -140,12 +140,17 @@ impl Provider {
         Some(client)
     }
 
-    /// The revocation endpoint (RFC 7009): discovered, or configured for plain providers.
+    /// The revocation endpoint (RFC 7009): the configured one, else the discovered one.
+    /// Configuring it for a discovered provider covers those whose OpenID discovery document
+    /// leaves it out (django-oauth-toolkit lists it only in its RFC 8414 metadata).
     pub fn revocation_endpoint(&self) -> Option<url::Url> {
-        match self.metadata() {
-            Some(m) => m.additional_metadata().revocation_endpoint.clone(),
-            None => self.config.revocation_endpoint.clone(),
+        if let Some(configured) = &self.config.revocation_endpoint {
+            return Some(configured.clone());
         }
+        self.metadata()?
+            .additional_metadata()
+            .revocation_endpoint
+            .clone()
     }
 
     /// The userinfo endpoint: discovered, or configured for plain providers.

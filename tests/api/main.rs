@@ -5,6 +5,7 @@ mod check_online;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod dot;
 mod fake_provider;
 mod faults;
 mod health;
