@@ -35,7 +35,11 @@ impl Service {
     pub fn check_method(&self, method: &str) -> Result<(), ApiError> {
         let allowed = match &self.config.allowed_methods {
             Some(methods) => methods.iter().any(|m| m == method),
-            None => method != "CONNECT" && method != "TRACE",
+            // Methods are case-sensitive (RFC 9110 §9.1), but a service's server may not be:
+            // `trace` or `Connect` must not slip past the rule that keeps TRACE and CONNECT out.
+            None => {
+                !method.eq_ignore_ascii_case("CONNECT") && !method.eq_ignore_ascii_case("TRACE")
+            }
         };
         if allowed {
             Ok(())
@@ -49,13 +53,15 @@ impl Service {
 
     /// Maps the raw (still percent-encoded) path after `/api/services/{name}/` onto the
     /// service's URL, refusing anything that could leave `base_url`: dot segments (plain or
-    /// encoded), encoded slashes and backslashes, backslashes, empty segments, `@`, a scheme.
-    /// Then checks the path against `allowed_paths`.
+    /// encoded, also with path parameters: `..;`, `%2e%2e%3bx`), encoded slashes and
+    /// backslashes, backslashes, empty segments, `@`, a scheme, and `?` or `#` (a request's
+    /// path never has them; the join would read them as query or fragment). Then checks the
+    /// path against `allowed_paths`, with and without path parameters.
     pub fn target(&self, raw_path: &str, query: &str) -> Result<Url, ApiError> {
         let hostile = || ApiError::BadRequest("the service path is not allowed".into());
         if raw_path
             .chars()
-            .any(|c| c == '\\' || c == '@' || c.is_control() || c.is_whitespace())
+            .any(|c| "\\@?#".contains(c) || c.is_control() || c.is_whitespace())
         {
             return Err(hostile());
         }
@@ -79,7 +85,10 @@ impl Service {
         let segments: Vec<&str> = decoded.split('/').collect();
         let last = segments.len() - 1;
         for (i, segment) in segments.iter().enumerate() {
-            if *segment == "." || *segment == ".." || (segment.is_empty() && i != last) {
+            // Tomcat, Jetty and Spring drop a segment's `;parameters` before they resolve dot
+            // segments, so `..;x` is `..` to them, and `;x` an empty segment.
+            let name = without_parameters(segment);
+            if name == "." || name == ".." || (name.is_empty() && i != last) {
                 return Err(hostile());
             }
         }
@@ -98,7 +107,11 @@ impl Service {
 
         if let Some(allowed) = &self.allowed_paths {
             let path = format!("/{decoded}");
-            if !allowed.is_match(&path) {
+            // Both as sent and as a server that drops `;parameters` sees it: `/v1/a;.json`
+            // must not pass `/v1/*.json` when the service serves it as `/v1/a`.
+            let bare: Vec<&str> = decoded.split('/').map(without_parameters).collect();
+            let bare = format!("/{}", bare.join("/"));
+            if !allowed.is_match(&path) || !allowed.is_match(&bare) {
                 return Err(ApiError::NotAllowed(format!(
                     "path {path} is not allowed for service `{}`",
                     self.name()
@@ -107,6 +120,11 @@ impl Service {
         }
         Ok(url)
     }
+}
+
+/// A path segment without its `;parameters` (RFC 3986 §3.3), as servers that use them see it.
+fn without_parameters(segment: &str) -> &str {
+    segment.split_once(';').map_or(segment, |(name, _)| name)
 }
 
 pub struct ServiceRegistry {
@@ -235,8 +253,39 @@ mod tests {
             "%00",
             "a%0d%0aHost:%20evil",
             "%ff%fe",
+            "v1/..;/v2",
+            "v1/%2e%2e;/v2",
+            "v1/..%3b/v2",
+            "v1/.;/x",
+            "v1/%2E%2E%3Bjsessionid=x/v2",
+            "..;jsessionid=x",
+            "v1/;x/y",
         ] {
             assert!(s.target(hostile, "").is_err(), "{hostile} was accepted");
+        }
+    }
+
+    /// Found by `properties::a_target_never_leaves_the_base_url`: the join read `#` as the
+    /// start of a fragment, which the service's URL then kept.
+    #[test]
+    fn a_question_mark_or_hash_in_the_path_is_refused() {
+        let s = service("http://127.0.0.1:9100/api/", None);
+        for raw in ["0#", "a?b", "v1/x#y", "?", "#"] {
+            assert!(
+                matches!(s.target(raw, ""), Err(ApiError::BadRequest(_))),
+                "{raw} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_method_rule_keeps_trace_and_connect_out_in_any_case() {
+        let s = service("http://127.0.0.1:9100/", None);
+        for method in ["TRACE", "trace", "Trace", "CONNECT", "connect", "cOnNeCt"] {
+            assert!(s.check_method(method).is_err(), "{method} was allowed");
+        }
+        for method in ["GET", "PROPFIND", "get"] {
+            assert!(s.check_method(method).is_ok(), "{method} was refused");
         }
     }
 
@@ -253,5 +302,21 @@ mod tests {
             s.target("healthz", ""),
             Err(ApiError::NotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn allowed_paths_hold_with_and_without_path_parameters() {
+        let s = service(
+            "http://127.0.0.1:9100/",
+            Some(vec!["/v1/**", "/files/*.json"]),
+        );
+        assert!(s.target("files/a.json", "").is_ok());
+        assert!(s.target("v1/cars;color=red/x", "").is_ok());
+        for stretched in ["files/a;.json", "files/a;x=.json", "v1;x/y"] {
+            assert!(
+                matches!(s.target(stretched, ""), Err(ApiError::NotAllowed(_))),
+                "{stretched} was allowed"
+            );
+        }
     }
 }
