@@ -319,4 +319,215 @@ mod tests {
             );
         }
     }
+
+    /// Properties of the path check over generated paths (proptest; every failing case it
+    /// ever found is a named test above or below).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        const BASE: &str = "http://127.0.0.1:9100/api/";
+
+        /// Pieces that path tricks are made of, encoded and not.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "a",
+                "v1",
+                "x.json",
+                ".",
+                "..",
+                "%2e",
+                "%2E",
+                "%2e%2e",
+                ".%2e",
+                ";",
+                "%3b",
+                "%3B",
+                ";x=1",
+                "/",
+                "//",
+                "%2f",
+                "%2F",
+                "\\",
+                "%5c",
+                "%25",
+                "%252e",
+                "@",
+                ":",
+                "?",
+                "#",
+                " ",
+                "%00",
+                "%",
+                "%ff",
+                "%41",
+                "~",
+                "*",
+                "http:",
+                "..;",
+                "%2e%2e%3b",
+            ])
+        }
+
+        fn tricky_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        /// What a lenient server makes of a path: percent-decoded, `;parameters` dropped.
+        fn lenient_segments(path: &str) -> Vec<String> {
+            let decoded = percent_decode_str(path).decode_utf8_lossy().into_owned();
+            decoded
+                .split('/')
+                .map(|s| without_parameters(s).to_owned())
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(Config { cases: 1000, ..Config::default() })]
+
+            #[test]
+            fn a_target_never_leaves_the_base_url(
+                raw in prop_oneof![tricky_path(), any::<String>()],
+            ) {
+                let s = service(BASE, None);
+                let base = Url::parse(BASE).unwrap();
+                if let Ok(url) = s.target(&raw, "") {
+                    prop_assert_eq!(url.origin(), base.origin());
+                    prop_assert!(url.path().starts_with(base.path()), "{}", url);
+                    prop_assert!(url.query().is_none() && url.fragment().is_none(), "{}", url);
+                    // A server that decodes (even twice) and drops parameters stays below.
+                    let below = &url.path()[base.path().len()..];
+                    for once in [below.to_owned(),
+                        percent_decode_str(below).decode_utf8_lossy().into_owned()] {
+                        let segments = lenient_segments(&once);
+                        let last = segments.len() - 1;
+                        for (i, segment) in segments.iter().enumerate() {
+                            prop_assert!(segment != "." && segment != "..", "{}", url);
+                            prop_assert!(!segment.is_empty() || i == last, "{}", url);
+                            prop_assert!(!segment.contains('\\'), "{}", url);
+                        }
+                    }
+                    // What was sent is what a parser reads back.
+                    let reparsed = Url::parse(url.as_str()).unwrap();
+                    prop_assert_eq!(reparsed.path(), url.path());
+                }
+            }
+
+            #[test]
+            fn a_dot_segment_in_any_disguise_is_refused(
+                before in prop::collection::vec(prop::sample::select(vec!["a", "v1", "b;c"]), 0..3),
+                dots in prop::sample::select(vec![".", ".."]),
+                encode in any::<[bool; 2]>(),
+                upper in any::<bool>(),
+                parameters in prop::sample::select(vec!["", ";", ";x=1", "%3b", "%3Bjsessionid=1"]),
+                after in prop::collection::vec(prop::sample::select(vec!["a", "v2", "x"]), 0..3),
+            ) {
+                let dot = if upper { "%2E" } else { "%2e" };
+                let disguised: String = dots
+                    .chars()
+                    .zip(encode)
+                    .map(|(c, e)| if e { dot.to_owned() } else { c.to_string() })
+                    .collect();
+                let mut segments: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+                segments.push(format!("{disguised}{parameters}"));
+                segments.extend(after.iter().map(|s| s.to_string()));
+                let raw = segments.join("/");
+                let s = service(BASE, None);
+                prop_assert!(
+                    matches!(s.target(&raw, ""), Err(ApiError::BadRequest(_))),
+                    "{} was not refused", raw
+                );
+            }
+
+            #[test]
+            fn allowlist_matching_agrees_with_a_reference(
+                patterns in prop::collection::vec(pattern(), 1..3),
+                segments in prop::collection::vec(prop::sample::select(vec![
+                    "v1", "a", "b", "x.json", "a;.json", "a;b", "v%31", "%61", "x%2Ejson",
+                ]), 0..4),
+                trailing_slash in any::<bool>(),
+            ) {
+                let mut raw = segments.join("/");
+                if trailing_slash && !raw.is_empty() {
+                    raw.push('/');
+                }
+                let s = service("http://127.0.0.1:9100/", Some(patterns.iter().map(String::as_str).collect()));
+                let decoded = percent_decode_str(&raw).decode_utf8().unwrap().into_owned();
+                let bare: Vec<&str> = decoded.split('/').map(without_parameters).collect();
+                let allowed = |path: &str| patterns.iter().any(|p| reference_match(p, path));
+                let expected = allowed(&format!("/{decoded}"))
+                    && allowed(&format!("/{}", bare.join("/")));
+                match s.target(&raw, "") {
+                    Ok(_) => prop_assert!(expected, "{} passed {:?}", raw, patterns),
+                    Err(ApiError::NotAllowed(_)) => {
+                        prop_assert!(!expected, "{} failed {:?}", raw, patterns)
+                    }
+                    Err(other) => prop_assert!(false, "{} answered {:?}", raw, other.to_string()),
+                }
+            }
+        }
+
+        /// Allowlist patterns: `/`-separated literals, `*` within a segment, `**` as a segment.
+        fn pattern() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec!["v1", "a", "x.json", "*", "*.json", "a*", "**"]),
+                1..4,
+            )
+            .prop_filter("no `**` twice in a row", |parts| {
+                !parts.windows(2).any(|w| w[0] == "**" && w[1] == "**")
+            })
+            .prop_map(|parts| format!("/{}", parts.join("/")))
+        }
+
+        /// A plain reading of the glob rules: `*` is any run of characters but `/`; a `/**/`
+        /// segment is `/` and then any number of whole segments; a final `/**` is `/` and
+        /// then anything.
+        fn reference_match(pattern: &str, path: &str) -> bool {
+            #[derive(Clone, Copy)]
+            enum Token {
+                Char(char),
+                Star,
+                Rest,
+                Segments,
+            }
+            let mut tokens = Vec::new();
+            let mut rest = pattern;
+            while !rest.is_empty() {
+                if let Some(tail) = rest.strip_prefix("/**/") {
+                    tokens.extend([Token::Char('/'), Token::Segments]);
+                    rest = tail;
+                } else if rest == "/**" {
+                    tokens.extend([Token::Char('/'), Token::Rest]);
+                    rest = "";
+                } else if let Some(tail) = rest.strip_prefix('*') {
+                    tokens.push(Token::Star);
+                    rest = tail;
+                } else {
+                    let c = rest.chars().next().unwrap();
+                    tokens.push(Token::Char(c));
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+            fn matches(tokens: &[Token], path: &str) -> bool {
+                let Some((first, more)) = tokens.split_first() else {
+                    return path.is_empty();
+                };
+                let splits = (0..=path.len()).filter(|&i| path.is_char_boundary(i));
+                match first {
+                    Token::Char(c) => path
+                        .strip_prefix(*c)
+                        .is_some_and(|tail| matches(more, tail)),
+                    Token::Star => splits
+                        .take_while(|&i| !path[..i].contains('/'))
+                        .any(|i| matches(more, &path[i..])),
+                    Token::Rest => splits.into_iter().any(|i| matches(more, &path[i..])),
+                    Token::Segments => splits
+                        .filter(|&i| i == 0 || path[..i].ends_with('/'))
+                        .any(|i| matches(more, &path[i..])),
+                }
+            }
+            matches(&tokens, path)
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod config;
 mod crash;
 mod fake_provider;
 mod faults;
+mod fuzz;
 mod health;
 mod helpers;
 mod hostile;
