@@ -3,6 +3,11 @@
 //! Counted where things happen: HTTP requests by route pattern and status (with latency),
 //! service calls by service and status (with latency), token refreshes by provider and outcome,
 //! logins and logouts by outcome. Active sessions and database-pool use are read when scraped.
+//!
+//! No label value comes from the client as it is: every series costs memory until the process
+//! ends, so a client that could choose label values could grow `/metrics` (and courier) without
+//! bound. Methods outside the standard set are `other`, routes are the matched pattern or
+//! `unmatched`, services are configured names, statuses are numbers or fixed error codes.
 
 use std::sync::OnceLock;
 
@@ -14,6 +19,18 @@ use crate::startup::AppState;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// The `method` label: the method when it is one of RFC 9110's (plus PATCH), else `other`.
+/// Methods are case-sensitive: `get` is not `GET`, and made-up methods may be any length.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
+}
 
 /// The recorder, installed once per process (tests run several instances in one).
 pub fn handle() -> &'static PrometheusHandle {

@@ -125,13 +125,15 @@ pub async fn request_log(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
+    // Span names and metric labels must not take any value a client makes up.
+    let method_label = crate::metrics::method_label(&method);
     let path = req.path().to_owned();
     let request_id = RequestId::for_request(&req);
     req.extensions_mut().insert(request_id.clone());
     // Every log line made while handling the request carries its id.
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{method} request"),
+        otel.name = %format!("{method_label} request"),
         otel.kind = "server",
         request_id = %request_id.0,
         trace_id = tracing::field::Empty,
@@ -157,7 +159,7 @@ pub async fn request_log(
     // The route pattern, never the path: paths are unbounded and would flood the metrics.
     let route = route.unwrap_or_else(|| "unmatched".to_owned());
     let labels = [
-        ("method", method.to_string()),
+        ("method", method_label.to_owned()),
         ("route", route),
         ("status", status.as_u16().to_string()),
     ];

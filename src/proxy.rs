@@ -1,9 +1,9 @@
 //! Forwarding a browser's request to a dependent service and the answer back, as streams.
 //!
 //! Dropped on the way out: the browser's `Cookie` and `Authorization`, hop-by-hop headers,
-//! courier's own `X-CSRF`, and any `Forwarded`/`X-Forwarded-*` the browser sent (courier sets its
-//! own). Dropped on the way back: hop-by-hop headers and `Set-Cookie`. Redirects are not
-//! followed: the SPA gets the service's 3xx as it is.
+//! courier's own `X-CSRF`, any `Forwarded`/`X-Forwarded-*` the browser sent (courier sets its
+//! own), and `X-Original-URL`/`X-Rewrite-URL`. Dropped on the way back: hop-by-hop headers and
+//! `Set-Cookie`. Redirects are not followed: the SPA gets the service's 3xx as it is.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +50,10 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-port",
     "x-real-ip",
+    // Servers such as IIS and Symfony route by these instead of the request line: a browser's
+    // copy would step around the path checks.
+    "x-original-url",
+    "x-rewrite-url",
     "traceparent",
     "tracestate",
     "x-request-id",
@@ -166,7 +170,11 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
         .collect();
     for (name, value) in headers {
         let lower = name.as_str();
-        if DROPPED_REQUEST_HEADERS.contains(&lower) || connection_listed.iter().any(|c| c == lower)
+        // courier sets the X-Forwarded-* it vouches for; a browser's own (X-Forwarded-Prefix,
+        // X-Forwarded-Uri, …) would be believed by the service as courier's.
+        if DROPPED_REQUEST_HEADERS.contains(&lower)
+            || lower.starts_with("x-forwarded-")
+            || connection_listed.iter().any(|c| c == lower)
         {
             continue;
         }
@@ -252,6 +260,9 @@ pub async fn send(
         }
     };
     request.send().await.map_err(|e| {
+        // reqwest's errors show the URL, query and all (`error sending request for url
+        // (…?api_key=…)`); the query may carry secrets, so no error keeps it.
+        let e = e.without_url();
         if let Some(flag) = &too_large
             && flag.load(Ordering::SeqCst)
         {
@@ -298,7 +309,10 @@ pub fn respond(upstream: reqwest::Response) -> Result<HttpResponse, ApiError> {
         }
     }
     let length = upstream.content_length();
-    let stream = upstream.bytes_stream();
+    // actix logs a failed response stream with the error's Debug, which shows the URL.
+    let stream = upstream
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(reqwest::Error::without_url));
     let mut response = match length {
         Some(length) => response.no_chunking(length).streaming(stream),
         None => response.streaming(stream),

@@ -35,7 +35,11 @@ impl Service {
     pub fn check_method(&self, method: &str) -> Result<(), ApiError> {
         let allowed = match &self.config.allowed_methods {
             Some(methods) => methods.iter().any(|m| m == method),
-            None => method != "CONNECT" && method != "TRACE",
+            // Methods are case-sensitive (RFC 9110 §9.1), but a service's server may not be:
+            // `trace` or `Connect` must not slip past the rule that keeps TRACE and CONNECT out.
+            None => {
+                !method.eq_ignore_ascii_case("CONNECT") && !method.eq_ignore_ascii_case("TRACE")
+            }
         };
         if allowed {
             Ok(())
@@ -49,13 +53,15 @@ impl Service {
 
     /// Maps the raw (still percent-encoded) path after `/api/services/{name}/` onto the
     /// service's URL, refusing anything that could leave `base_url`: dot segments (plain or
-    /// encoded), encoded slashes and backslashes, backslashes, empty segments, `@`, a scheme.
-    /// Then checks the path against `allowed_paths`.
+    /// encoded, also with path parameters: `..;`, `%2e%2e%3bx`), encoded slashes and
+    /// backslashes, backslashes, empty segments, `@`, a scheme, and `?` or `#` (a request's
+    /// path never has them; the join would read them as query or fragment). Then checks the
+    /// path against `allowed_paths`, with and without path parameters.
     pub fn target(&self, raw_path: &str, query: &str) -> Result<Url, ApiError> {
         let hostile = || ApiError::BadRequest("the service path is not allowed".into());
         if raw_path
             .chars()
-            .any(|c| c == '\\' || c == '@' || c.is_control() || c.is_whitespace())
+            .any(|c| "\\@?#".contains(c) || c.is_control() || c.is_whitespace())
         {
             return Err(hostile());
         }
@@ -79,7 +85,10 @@ impl Service {
         let segments: Vec<&str> = decoded.split('/').collect();
         let last = segments.len() - 1;
         for (i, segment) in segments.iter().enumerate() {
-            if *segment == "." || *segment == ".." || (segment.is_empty() && i != last) {
+            // Tomcat, Jetty and Spring drop a segment's `;parameters` before they resolve dot
+            // segments, so `..;x` is `..` to them, and `;x` an empty segment.
+            let name = without_parameters(segment);
+            if name == "." || name == ".." || (name.is_empty() && i != last) {
                 return Err(hostile());
             }
         }
@@ -98,7 +107,11 @@ impl Service {
 
         if let Some(allowed) = &self.allowed_paths {
             let path = format!("/{decoded}");
-            if !allowed.is_match(&path) {
+            // Both as sent and as a server that drops `;parameters` sees it: `/v1/a;.json`
+            // must not pass `/v1/*.json` when the service serves it as `/v1/a`.
+            let bare: Vec<&str> = decoded.split('/').map(without_parameters).collect();
+            let bare = format!("/{}", bare.join("/"));
+            if !allowed.is_match(&path) || !allowed.is_match(&bare) {
                 return Err(ApiError::NotAllowed(format!(
                     "path {path} is not allowed for service `{}`",
                     self.name()
@@ -107,6 +120,11 @@ impl Service {
         }
         Ok(url)
     }
+}
+
+/// A path segment without its `;parameters` (RFC 3986 §3.3), as servers that use them see it.
+fn without_parameters(segment: &str) -> &str {
+    segment.split_once(';').map_or(segment, |(name, _)| name)
 }
 
 pub struct ServiceRegistry {
@@ -235,8 +253,39 @@ mod tests {
             "%00",
             "a%0d%0aHost:%20evil",
             "%ff%fe",
+            "v1/..;/v2",
+            "v1/%2e%2e;/v2",
+            "v1/..%3b/v2",
+            "v1/.;/x",
+            "v1/%2E%2E%3Bjsessionid=x/v2",
+            "..;jsessionid=x",
+            "v1/;x/y",
         ] {
             assert!(s.target(hostile, "").is_err(), "{hostile} was accepted");
+        }
+    }
+
+    /// Found by `properties::a_target_never_leaves_the_base_url`: the join read `#` as the
+    /// start of a fragment, which the service's URL then kept.
+    #[test]
+    fn a_question_mark_or_hash_in_the_path_is_refused() {
+        let s = service("http://127.0.0.1:9100/api/", None);
+        for raw in ["0#", "a?b", "v1/x#y", "?", "#"] {
+            assert!(
+                matches!(s.target(raw, ""), Err(ApiError::BadRequest(_))),
+                "{raw} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_method_rule_keeps_trace_and_connect_out_in_any_case() {
+        let s = service("http://127.0.0.1:9100/", None);
+        for method in ["TRACE", "trace", "Trace", "CONNECT", "connect", "cOnNeCt"] {
+            assert!(s.check_method(method).is_err(), "{method} was allowed");
+        }
+        for method in ["GET", "PROPFIND", "get"] {
+            assert!(s.check_method(method).is_ok(), "{method} was refused");
         }
     }
 
@@ -253,5 +302,232 @@ mod tests {
             s.target("healthz", ""),
             Err(ApiError::NotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn allowed_paths_hold_with_and_without_path_parameters() {
+        let s = service(
+            "http://127.0.0.1:9100/",
+            Some(vec!["/v1/**", "/files/*.json"]),
+        );
+        assert!(s.target("files/a.json", "").is_ok());
+        assert!(s.target("v1/cars;color=red/x", "").is_ok());
+        for stretched in ["files/a;.json", "files/a;x=.json", "v1;x/y"] {
+            assert!(
+                matches!(s.target(stretched, ""), Err(ApiError::NotAllowed(_))),
+                "{stretched} was allowed"
+            );
+        }
+    }
+
+    /// Properties of the path check over generated paths (proptest; every failing case it
+    /// ever found is a named test above or below).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::Config;
+
+        const BASE: &str = "http://127.0.0.1:9100/api/";
+
+        /// Pieces that path tricks are made of, encoded and not.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "a",
+                "v1",
+                "x.json",
+                ".",
+                "..",
+                "%2e",
+                "%2E",
+                "%2e%2e",
+                ".%2e",
+                ";",
+                "%3b",
+                "%3B",
+                ";x=1",
+                "/",
+                "//",
+                "%2f",
+                "%2F",
+                "\\",
+                "%5c",
+                "%25",
+                "%252e",
+                "@",
+                ":",
+                "?",
+                "#",
+                " ",
+                "%00",
+                "%",
+                "%ff",
+                "%41",
+                "~",
+                "*",
+                "http:",
+                "..;",
+                "%2e%2e%3b",
+            ])
+        }
+
+        fn tricky_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        /// What a lenient server makes of a path: percent-decoded, `;parameters` dropped.
+        fn lenient_segments(path: &str) -> Vec<String> {
+            let decoded = percent_decode_str(path).decode_utf8_lossy().into_owned();
+            decoded
+                .split('/')
+                .map(|s| without_parameters(s).to_owned())
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(Config { cases: 1000, ..Config::default() })]
+
+            #[test]
+            fn a_target_never_leaves_the_base_url(
+                raw in prop_oneof![tricky_path(), any::<String>()],
+            ) {
+                let s = service(BASE, None);
+                let base = Url::parse(BASE).unwrap();
+                if let Ok(url) = s.target(&raw, "") {
+                    prop_assert_eq!(url.origin(), base.origin());
+                    prop_assert!(url.path().starts_with(base.path()), "{}", url);
+                    prop_assert!(url.query().is_none() && url.fragment().is_none(), "{}", url);
+                    // A server that decodes (even twice) and drops parameters stays below.
+                    let below = &url.path()[base.path().len()..];
+                    for once in [below.to_owned(),
+                        percent_decode_str(below).decode_utf8_lossy().into_owned()] {
+                        let segments = lenient_segments(&once);
+                        let last = segments.len() - 1;
+                        for (i, segment) in segments.iter().enumerate() {
+                            prop_assert!(segment != "." && segment != "..", "{}", url);
+                            prop_assert!(!segment.is_empty() || i == last, "{}", url);
+                            prop_assert!(!segment.contains('\\'), "{}", url);
+                        }
+                    }
+                    // What was sent is what a parser reads back.
+                    let reparsed = Url::parse(url.as_str()).unwrap();
+                    prop_assert_eq!(reparsed.path(), url.path());
+                }
+            }
+
+            #[test]
+            fn a_dot_segment_in_any_disguise_is_refused(
+                before in prop::collection::vec(prop::sample::select(vec!["a", "v1", "b;c"]), 0..3),
+                dots in prop::sample::select(vec![".", ".."]),
+                encode in any::<[bool; 2]>(),
+                upper in any::<bool>(),
+                parameters in prop::sample::select(vec!["", ";", ";x=1", "%3b", "%3Bjsessionid=1"]),
+                after in prop::collection::vec(prop::sample::select(vec!["a", "v2", "x"]), 0..3),
+            ) {
+                let dot = if upper { "%2E" } else { "%2e" };
+                let disguised: String = dots
+                    .chars()
+                    .zip(encode)
+                    .map(|(c, e)| if e { dot.to_owned() } else { c.to_string() })
+                    .collect();
+                let mut segments: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+                segments.push(format!("{disguised}{parameters}"));
+                segments.extend(after.iter().map(|s| s.to_string()));
+                let raw = segments.join("/");
+                let s = service(BASE, None);
+                prop_assert!(
+                    matches!(s.target(&raw, ""), Err(ApiError::BadRequest(_))),
+                    "{} was not refused", raw
+                );
+            }
+
+            #[test]
+            fn allowlist_matching_agrees_with_a_reference(
+                patterns in prop::collection::vec(pattern(), 1..3),
+                segments in prop::collection::vec(prop::sample::select(vec![
+                    "v1", "a", "b", "x.json", "a;.json", "a;b", "v%31", "%61", "x%2Ejson",
+                ]), 0..4),
+                trailing_slash in any::<bool>(),
+            ) {
+                let mut raw = segments.join("/");
+                if trailing_slash && !raw.is_empty() {
+                    raw.push('/');
+                }
+                let s = service("http://127.0.0.1:9100/", Some(patterns.iter().map(String::as_str).collect()));
+                let decoded = percent_decode_str(&raw).decode_utf8().unwrap().into_owned();
+                let bare: Vec<&str> = decoded.split('/').map(without_parameters).collect();
+                let allowed = |path: &str| patterns.iter().any(|p| reference_match(p, path));
+                let expected = allowed(&format!("/{decoded}"))
+                    && allowed(&format!("/{}", bare.join("/")));
+                match s.target(&raw, "") {
+                    Ok(_) => prop_assert!(expected, "{} passed {:?}", raw, patterns),
+                    Err(ApiError::NotAllowed(_)) => {
+                        prop_assert!(!expected, "{} failed {:?}", raw, patterns)
+                    }
+                    Err(other) => prop_assert!(false, "{} answered {:?}", raw, other.to_string()),
+                }
+            }
+        }
+
+        /// Allowlist patterns: `/`-separated literals, `*` within a segment, `**` as a segment.
+        fn pattern() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop::sample::select(vec!["v1", "a", "x.json", "*", "*.json", "a*", "**"]),
+                1..4,
+            )
+            .prop_filter("no `**` twice in a row", |parts| {
+                !parts.windows(2).any(|w| w[0] == "**" && w[1] == "**")
+            })
+            .prop_map(|parts| format!("/{}", parts.join("/")))
+        }
+
+        /// A plain reading of the glob rules: `*` is any run of characters but `/`; a `/**/`
+        /// segment is `/` and then any number of whole segments; a final `/**` is `/` and
+        /// then anything.
+        fn reference_match(pattern: &str, path: &str) -> bool {
+            #[derive(Clone, Copy)]
+            enum Token {
+                Char(char),
+                Star,
+                Rest,
+                Segments,
+            }
+            let mut tokens = Vec::new();
+            let mut rest = pattern;
+            while !rest.is_empty() {
+                if let Some(tail) = rest.strip_prefix("/**/") {
+                    tokens.extend([Token::Char('/'), Token::Segments]);
+                    rest = tail;
+                } else if rest == "/**" {
+                    tokens.extend([Token::Char('/'), Token::Rest]);
+                    rest = "";
+                } else if let Some(tail) = rest.strip_prefix('*') {
+                    tokens.push(Token::Star);
+                    rest = tail;
+                } else {
+                    let c = rest.chars().next().unwrap();
+                    tokens.push(Token::Char(c));
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+            fn matches(tokens: &[Token], path: &str) -> bool {
+                let Some((first, more)) = tokens.split_first() else {
+                    return path.is_empty();
+                };
+                let splits = (0..=path.len()).filter(|&i| path.is_char_boundary(i));
+                match first {
+                    Token::Char(c) => path
+                        .strip_prefix(*c)
+                        .is_some_and(|tail| matches(more, tail)),
+                    Token::Star => splits
+                        .take_while(|&i| !path[..i].contains('/'))
+                        .any(|i| matches(more, &path[i..])),
+                    Token::Rest => splits.into_iter().any(|i| matches(more, &path[i..])),
+                    Token::Segments => splits
+                        .filter(|&i| i == 0 || path[..i].ends_with('/'))
+                        .any(|i| matches(more, &path[i..])),
+                }
+            }
+            matches(&tokens, path)
+        }
     }
 }

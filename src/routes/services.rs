@@ -132,17 +132,26 @@ pub async fn call(
     let name = req
         .match_info()
         .get("service")
-        .unwrap_or_default()
+        .ok_or_else(|| ApiError::NotFound("no such endpoint".into()))?
         .to_owned();
     let service = state
         .services
         .get(&name)
         .ok_or_else(|| ApiError::ServiceNotFound(name.clone()))?;
-    service.check_method(req.method().as_str())?;
-    // The raw path, still percent-encoded: decoding is the target check's business.
+    // The raw path, still percent-encoded: decoding is the target check's business. The router
+    // matched a decoded name (`or%64ers` is `orders` to it); a name not written as configured
+    // is no service of ours, rather than a path cut short.
     let prefix = format!("/api/services/{name}");
-    let raw = req.uri().path().strip_prefix(&prefix).unwrap_or_default();
-    let raw = raw.strip_prefix('/').unwrap_or(raw);
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix(&prefix)
+        .and_then(|rest| match rest {
+            "" => Some(""),
+            rest => rest.strip_prefix('/'),
+        })
+        .ok_or_else(|| ApiError::ServiceNotFound(name.clone()))?;
+    service.check_method(req.method().as_str())?;
     let target = service.target(raw, req.query_string())?;
 
     let token = match service.config.token {

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::Method;
 use tracing_subscriber::fmt::MakeWriter;
@@ -76,4 +77,114 @@ async fn no_token_secret_or_cookie_value_reaches_the_log_at_any_level() {
     ] {
         assert!(!log.contains(secret), "{what} is in the log");
     }
+}
+
+/// How a broken service behaves towards every connection.
+#[derive(Clone, Copy)]
+enum Broken {
+    /// Reads the request and never answers.
+    Silent,
+    /// Reads the request and resets the connection.
+    Reset,
+    /// Answers a head promising 100 bytes, sends 5 and resets.
+    CutShort,
+}
+
+/// A service that fails the way `broken` says; returns its base URL.
+async fn broken_service(broken: Broken) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                match broken {
+                    Broken::Silent => tokio::time::sleep(Duration::from_secs(30)).await,
+                    Broken::Reset => {}
+                    Broken::CutShort => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                            .await;
+                        let _ = stream.flush().await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                // Dropped with a zero linger, the peer sees a reset rather than an orderly close
+                // (and with zero, the drop does not block, which is what the lint warns of).
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    format!("http://{address}/")
+}
+
+#[tokio::test]
+async fn failed_service_calls_leave_their_query_out_of_the_log() {
+    let captured = Captured::default();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .try_init();
+
+    let fake = FakeProvider::start().await;
+    let closed = TestApp::bind().local_addr().unwrap().port();
+    let settings = AppSettings::new(&fake.issuer)
+        .service(
+            "refused",
+            &format!("http://127.0.0.1:{closed}/"),
+            "token = \"none\"",
+        )
+        .service(
+            "silent",
+            &broken_service(Broken::Silent).await,
+            "token = \"none\"\ntimeout_secs = 1",
+        )
+        .service(
+            "reset",
+            &broken_service(Broken::Reset).await,
+            "token = \"none\"",
+        )
+        .service(
+            "cut",
+            &broken_service(Broken::CutShort).await,
+            "token = \"none\"",
+        );
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    login_with_fake(&app, &fake, &mut browser, "/").await;
+
+    for (service, status) in [("refused", 502), ("silent", 504), ("reset", 502)] {
+        let response = app
+            .api(
+                &mut browser,
+                Method::GET,
+                &format!("/api/services/{service}/x?api_key=SECRET-{service}"),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), status, "{service}");
+    }
+    let response = app
+        .api(
+            &mut browser,
+            Method::GET,
+            "/api/services/cut/x?api_key=SECRET-cut",
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 200, "the head arrived");
+    assert!(response.bytes().await.is_err(), "the body was cut short");
+
+    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        log.contains("service call failed"),
+        "the failures were logged"
+    );
+    assert!(
+        log.contains("Response payload stream error"),
+        "the cut-short body was logged"
+    );
+    assert!(!log.contains("SECRET"), "a query string is in the log");
 }
