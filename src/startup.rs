@@ -87,7 +87,7 @@ impl Application {
         ));
         let _ = tokio::time::timeout(INITIAL_DISCOVERY_WAIT, providers.discover_missing()).await;
         providers.spawn_discovery_retries();
-        housekeeping::spawn(pool.clone(), clock.clone());
+        housekeeping::spawn(pool.clone(), clock.clone(), keys.clone());
 
         crate::metrics::handle();
         crate::metrics::spawn_upkeep();

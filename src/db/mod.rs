@@ -4,6 +4,7 @@ pub mod cache_acks;
 pub mod linked_accounts;
 pub mod login_states;
 pub mod logout_tokens;
+pub mod sealed;
 pub mod secrets;
 pub mod session_tokens;
 pub mod sessions;
