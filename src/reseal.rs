@@ -118,6 +118,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         .map_err(|(i, m)| anyhow::anyhow!("security.encryption_keys[{i}]: {m}"))?;
     // One connection does the work; a second lists the next batch.
     let pool = db::pool(config.database_url(), 2)?;
+    // Every instance re-seals the cookie key under its first key when it starts. Under another
+    // key, the instances have not been restarted with this key first yet: values re-sealed
+    // now would not open there.
+    if let Some(sealed) = db::secrets::sealed(&pool, db::secrets::SESSION_COOKIE_KEY).await?
+        && keys.is_stale(&sealed)
+    {
+        anyhow::bail!(
+            "the serving instances seal with another key than the first of \
+             security.encryption_keys (shared_secrets.{} is sealed under it): restart every \
+             instance with this configuration first, then run reseal; nothing was changed",
+            db::secrets::SESSION_COOKIE_KEY
+        );
+    }
     let reports = reseal_all(&pool, &keys).await?;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();

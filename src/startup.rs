@@ -75,11 +75,12 @@ impl Application {
             KeyRing::from_config(&config.security.encryption_keys)
                 .map_err(|(i, m)| anyhow::anyhow!("security.encryption_keys[{i}]: {m}"))?,
         );
-        let cookie_key = db::secrets::get_or_create(&pool, &keys, "session_cookie_key", || {
-            random_bytes::<64>().to_vec()
-        })
-        .await
-        .context("loading the session cookie key")?;
+        let cookie_key =
+            db::secrets::get_or_create(&pool, &keys, db::secrets::SESSION_COOKIE_KEY, || {
+                random_bytes::<64>().to_vec()
+            })
+            .await
+            .context("loading the session cookie key")?;
 
         let providers = Arc::new(ProviderRegistry::new(
             &config,

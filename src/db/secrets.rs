@@ -12,6 +12,17 @@ pub enum SecretError {
     Sealed(String, CryptoError),
 }
 
+/// The key that signs session cookies, shared by every instance.
+pub const SESSION_COOKIE_KEY: &str = "session_cookie_key";
+
+/// The sealed value of the secret called `name`, when some instance has made it.
+pub async fn sealed(pool: &PgPool, name: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT sealed FROM shared_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
 /// The associated data binding a sealed secret to its row (also `db::sealed`'s).
 pub(crate) fn aad(name: &str) -> Vec<u8> {
     format!("shared_secrets.sealed:{name}").into_bytes()

@@ -381,3 +381,29 @@ async fn reseal_waits_for_a_concurrent_refresh_and_seals_the_new_token_not_the_o
         "the refreshed tokens, under B"
     );
 }
+
+#[tokio::test]
+async fn reseal_refuses_to_run_before_the_instances_seal_with_its_first_key() {
+    let db = TestDb::new().await;
+    courier::db::migrate(&db.pool).await.unwrap();
+    let (a, b) = (generate_key(), generate_key());
+    // The instances still run with [A]: the cookie key they share is sealed under A.
+    let serving = ring(&[&a]);
+    courier::db::secrets::get_or_create(
+        &db.pool,
+        &serving,
+        courier::db::secrets::SESSION_COOKIE_KEY,
+        || vec![7; 64],
+    )
+    .await
+    .unwrap();
+    let session = session_row(&db).await;
+    store_tokens(&db, &serving, session, "live-access", "live-refresh").await;
+    let before = stored(&db, session).await;
+
+    let (ok, out, err) = reseal(&db.url, &[&b, &a]).await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("restart every instance"), "{err}");
+    assert_eq!(stored(&db, session).await, before, "nothing was re-sealed");
+    assert!(opened(&db, &serving, session).await.is_some());
+}
