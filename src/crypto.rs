@@ -111,6 +111,15 @@ impl KeyRing {
             .map_err(|_| CryptoError::Tampered)
     }
 
+    /// The bytes every value sealed now begins with: the format version and the first key's
+    /// id. A stored value that does not begin with them was sealed by another key (or is not a
+    /// sealed value at all), which SQL can tell without opening anything.
+    pub fn sealing_prefix(&self) -> [u8; 1 + KEY_ID_LEN] {
+        let mut prefix = [VERSION; 1 + KEY_ID_LEN];
+        prefix[1..].copy_from_slice(&self.keys[0].0);
+        prefix
+    }
+
     /// Whether `sealed` was sealed by a key other than the first one (and so should be
     /// re-sealed when next written).
     pub fn is_stale(&self, sealed: &[u8]) -> bool {
@@ -192,6 +201,12 @@ mod tests {
         assert_eq!(rotated.open(&sealed, b"aad").unwrap(), b"x");
         assert!(rotated.is_stale(&sealed));
         assert!(!rotated.is_stale(&rotated.seal(b"x", b"aad")));
+        assert!(
+            rotated
+                .seal(b"x", b"aad")
+                .starts_with(&rotated.sealing_prefix())
+        );
+        assert!(!sealed.starts_with(&rotated.sealing_prefix()));
         assert!(matches!(
             ring(&[&new]).open(&sealed, b"aad"),
             Err(CryptoError::UnknownKey(_))

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod oidc;
 pub mod proxy;
+pub mod reseal;
 pub mod routes;
 pub mod services;
 pub mod session;

@@ -40,6 +40,8 @@ enum Command {
     },
     /// Print a new base64 encryption key.
     GenKey,
+    /// Re-encrypt every stored secret under the first key, so that older keys can be removed.
+    Reseal,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
     let result = actix_web::rt::System::new().block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,
+            Command::Reseal => courier::reseal::run(&config).await,
             _ => serve(config).await,
         }
     });

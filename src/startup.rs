@@ -75,11 +75,12 @@ impl Application {
             KeyRing::from_config(&config.security.encryption_keys)
                 .map_err(|(i, m)| anyhow::anyhow!("security.encryption_keys[{i}]: {m}"))?,
         );
-        let cookie_key = db::secrets::get_or_create(&pool, &keys, "session_cookie_key", || {
-            random_bytes::<64>().to_vec()
-        })
-        .await
-        .context("loading the session cookie key")?;
+        let cookie_key =
+            db::secrets::get_or_create(&pool, &keys, db::secrets::SESSION_COOKIE_KEY, || {
+                random_bytes::<64>().to_vec()
+            })
+            .await
+            .context("loading the session cookie key")?;
 
         let providers = Arc::new(ProviderRegistry::new(
             &config,
@@ -87,7 +88,7 @@ impl Application {
         ));
         let _ = tokio::time::timeout(INITIAL_DISCOVERY_WAIT, providers.discover_missing()).await;
         providers.spawn_discovery_retries();
-        housekeeping::spawn(pool.clone(), clock.clone());
+        housekeeping::spawn(pool.clone(), clock.clone(), keys.clone());
 
         crate::metrics::handle();
         crate::metrics::spawn_upkeep();

@@ -10,7 +10,8 @@ use crate::crypto::KeyRing;
 use crate::db::session_tokens::LoadError;
 use crate::tokens::TokenSet;
 
-fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
+/// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
+pub(crate) fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
     format!("linked_accounts.{column}:{user_id}:{provider}").into_bytes()
 }
 

@@ -5,6 +5,7 @@ pub mod linked_accounts;
 pub mod login_states;
 pub mod logout_tokens;
 pub mod refresh_leases;
+pub mod sealed;
 pub mod secrets;
 pub mod session_tokens;
 pub mod sessions;

@@ -12,6 +12,22 @@ pub enum SecretError {
     Sealed(String, CryptoError),
 }
 
+/// The key that signs session cookies, shared by every instance.
+pub const SESSION_COOKIE_KEY: &str = "session_cookie_key";
+
+/// The sealed value of the secret called `name`, when some instance has made it.
+pub async fn sealed(pool: &PgPool, name: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT sealed FROM shared_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The associated data binding a sealed secret to its row (also `db::sealed`'s).
+pub(crate) fn aad(name: &str) -> Vec<u8> {
+    format!("shared_secrets.sealed:{name}").into_bytes()
+}
+
 /// Returns the secret called `name`, creating it from `generate` if no instance has yet.
 /// A secret sealed by an older key is re-sealed under the current one.
 pub async fn get_or_create(
@@ -20,10 +36,10 @@ pub async fn get_or_create(
     name: &str,
     generate: impl FnOnce() -> Vec<u8>,
 ) -> Result<Vec<u8>, SecretError> {
-    let aad = format!("shared_secrets.sealed:{name}");
+    let aad = aad(name);
     sqlx::query("INSERT INTO shared_secrets (name, sealed) VALUES ($1, $2) ON CONFLICT DO NOTHING")
         .bind(name)
-        .bind(keys.seal(&generate(), aad.as_bytes()))
+        .bind(keys.seal(&generate(), &aad))
         .execute(pool)
         .await?;
     let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM shared_secrets WHERE name = $1")
@@ -31,12 +47,12 @@ pub async fn get_or_create(
         .fetch_one(pool)
         .await?;
     let secret = keys
-        .open(&sealed, aad.as_bytes())
+        .open(&sealed, &aad)
         .map_err(|e| SecretError::Sealed(name.to_owned(), e))?;
     if keys.is_stale(&sealed) {
         sqlx::query("UPDATE shared_secrets SET sealed = $2 WHERE name = $1 AND sealed = $3")
             .bind(name)
-            .bind(keys.seal(&secret, aad.as_bytes()))
+            .bind(keys.seal(&secret, &aad))
             .bind(&sealed)
             .execute(pool)
             .await?;

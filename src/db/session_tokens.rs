@@ -8,7 +8,8 @@ use uuid::Uuid;
 use crate::crypto::KeyRing;
 use crate::tokens::TokenSet;
 
-fn aad(column: &str, session_id: Uuid) -> Vec<u8> {
+/// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
+pub(crate) fn aad(column: &str, session_id: Uuid) -> Vec<u8> {
     format!("session_tokens.{column}:{session_id}").into_bytes()
 }
 

@@ -24,6 +24,7 @@ mod logs;
 mod openapi;
 mod refresh;
 mod paths;
+mod reseal;
 mod services;
 mod session;
 mod shutdown;
