@@ -191,14 +191,19 @@ pub async fn callback(
         }
     }
 
-    // RFC 9207 (mix-up defence), for error responses too: when the provider names itself it
-    // must be the provider this login went to, and a provider that promises to always name
-    // itself must have done so. Plain OAuth providers have no metadata and no issuer.
+    // RFC 9207 (mix-up defence): when the provider names itself it must be the provider this
+    // login went to, and a provider that promises to name itself must have done so before a
+    // code is redeemed. An error response without `iss` (django-oauth-toolkit sends none on
+    // `access_denied`) carries no code to misdirect: its error is reported as it is.
+    // Plain OAuth providers have no metadata and no issuer.
     if let Some(metadata) = provider.metadata() {
         let iss = query_param(&req, "iss");
         let refused = match &iss {
             Some(iss) => iss != metadata.issuer().as_str(),
-            None => Provider::sends_iss_in_authorization_response(&metadata),
+            None => {
+                Provider::sends_iss_in_authorization_response(&metadata)
+                    && query_param(&req, "error").is_none()
+            }
         };
         if refused {
             tracing::warn!(

@@ -57,11 +57,26 @@ async fn a_callback_without_iss_is_refused_when_the_provider_promises_one() {
         StatusCode::UNAUTHORIZED
     );
 
-    // An error response must name the issuer too: without it, it is not the provider's word.
+    // An error response without `iss` carries no code to misdirect (django-oauth-toolkit
+    // sends none there): its error is reported, and still nothing is made.
     let login = started(&app, &fake, &mut browser).await;
     let response = browser
         .get(&app.url(&format!(
             "/auth/callback/main?error=access_denied&state={}",
+            login.state
+        )))
+        .await;
+    assert_eq!(location(&response), "/?login_error=access_denied");
+    assert_eq!(
+        app.me(&mut browser).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // An error response naming another issuer is refused as such.
+    let login = started(&app, &fake, &mut browser).await;
+    let response = browser
+        .get(&app.url(&format!(
+            "/auth/callback/main?error=access_denied&state={}&iss=https%3A%2F%2Fevil.example",
             login.state
         )))
         .await;
