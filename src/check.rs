@@ -156,7 +156,9 @@ async fn inspect(
         }
     };
     match metadata.get("issuer").and_then(Value::as_str) {
-        Some(found) if found == expected_issuer => {}
+        // `serve` takes the issuer with or without a trailing slash (src/oidc/registry.rs).
+        Some(found)
+            if found == expected_issuer || found.strip_suffix('/') == Some(expected_issuer) => {}
         Some(found) => report.error(format!(
             "providers[{index}].issuer: the metadata names the issuer `{found}`, not \
              `{expected_issuer}`; discovery at `serve` requires them to be equal (set \

@@ -187,9 +187,20 @@ impl Provider {
             detail,
         };
         let issuer_url = IssuerUrl::new(issuer_str.clone()).map_err(|e| failed(e.to_string()))?;
-        let metadata = Metadata::discover_async(issuer_url, http)
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
+        let metadata = match Metadata::discover_async(issuer_url, http).await {
+            Ok(metadata) => metadata,
+            // openidconnect compares issuers as strings, and a configured `https://x` and
+            // `https://x/` are one URL once parsed; some providers (Auth0) name themselves with
+            // the slash. Retry with it rather than refuse the same issuer.
+            Err(openidconnect::DiscoveryError::Validation(first)) => {
+                let with_slash =
+                    IssuerUrl::new(format!("{issuer_str}/")).map_err(|e| failed(e.to_string()))?;
+                Metadata::discover_async(with_slash, http)
+                    .await
+                    .map_err(|_| failed(format!("Validation error: {first}")))?
+            }
+            Err(e) => return Err(failed(error_chain(&e))),
+        };
         *self
             .metadata
             .write()

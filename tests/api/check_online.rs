@@ -118,11 +118,25 @@ async fn check_config_online_warns_about_a_scope_the_provider_does_not_list() {
     assert!(!out.stderr.contains("`openid`"), "{}", out.stderr);
 }
 
-/// A provider whose metadata is served by wiremock, with `issuer` in it.
-async fn wiremock_provider(issuer_in_metadata: Option<&str>, grants: &[&str]) -> MockServer {
+/// What the wiremock provider's metadata says its issuer is.
+enum IssuerInMetadata {
+    /// Its own URL.
+    Itself,
+    /// Its own URL with a trailing slash.
+    WithSlash,
+    /// Someone else.
+    Other(&'static str),
+}
+
+/// A provider whose metadata is served by wiremock.
+async fn wiremock_provider(issuer: IssuerInMetadata, grants: &[&str]) -> MockServer {
     let server = MockServer::start().await;
     let base = server.uri();
-    let issuer = issuer_in_metadata.map_or(base.clone(), str::to_owned);
+    let issuer = match issuer {
+        IssuerInMetadata::Itself => base.clone(),
+        IssuerInMetadata::WithSlash => format!("{base}/"),
+        IssuerInMetadata::Other(other) => other.to_owned(),
+    };
     Mock::given(method("GET"))
         .and(path("/.well-known/openid-configuration"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -149,7 +163,7 @@ async fn wiremock_provider(issuer_in_metadata: Option<&str>, grants: &[&str]) ->
 #[tokio::test]
 async fn check_config_online_refuses_an_issuer_the_metadata_does_not_name() {
     let server = wiremock_provider(
-        Some("https://login.example.com"),
+        IssuerInMetadata::Other("https://login.example.com"),
         &["authorization_code", "refresh_token"],
     )
     .await;
@@ -166,7 +180,7 @@ async fn check_config_online_refuses_an_issuer_the_metadata_does_not_name() {
 
 #[tokio::test]
 async fn check_config_online_warns_when_offline_access_cannot_be_had() {
-    let server = wiremock_provider(None, &["authorization_code"]).await;
+    let server = wiremock_provider(IssuerInMetadata::Itself, &["authorization_code"]).await;
     let scopes = r#""openid", "offline_access""#;
     let out = check_online(&config(&server.uri(), scopes, "")).await;
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
@@ -208,7 +222,7 @@ async fn check_config_online_refuses_a_provider_it_cannot_reach() {
 
 #[tokio::test]
 async fn check_config_refuses_a_discovery_url_given_as_issuer_even_offline() {
-    let server = wiremock_provider(None, &["authorization_code"]).await;
+    let server = wiremock_provider(IssuerInMetadata::Itself, &["authorization_code"]).await;
     let issuer = format!("{}/.well-known/openid-configuration", server.uri());
     let out = check_online(&config(&issuer, r#""openid""#, "")).await;
     assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
@@ -217,4 +231,12 @@ async fn check_config_refuses_a_discovery_url_given_as_issuer_even_offline() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test]
+async fn check_config_online_takes_an_issuer_with_a_trailing_slash_as_the_same() {
+    // As Auth0 names itself; `serve` discovers it (issuer_param.rs).
+    let server = wiremock_provider(IssuerInMetadata::WithSlash, &["authorization_code"]).await;
+    let out = check_online(&config(&server.uri(), r#""openid""#, "")).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
 }

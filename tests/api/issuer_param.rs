@@ -154,3 +154,20 @@ async fn a_callback_without_iss_is_accepted_from_a_provider_that_promises_none()
     assert_eq!(location(&response), "/after");
     assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_provider_naming_itself_with_a_trailing_slash_is_discovered() {
+    // Auth0 does: its issuer is `https://tenant.auth0.com/`, configured as either form.
+    let fake = FakeProvider::start().await;
+    fake.advertise(json!({ "issuer": format!("{}/", fake.issuer) }))
+        .await;
+    let app = TestApp::spawn(TestApp::bind(), AppSettings::new(&fake.issuer)).await;
+    let mut browser = Browser::new();
+    let ready = browser.get(&app.url("/readyz")).await;
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "{}",
+        ready.text().await.unwrap()
+    );
+}
