@@ -27,7 +27,8 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 const SKEW: Duration = Duration::seconds(60);
 /// A logout token older than this is refused even when its `exp` is later.
 const MAX_AGE: Duration = Duration::minutes(10);
-/// How long after its `iat` a logout token without `exp` is taken to be valid (plus [`SKEW`]).
+/// How long after its `iat` a logout token without `exp` is accepted (no skew added); its `jti`
+/// is still remembered until `iat` + this + [`SKEW`] + [`REMEMBER_MARGIN`].
 pub const UNDATED_LIFETIME: Duration = Duration::seconds(120);
 /// Extra time a used `jti` is remembered beyond the last moment its token could be accepted:
 /// every instance purges used `jti`s by its own clock, and instances' clocks differ a little.
@@ -171,7 +172,13 @@ pub async fn verify(
         Some(_) => timestamp(&claims, "exp")?,
         None => iat + UNDATED_LIFETIME,
     };
-    if valid_until <= now - SKEW {
+    // The SPEC's rule for an undated token is strict: at most 120 s after its `iat` (skew
+    // only forgives an `iat` slightly in the future, above). A dated one gets the usual skew.
+    let expired = match claims.get("exp") {
+        Some(_) => valid_until <= now - SKEW,
+        None => now > valid_until,
+    };
+    if expired {
         return Err(reject(if claims.get("exp").is_some() {
             "expired"
         } else {
