@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use crate::body_deadline::BodyDeadline;
 use crate::config::TokenMode;
 use crate::connections::{self, DisconnectError};
 use crate::db;
@@ -186,7 +187,16 @@ pub async fn call(
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let client = &state.services_http;
     let started = std::time::Instant::now();
-    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout).await;
+    let response = proxy::send(client, &incoming, &target, body, token.as_ref(), timeout)
+        .await
+        // A streamed body that stopped arriving failed the call: the client was slow (408).
+        .map_err(|e| {
+            if BodyDeadline::client_is_late(&req) {
+                ApiError::RequestTimeout
+            } else {
+                e
+            }
+        });
     let status = match &response {
         Ok(r) => r.status().as_u16().to_string(),
         Err(e) => e.code().to_owned(),

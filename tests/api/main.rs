@@ -16,6 +16,7 @@ mod login_state;
 mod logout;
 mod logs;
 mod openapi;
+mod request_bodies;
 mod services;
 mod session;
 mod shutdown;
