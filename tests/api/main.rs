@@ -16,6 +16,7 @@ mod login_state;
 mod logout;
 mod logs;
 mod openapi;
+mod pending_logins;
 mod request_bodies;
 mod services;
 mod session;
