@@ -387,10 +387,11 @@ pub async fn complete_connect(
         }
         merge_userinfo(&mut claims, userinfo);
     }
+    // An empty `sub` or `id` names no one: it would make every such account the same one.
     let subject = match (&verified, claims.get("sub"), claims.get("id")) {
         (Some(v), _, _) => v.subject.clone(),
-        (None, Some(Value::String(sub)), _) => sub.clone(),
-        (None, _, Some(Value::String(id))) => id.clone(),
+        (None, Some(Value::String(sub)), _) if !sub.is_empty() => sub.clone(),
+        (None, _, Some(Value::String(id))) if !id.is_empty() => id.clone(),
         (None, _, Some(Value::Number(id))) => id.to_string(),
         _ => match &pending.purpose {
             Purpose::Connect { user_id, .. } => format!("user:{user_id}"),
