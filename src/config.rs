@@ -99,6 +99,10 @@ pub struct ServerConfig {
     /// Request bodies forwarded to a service may not be larger (413).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// A request body to courier's own endpoints must arrive within this many seconds of courier
+    /// starting to read it, else 408 (a proxied call's body gets its service's `timeout_secs`).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +225,9 @@ fn default_max_cookies() -> usize {
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
+}
+fn default_body_timeout() -> u64 {
+    10
 }
 fn default_requests_per_minute() -> u32 {
     600
@@ -372,6 +379,9 @@ impl Config {
                 "server.max_header_bytes",
                 "limits must allow at least 1024 header bytes and one cookie",
             );
+        }
+        if self.server.body_timeout_secs == 0 {
+            return fail("server.body_timeout_secs", "must be at least 1");
         }
         if self.rate_limit.requests_per_minute == 0 || self.rate_limit.burst == 0 {
             return fail(

@@ -41,6 +41,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// The client's body stopped arriving before its deadline (`crate::body_deadline`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("{0}")]
     NotFound(String),
     #[error("an internal error occurred")]
@@ -61,7 +64,9 @@ impl ApiError {
             | ApiError::RetryLater { .. }
             | ApiError::ServiceUnreachable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
-            ApiError::BadRequest(_) | ApiError::PayloadTooLarge => "bad_request",
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge | ApiError::RequestTimeout => {
+                "bad_request"
+            }
             ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal",
         }
@@ -98,6 +103,7 @@ impl ResponseError for ApiError {
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

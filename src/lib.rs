@@ -1,5 +1,6 @@
 //! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
 
+pub mod body_deadline;
 pub mod cache;
 pub mod check;
 pub mod clock;

@@ -1,19 +1,24 @@
-//! Guards in front of everything: request-head limits (431), ambiguous requests (400), and
-//! per-client rate limits on the login endpoints (429).
+//! Guards in front of everything: request-head limits (431), ambiguous requests and protocol
+//! upgrades (400), deadlines on request bodies (408), and per-client rate limits on the login
+//! endpoints (429).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{COOKIE, HOST, RETRY_AFTER};
+use actix_web::HttpMessage;
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{COOKIE, HOST, RETRY_AFTER, UPGRADE};
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::web;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::body_deadline::{BodyDeadline, HeldBody};
 use crate::config::Config;
 use crate::error::{problem, problem_response};
 
@@ -30,6 +35,10 @@ pub struct Limits {
     max_cookies: usize,
     trusted_proxies: Vec<ipnet::IpNet>,
     logins: DefaultKeyedRateLimiter<IpAddr>,
+    /// How long a body to courier's own endpoints may take to arrive.
+    body_timeout: Duration,
+    /// The same for a call to each service: its `timeout_secs`.
+    service_body_timeouts: HashMap<String, Duration>,
 }
 
 impl Limits {
@@ -42,7 +51,24 @@ impl Limits {
             max_cookies: config.server.max_cookies,
             trusted_proxies: config.rate_limit.trusted_proxies(),
             logins: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+            body_timeout: Duration::from_secs(config.server.body_timeout_secs),
+            service_body_timeouts: config
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), Duration::from_secs(s.timeout_secs)))
+                .collect(),
         }
+    }
+
+    /// How long the body of a request to `path` may take to arrive: a proxied call's service
+    /// timeout, else courier's own. A service name the router would decode differently gets
+    /// courier's own (shorter or equal) deadline: never none.
+    fn body_timeout(&self, path: &str) -> Duration {
+        path.strip_prefix("/api/services/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|name| self.service_body_timeouts.get(name))
+            .copied()
+            .unwrap_or(self.body_timeout)
     }
 
     /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
@@ -118,6 +144,14 @@ pub async fn request_guard(
             "bad_request",
             "the request target must be a path",
         ))
+    } else if headers.contains_key(UPGRADE) {
+        // No protocol switch is served (WebSocket proxying does not exist yet). Refused at once:
+        // actix reads an upgrade request's body to the end of the connection, which never comes.
+        Some(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "protocol upgrades (WebSocket) are not supported",
+        ))
     } else if headers.get_all(HOST).count() > 1 {
         Some(refuse(
             StatusCode::BAD_REQUEST,
@@ -138,9 +172,73 @@ pub async fn request_guard(
         None
     };
     match refusal {
-        Some(response) => Ok(req.into_response(response).map_into_right_body()),
+        Some(mut response) => {
+            // The connection may hold more of this request; nothing on it is read further.
+            response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+            Ok(req.into_response(response).map_into_right_body())
+        }
         None => Ok(next.call(req).await?.map_into_left_body()),
     }
+}
+
+/// Puts a request's body under a deadline: courier's own `server.body_timeout_secs`, or for a
+/// proxied call its service's `timeout_secs`. A body that stops arriving in time gets 408
+/// (code `bad_request`: the client was slow, not a service).
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let payload = req.take_payload();
+    if matches!(payload, Payload::None) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let timeout = req
+        .app_data::<web::Data<Arc<Limits>>>()
+        .expect("limits are registered")
+        .body_timeout(req.path());
+    let (deadline, body) = BodyDeadline::start(payload, timeout);
+    req.set_payload(Payload::Stream {
+        payload: Box::pin(body),
+    });
+    req.extensions_mut().insert(deadline.clone());
+
+    let res = next.call(req).await?;
+    if deadline.timed_out() {
+        tracing::info!(timeout_secs = timeout.as_secs(), "request body too slow");
+        let response = refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "bad_request",
+            "the request body did not arrive in time",
+        );
+        return Ok(res.into_response(response).map_into_right_body());
+    }
+    Ok(res.map_into_left_body())
+}
+
+/// The outermost layer: a response to a request whose body was not read to its end (unread,
+/// or cut short by `body_deadline`) closes the connection, rather than leave actix draining
+/// the rest at the client's pace. Outermost, so that no layer replaces the body after it.
+pub async fn close_after_unread_body(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody, HeldBody>>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let unread = res
+        .request()
+        .extensions()
+        .get::<BodyDeadline>()
+        .filter(|d| !d.finished())
+        .cloned();
+    let Some(deadline) = unread else {
+        return Ok(res.map_into_left_body());
+    };
+    let mut res = res.map_body(|_, body| deadline.hold(BoxBody::new(body)));
+    res.response_mut()
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
+    Ok(res.map_into_right_body())
 }
 
 /// Rate-limits the login endpoints per client address: 429 `rate_limited` with Retry-After.

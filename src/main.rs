@@ -101,6 +101,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.server.listen)?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url, "courier starting");
     let app = Application::build(config, listener).await?;
-    app.run_until_stopped().await?;
+    app.run_until_signalled().await?;
     Ok(())
 }

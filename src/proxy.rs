@@ -111,7 +111,13 @@ impl OutgoingBody {
         let limit = buffer_limit.min(max as usize);
         let mut buffer = BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                if crate::body_deadline::is_timed_out(&e) {
+                    ApiError::RequestTimeout
+                } else {
+                    ApiError::BadRequest(format!("request body: {e}"))
+                }
+            })?;
             if buffer.len() + chunk.len() <= limit {
                 buffer.extend_from_slice(&chunk);
                 continue;

@@ -21,7 +21,9 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::crypto::{KeyRing, random_bytes};
 use crate::error::ApiError;
-use crate::limits::{Limits, login_rate_limit, request_guard};
+use crate::limits::{
+    Limits, body_deadline, close_after_unread_body, login_rate_limit, request_guard,
+};
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
 use crate::session::{PgSessionStore, csrf::require_csrf_header};
@@ -45,7 +47,7 @@ pub struct AppState {
 /// the background and `/readyz` reports the provider as missing meanwhile).
 const INITIAL_DISCOVERY_WAIT: Duration = Duration::from_secs(10);
 
-/// How long in-flight requests may run on after SIGTERM.
+/// How long in-flight requests may run on after SIGTERM or SIGINT.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 
 pub struct Application {
@@ -219,11 +221,19 @@ impl Application {
             app.wrap(IdentityMiddleware::default())
                 .wrap(sessions)
                 .wrap(from_fn(request_guard))
+                // Outside the guard: a refused request's unread body is held too (see
+                // `close_after_unread_body`).
+                .wrap(from_fn(body_deadline))
                 .wrap(from_fn(middleware::response_policy))
                 .wrap(from_fn(middleware::request_log))
+                .wrap(from_fn(close_after_unread_body))
         })
         .listen(listener)?
-        // SIGTERM/SIGINT: stop accepting, give in-flight requests this long, then exit.
+        // actix-server's own handlers stop forcefully on SIGINT; `run_until_signalled` treats
+        // SIGINT like SIGTERM instead. Without them, an in-process server (the tests') leaves
+        // the process's signals alone.
+        .disable_signals()
+        // After a stop: no new connections, in-flight requests get this long, then exit.
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .run();
 
@@ -236,5 +246,70 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+
+    /// Serves until SIGTERM or SIGINT (Ctrl-C), then stops gracefully: no new connections,
+    /// in-flight requests may run on for up to `SHUTDOWN_TIMEOUT_SECS`. A second signal stops
+    /// at once.
+    pub async fn run_until_signalled(self) -> std::io::Result<()> {
+        let mut signals = StopSignals::install()?;
+        let handle = self.server.handle();
+        actix_web::rt::spawn(async move {
+            let name = signals.next().await;
+            tracing::info!(
+                signal = name,
+                grace_secs = SHUTDOWN_TIMEOUT_SECS,
+                "stopping: no new connections; in-flight requests may finish"
+            );
+            let graceful = handle.stop(true);
+            tokio::select! {
+                _ = graceful => {}
+                name = signals.next() => {
+                    tracing::warn!(signal = name, "second signal: stopping now");
+                    handle.stop(false).await;
+                }
+            }
+        });
+        self.server.await
+    }
+}
+
+/// SIGTERM and SIGINT, registered before serving so that neither can kill the process with
+/// its default action once courier runs.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Waits for the next stop signal; returns its name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

@@ -59,7 +59,11 @@ pub async fn bind_key(
 
 /// How stale `last_seen_at` may get before a request writes it again: loading a session is a
 /// read, and only about once a minute a write, so that idle expiry costs no write per request.
-pub const TOUCH_INTERVAL: Duration = Duration::seconds(60);
+/// Never more than a quarter of the idle timeout, so that under a short one a session in use
+/// is extended long before it could lapse.
+pub fn touch_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).min(Duration::seconds(60))
+}
 
 /// A live session as `touch` left it.
 #[derive(Debug, sqlx::FromRow)]
@@ -71,8 +75,8 @@ pub struct Touched {
     pub absolute_expires_at: DateTime<Utc>,
 }
 
-/// Loads a live session and, when it was last extended over a minute ago, extends its idle
-/// expiry, in one round trip. A session past either expiry is not returned.
+/// Loads a live session and, when it was last extended over `touch_interval` ago, extends its
+/// idle expiry, in one round trip. A session past either expiry is not returned.
 pub async fn touch(
     pool: &PgPool,
     key_hash: &[u8],
@@ -100,7 +104,7 @@ pub async fn touch(
     .bind(key_hash)
     .bind(now)
     .bind(now + idle_timeout)
-    .bind(now - TOUCH_INTERVAL)
+    .bind(now - touch_interval(idle_timeout))
     .fetch_optional(pool)
     .await
 }

@@ -121,6 +121,14 @@ pub async fn verify(
         )));
     }
 
+    // openidconnect accepts any string as `sub`; an empty one names no one, and would make
+    // every such login the same user.
+    if claims.subject().as_str().is_empty() {
+        return Err(IdTokenError::Rejected(
+            "the subject (`sub`) is empty".into(),
+        ));
+    }
+
     let sid = payload
         .get("sid")
         .and_then(Value::as_str)

@@ -2,6 +2,8 @@
 //! login the browser keeps in a sealed cookie) and completing it (code exchange, ID token
 //! checks, userinfo).
 
+use std::collections::HashMap;
+
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use base64::Engine;
@@ -27,6 +29,11 @@ use uuid::Uuid;
 
 /// How long a started login may take to come back.
 pub const PENDING_LOGIN_TTL: Duration = Duration::minutes(10);
+
+/// How many pending logins (one cookie each) a browser keeps. Enough for logins in several tabs
+/// at once; few enough that abandoned ones can never push the request head past
+/// `max_header_bytes` or `max_cookies` and lock the browser out (431).
+pub const MAX_PENDING_LOGINS: usize = 10;
 
 /// Why the browser went to the provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +159,48 @@ pub fn pending_cookie(keys: &KeyRing, base: &str, pending: &PendingLogin) -> Coo
 
 /// The cookie that clears the pending login for `state`.
 pub fn removal_cookie(base: &str, state: &str) -> Cookie<'static> {
-    let mut cookie = base_cookie(cookie_name(base, state), String::new());
+    removal_cookie_named(cookie_name(base, state))
+}
+
+/// Removal cookies for the browser's oldest pending logins, so that with one more started it
+/// holds at most `MAX_PENDING_LOGINS`. A cookie that does not open (tampered with, or sealed
+/// under a retired key) counts as the oldest.
+pub fn evict_oldest(req: &HttpRequest, keys: &KeyRing, base: &str) -> Vec<Cookie<'static>> {
+    let prefix = format!("{base}-login-");
+    let Ok(cookies) = req.cookies() else {
+        return Vec::new();
+    };
+    // By name (a cookie sent twice counts once), then oldest first; unreadable ones (`None`)
+    // sort before every readable one.
+    let by_name: HashMap<&str, Option<DateTime<Utc>>> = cookies
+        .iter()
+        .filter(|c| c.name().starts_with(&prefix))
+        .map(|c| {
+            let started = open_pending(keys, c.name(), c.value()).map(|p| p.started_at);
+            (c.name(), started)
+        })
+        .collect();
+    let mut pending: Vec<(Option<DateTime<Utc>>, &str)> = by_name
+        .into_iter()
+        .map(|(name, started)| (started, name))
+        .collect();
+    pending.sort();
+    let excess = (pending.len() + 1).saturating_sub(MAX_PENDING_LOGINS);
+    pending
+        .into_iter()
+        .take(excess)
+        .map(|(_, name)| removal_cookie_named(name.to_owned()))
+        .collect()
+}
+
+fn open_pending(keys: &KeyRing, name: &str, value: &str) -> Option<PendingLogin> {
+    let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
+    let json = keys.open(&sealed, &cookie_aad(name)).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+fn removal_cookie_named(name: String) -> Cookie<'static> {
+    let mut cookie = base_cookie(name, String::new());
     cookie.make_removal();
     cookie
 }
@@ -167,9 +215,7 @@ pub fn find_pending(
 ) -> Option<PendingLogin> {
     let name = cookie_name(base, state);
     let cookie = req.cookie(&name)?;
-    let sealed = URL_SAFE_NO_PAD.decode(cookie.value()).ok()?;
-    let json = keys.open(&sealed, &cookie_aad(&name)).ok()?;
-    let pending: PendingLogin = serde_json::from_slice(&json).ok()?;
+    let pending = open_pending(keys, &name, cookie.value())?;
     constant_time_eq(pending.state.as_bytes(), state.as_bytes()).then_some(pending)
 }
 
@@ -341,10 +387,11 @@ pub async fn complete_connect(
         }
         merge_userinfo(&mut claims, userinfo);
     }
+    // An empty `sub` or `id` names no one: it would make every such account the same one.
     let subject = match (&verified, claims.get("sub"), claims.get("id")) {
         (Some(v), _, _) => v.subject.clone(),
-        (None, Some(Value::String(sub)), _) => sub.clone(),
-        (None, _, Some(Value::String(id))) => id.clone(),
+        (None, Some(Value::String(sub)), _) if !sub.is_empty() => sub.clone(),
+        (None, _, Some(Value::String(id))) if !id.is_empty() => id.clone(),
         (None, _, Some(Value::Number(id))) => id.to_string(),
         _ => match &pending.purpose {
             Purpose::Connect { user_id, .. } => format!("user:{user_id}"),

@@ -63,10 +63,23 @@ fn connect_error(service: &str, code: &str) -> String {
     format!("/?connect_error={code}&service={service}")
 }
 
-/// Puts the pending login in its cookie and sends the browser to the provider.
-fn to_provider(state: &AppState, url: url::Url, pending: &login::PendingLogin) -> HttpResponse {
-    let cookie = login::pending_cookie(&state.keys, &state.config.session.cookie_name, pending);
-    redirect(url.as_str()).cookie(cookie).finish()
+/// Puts the pending login in its cookie and sends the browser to the provider. The browser's
+/// oldest pending logins are dropped beyond `login::MAX_PENDING_LOGINS`, so that abandoned
+/// ones cannot pile up into a request head too large to be served.
+fn to_provider(
+    req: &HttpRequest,
+    state: &AppState,
+    url: url::Url,
+    pending: &login::PendingLogin,
+) -> HttpResponse {
+    let base = &state.config.session.cookie_name;
+    let mut response = redirect(url.as_str());
+    for removal in login::evict_oldest(req, &state.keys, base) {
+        response.cookie(removal);
+    }
+    response
+        .cookie(login::pending_cookie(&state.keys, base, pending))
+        .finish()
 }
 
 fn provider_not_ready(provider: &str) -> ApiError {
@@ -85,7 +98,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         state.clock.now(),
     )
     .ok_or_else(|| provider_not_ready(provider.id()))?;
-    Ok(to_provider(&state, url, &pending))
+    Ok(to_provider(&req, &state, url, &pending))
 }
 
 /// `GET /auth/connect/{service}?return_to=/path` → 302 to the service's provider, to link the
@@ -130,7 +143,7 @@ pub async fn connect(
     };
     let (url, pending) = login::start(provider, &scopes, purpose, return_to, state.clock.now())
         .ok_or_else(|| provider_not_ready(provider.id()))?;
-    Ok(to_provider(&state, url, &pending))
+    Ok(to_provider(&req, &state, url, &pending))
 }
 
 fn urlencoding(s: &str) -> String {

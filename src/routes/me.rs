@@ -11,6 +11,11 @@ use crate::error::ApiError;
 use crate::session::CurrentSession;
 use crate::startup::AppState;
 
+/// ID-token claims about the login exchange itself, not the user: they mean nothing to the SPA,
+/// and the nonce belongs to the login that is over. (`auth_time`, `acr`, `amr` describe the
+/// user's authentication and stay.)
+const PROTOCOL_CLAIMS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
+
 pub async fn me(
     current: CurrentSession,
     state: web::Data<AppState>,
@@ -34,6 +39,15 @@ pub async fn me(
         }
     };
     let claim = |name: &str| view.claims.get(name).cloned().unwrap_or(Value::Null);
+    let claims = match &view.claims {
+        Value::Object(all) => Value::Object(
+            all.iter()
+                .filter(|(name, _)| !PROTOCOL_CLAIMS.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    };
     Ok(HttpResponse::Ok().json(json!({
         "user_id": view.user_id,
         "provider": view.provider,
@@ -41,7 +55,7 @@ pub async fn me(
         "name": claim("name"),
         "email": claim("email"),
         "picture": claim("picture"),
-        "claims": view.claims,
+        "claims": claims,
         "session": {
             "created_at": view.created_at,
             "expires_at": view.expires_at,

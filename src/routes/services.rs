@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use crate::body_deadline::BodyDeadline;
 use crate::config::TokenMode;
 use crate::connections::{self, DisconnectError};
 use crate::db;
@@ -203,7 +204,15 @@ pub async fn call(
         token.as_ref().map(|t| &t.secret),
         timeout,
     )
-    .await;
+    .await
+    // A streamed body that stopped arriving failed the call: the client was slow (408).
+    .map_err(|e| {
+        if BodyDeadline::client_is_late(&req) {
+            ApiError::RequestTimeout
+        } else {
+            e
+        }
+    });
     let status = match &response {
         Ok(r) => r.status().as_u16().to_string(),
         Err(e) => e.code().to_owned(),

@@ -4,7 +4,7 @@
 //! the login callback (with the user and the tokens, in one transaction) and bound to its key
 //! here, once, when actix-session saves the renewed session. Expiry is the server's: a row past
 //! its idle or absolute expiry does not load, and loads extend the idle expiry (in Postgres at
-//! most once a minute). Loaded sessions are cached in memory (`crate::cache`), so that most
+//! most once a minute, or a quarter of the idle timeout when that is shorter). Loaded sessions are cached in memory (`crate::cache`), so that most
 //! requests cost no database round trip.
 
 use std::collections::HashMap;
@@ -36,8 +36,9 @@ pub struct LiveSession {
 impl LiveSession {
     /// Whether the entry can answer without Postgres: the session is live by what this
     /// instance knows, and its idle expiry needs no extending yet.
-    fn usable(&self, now: DateTime<Utc>) -> bool {
-        now < self.expires_at && now - self.last_seen_at < db::sessions::TOUCH_INTERVAL
+    fn usable(&self, now: DateTime<Utc>, idle_timeout: Duration) -> bool {
+        now < self.expires_at
+            && now - self.last_seen_at < db::sessions::touch_interval(idle_timeout)
     }
 }
 
@@ -98,7 +99,11 @@ impl SessionStore for PgSessionStore {
     ) -> Result<Option<HashMap<String, String>>, LoadError> {
         let hash = key_hash(session_key);
         let now = self.clock.now();
-        if let Some(live) = self.cache.session(&hash).filter(|s| s.usable(now)) {
+        if let Some(live) = self
+            .cache
+            .session(&hash)
+            .filter(|s| s.usable(now, self.idle_timeout))
+        {
             return Ok(Some(live.state.as_ref().clone()));
         }
         let epoch = self.cache.epoch();

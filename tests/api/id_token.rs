@@ -155,3 +155,15 @@ async fn an_unknown_kid_refetches_the_keys_after_the_provider_rotates() {
     assert_eq!(response.headers()[LOCATION], "/");
     assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_id_token_with_an_empty_subject_makes_no_session() {
+    let (app, fake) = spawn_app_with_fake().await;
+    let location = login_with_token(&app, &fake, |fake, nonce| {
+        fake.sign("signing", &with(fake.claims(nonce), "sub", json!("")))
+    })
+    .await;
+    assert_eq!(location, "/?login_error=invalid_id_token");
+    assert_eq!(app.db.count("sessions").await, 0);
+    assert_eq!(app.db.count("users").await, 0);
+}

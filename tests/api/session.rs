@@ -284,3 +284,57 @@ async fn a_token_copied_into_another_session_does_not_open() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn api_me_leaves_out_the_claims_of_the_login_exchange() {
+    use base64::Engine;
+    use sha2::Digest;
+    // The left half of the SHA-256 of a value, as `at_hash` and `c_hash` are made for RS256.
+    let half_hash = |value: &str| {
+        let digest = sha2::Sha256::digest(value.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+    };
+    let (app, fake) = spawn_app_with_fake().await;
+    let mut browser = Browser::new();
+    let login = crate::fake_provider::start_login(&app, &mut browser, "/").await;
+    let mut claims = fake.claims(&login.nonce);
+    claims["at_hash"] = half_hash("fake-access-token").into();
+    claims["c_hash"] = half_hash("the-code").into();
+    claims["auth_time"] = crate::fake_provider::now().into();
+    fake.answer_token_with(&fake.sign("signing", &claims)).await;
+    browser.get(&app.url(&login.callback_path())).await;
+
+    let me: Value = app.me(&mut browser).await.json().await.unwrap();
+    let shown = me["claims"].as_object().unwrap();
+    for protocol in ["nonce", "at_hash", "c_hash"] {
+        assert!(!shown.contains_key(protocol), "{protocol} in {shown:?}");
+    }
+    assert!(!me.to_string().contains(&login.nonce));
+    for kept in ["sub", "iss", "auth_time", "groups"] {
+        assert!(shown.contains_key(kept), "{kept} missing from {shown:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_short_idle_timeout_does_not_end_a_session_in_use() {
+    // Idle 20 s: a session used every 15 s must live on (it is extended at least every 5 s
+    // of use, not once a minute).
+    let (app, fake) = app_with_timeouts(20, 3600).await;
+    let mut browser = Browser::new();
+    login_with_fake(&app, &fake, &mut browser, "/").await;
+    for step in 1..=4 {
+        app.clock.advance(Duration::seconds(15));
+        assert_eq!(
+            app.me(&mut browser).await.status(),
+            StatusCode::OK,
+            "after {} s",
+            step * 15
+        );
+    }
+    // Unused for longer than the idle timeout, it ends.
+    app.clock.advance(Duration::seconds(21));
+    assert_eq!(
+        app.me(&mut browser).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

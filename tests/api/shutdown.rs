@@ -1,4 +1,5 @@
-//! SIGTERM: the `courier` binary stops accepting, lets in-flight requests finish, exits 0.
+//! SIGTERM and SIGINT (Ctrl-C): the `courier` binary stops accepting, lets in-flight requests
+//! finish, exits 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,16 @@ use crate::helpers::{AppSettings, Browser, CourierProcess, TestDb, spawn_demo_ap
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    stopping_lets_in_flight_requests_finish("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_stops_as_gracefully_as_sigterm() {
+    stopping_lets_in_flight_requests_finish("INT").await;
+}
+
+/// `signal` arrives while a call is under way: the call finishes, courier exits 0.
+async fn stopping_lets_in_flight_requests_finish(signal: &str) {
     let fake = FakeProvider::start().await;
     let demo = spawn_demo_api(None);
     let port = CourierProcess::free_port();
@@ -21,7 +32,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     let mut browser = Browser::new();
     login_with_fake(app, &fake, &mut browser, "/").await;
 
-    // A call that takes 1.5 s is under way when SIGTERM arrives.
+    // A call that takes 1.5 s is under way when the signal arrives.
     let cookie = format!(
         "__Host-courier={}",
         browser.cookie(&app.address, "__Host-courier").unwrap()
@@ -37,7 +48,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
             .send(),
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    courier.signal("TERM");
+    courier.signal(signal);
 
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(
