@@ -4,11 +4,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::crypto::KeyRing;
-use crate::db;
+use crate::db::linked_accounts::Status;
+use crate::db::{self, DbError};
 use crate::oidc::Provider;
 use crate::oidc::http::ProviderHttp;
 use crate::oidc::login::CompletedLogin;
 use crate::oidc::revocation;
+use crate::services::{Service, ServiceRegistry, ServiceStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -36,12 +38,7 @@ pub async fn link(
         return Err(ConnectError::LinkedElsewhere);
     }
     // Reconnecting with a different account frees the one linked before.
-    sqlx::query("DELETE FROM identities WHERE provider = $1 AND user_id = $2 AND subject <> $3")
-        .bind(provider)
-        .bind(user_id)
-        .bind(&account.subject)
-        .execute(&mut *tx)
-        .await?;
+    db::users::unlink_other_identities(&mut tx, provider, user_id, &account.subject).await?;
     db::linked_accounts::upsert(
         &mut tx,
         keys,
@@ -53,6 +50,32 @@ pub async fn link(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Each configured service with whether the user can call it now. A linked account is
+/// connected once per user; the login provider's token and courier's own come with the
+/// session.
+pub async fn service_statuses<'a>(
+    pool: &PgPool,
+    user_id: Uuid,
+    services: &'a ServiceRegistry,
+) -> Result<Vec<(&'a Service, ServiceStatus)>, DbError> {
+    let linked = db::linked_accounts::statuses(pool, user_id).await?;
+    Ok(services
+        .all()
+        .iter()
+        .map(|s| {
+            let status = match s.linked_provider() {
+                None => ServiceStatus::Connected,
+                Some(provider) => match linked.iter().find(|(p, _)| p == provider) {
+                    Some((_, Status::Connected)) => ServiceStatus::Connected,
+                    Some((_, Status::ReauthRequired)) => ServiceStatus::ReauthRequired,
+                    None => ServiceStatus::NotConnected,
+                },
+            };
+            (s, status)
+        })
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]

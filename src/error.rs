@@ -7,6 +7,8 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::db::DbError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("there is no live session")]
@@ -46,6 +48,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("{0}")]
     NotFound(String),
+    /// Postgres cannot be reached (503, `upstream_unavailable`); the cause is kept for the log.
+    #[error("the database is not reachable")]
+    DatabaseUnavailable(#[source] DbError),
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -61,6 +66,7 @@ impl ApiError {
             ApiError::ReauthRequired => "reauth_required",
             ApiError::RateLimited => "rate_limited",
             ApiError::UpstreamUnavailable(_)
+            | ApiError::DatabaseUnavailable(_)
             | ApiError::RetryLater { .. }
             | ApiError::ServiceUnreachable(_) => "upstream_unavailable",
             ApiError::UpstreamTimeout(_) => "upstream_timeout",
@@ -77,13 +83,19 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&e) {
-            ApiError::UpstreamUnavailable("the database is not reachable".into())
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            ApiError::DatabaseUnavailable(e)
         } else {
             ApiError::Internal(e.into())
         }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::from(e).into()
     }
 }
 
@@ -96,9 +108,9 @@ impl ResponseError for ApiError {
             }
             ApiError::ServiceNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UpstreamUnavailable(_) | ApiError::RetryLater { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::UpstreamUnavailable(_)
+            | ApiError::DatabaseUnavailable(_)
+            | ApiError::RetryLater { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ServiceUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -110,8 +122,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
+        // The response says little; the log keeps what it replaced, with every cause.
         if status.is_server_error() {
-            tracing::error!(code = self.code(), error = ?anyhow_chain(self), "request failed");
+            tracing::error!(code = self.code(), error = %error_chain(self), "request failed");
         }
         let mut body = problem(status, self.code(), &self.to_string());
         if let ApiError::ConnectRequired { connect_url } = self {
@@ -131,11 +144,17 @@ impl ResponseError for ApiError {
     }
 }
 
-fn anyhow_chain(e: &ApiError) -> String {
-    match e {
-        ApiError::Internal(inner) => format!("{inner:#}"),
-        other => other.to_string(),
+/// The error and its sources, outermost first: "a: b: c".
+fn error_chain(e: &ApiError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    // `Internal` displays as a fixed sentence; its anyhow error is the first source.
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
     }
+    out
 }
 
 /// The problem document for `status` and `code`.

@@ -59,13 +59,7 @@ pub fn spawn_upkeep() {
 
 /// `GET /metrics`: Prometheus text.
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
-    let sessions: Result<i64, _> = sqlx::query_scalar(
-        "SELECT count(*) FROM sessions WHERE key_hash IS NOT NULL
-           AND idle_expires_at > $1 AND absolute_expires_at > $1",
-    )
-    .bind(state.clock.now())
-    .fetch_one(&state.pool)
-    .await;
+    let sessions = crate::db::sessions::count_live(&state.pool, state.clock.now()).await;
     if let Ok(sessions) = sessions {
         metrics::gauge!("courier_active_sessions").set(sessions as f64);
     }

@@ -24,12 +24,47 @@ pub struct Service {
     pub base: Url,
     /// Whether the service needs a linked account (a provider other than the login one).
     pub linked: bool,
+    /// The token a call carries, resolved once from the configuration.
+    pub token: TokenSource,
     allowed_paths: Option<GlobSet>,
+}
+
+/// Which token a call to a service carries. The provider is part of the variants that need
+/// one, so that no request path has to ask "which provider?" and cope with "none".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token = "none"`: the call carries no `Authorization`.
+    None,
+    /// courier's own token at `provider` (client credentials).
+    Client { provider: String },
+    /// The session's login token.
+    Session,
+    /// The user's linked account at `provider`, connected with `/auth/connect/{service}`.
+    Linked { provider: String },
+}
+
+/// Whether the session user can call a service now, as `GET /api/services` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceStatus {
+    Connected,
+    /// The linked account's grant was refused: connect again.
+    ReauthRequired,
+    /// No account is linked at the service's provider.
+    NotConnected,
 }
 
 impl Service {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The provider of a linked service's account, `None` for other services.
+    pub fn linked_provider(&self) -> Option<&str> {
+        match &self.token {
+            TokenSource::Linked { provider } => Some(provider),
+            _ => None,
+        }
     }
 
     pub fn check_method(&self, method: &str) -> Result<(), ApiError> {
@@ -133,12 +168,29 @@ pub struct ServiceRegistry {
 }
 
 impl ServiceRegistry {
-    pub fn new(config: &Config) -> Self {
+    /// Fails on a service whose token needs a provider and names none (the configuration's
+    /// validation refuses it first).
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
         let login = &config.login_provider().id;
         let services: Vec<Service> = config
             .services
             .iter()
             .map(|s| {
+                let provider = || {
+                    s.provider.clone().ok_or_else(|| {
+                        anyhow::anyhow!("services `{}`: token needs a provider", s.name)
+                    })
+                };
+                let token = match s.token {
+                    TokenMode::None => TokenSource::None,
+                    TokenMode::Client => TokenSource::Client {
+                        provider: provider()?,
+                    },
+                    TokenMode::User => match provider()? {
+                        p if &p == login => TokenSource::Session,
+                        p => TokenSource::Linked { provider: p },
+                    },
+                };
                 let mut base = s.base_url.clone();
                 if !base.path().ends_with('/') {
                     base.set_path(&format!("{}/", base.path()));
@@ -150,21 +202,21 @@ impl ServiceRegistry {
                     }
                     set.build().expect("validated globs build")
                 });
-                Service {
-                    linked: s.token == TokenMode::User
-                        && s.provider.as_deref().is_some_and(|p| p != login),
+                Ok(Service {
+                    linked: matches!(token, TokenSource::Linked { .. }),
+                    token,
                     config: s.clone(),
                     base,
                     allowed_paths,
-                }
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let by_name = services
             .iter()
             .enumerate()
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
-        ServiceRegistry { services, by_name }
+        Ok(ServiceRegistry { services, by_name })
     }
 
     pub fn get(&self, name: &str) -> Option<&Service> {
@@ -204,6 +256,7 @@ mod tests {
             base: config.base_url.clone(),
             config,
             linked: false,
+            token: TokenSource::Session,
             allowed_paths,
         }
     }

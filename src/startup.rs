@@ -107,7 +107,7 @@ impl Application {
             clock.clone(),
         );
         let state = web::Data::new(AppState {
-            services: ServiceRegistry::new(&config),
+            services: ServiceRegistry::new(&config)?,
             config: Arc::new(config),
             pool: pool.clone(),
             keys,

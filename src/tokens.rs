@@ -34,8 +34,8 @@ use uuid::Uuid;
 use crate::cache::{self, AppCache};
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
+use crate::db::DbError;
 use crate::db::refresh_leases::{self, Blocked};
-use crate::error::ApiError;
 use crate::oidc::ProviderRegistry;
 use crate::oidc::grants::{self, GrantError};
 use crate::{db, fault};
@@ -97,27 +97,9 @@ pub enum TokenError {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
+    Storage(#[from] DbError),
+    #[error(transparent)]
     Sealed(#[from] db::session_tokens::LoadError),
-}
-
-impl From<TokenError> for ApiError {
-    fn from(e: TokenError) -> Self {
-        match e {
-            TokenError::SessionEnded => ApiError::LoginRequired,
-            TokenError::ReauthRequired => ApiError::ReauthRequired,
-            // The route that knows the service answers these with its connect URL.
-            TokenError::NotConnected | TokenError::ConnectionNeedsReauth => ApiError::internal(
-                anyhow::anyhow!("a linked-account error reached the API unmapped"),
-            ),
-            TokenError::ProviderUnavailable { retry_after_secs } => ApiError::RetryLater {
-                detail: "the provider cannot issue a token now".into(),
-                retry_after_secs,
-            },
-            TokenError::Database(e) => e.into(),
-            TokenError::Sealed(db::session_tokens::LoadError::Database(e)) => e.into(),
-            TokenError::Sealed(e) => ApiError::internal(e),
-        }
-    }
 }
 
 /// One async lock per key, made on demand.
@@ -605,10 +587,11 @@ impl TokenService {
     /// returns); a linked account waits for the user to connect it again.
     async fn end_grant(&self, owner: Owner<'_>, key: &str, generation: i64) -> TokenError {
         let ended = match owner {
-            Owner::Session(id) => self.end_session(id, key).await,
+            Owner::Session(id) => self.end_session(id).await,
             Owner::Linked { user_id, provider } => {
                 db::linked_accounts::mark_reauth_required(&self.pool, user_id, provider, generation)
                     .await
+                    .map_err(DbError::from)
             }
         };
         self.cache.invalidate(key);
@@ -618,14 +601,8 @@ impl TokenService {
         }
     }
 
-    async fn end_session(&self, id: Uuid, key: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        db::sessions::delete(&mut tx, id).await?;
-        let announced = cache::announce(&mut tx, key).await?;
-        tx.commit().await?;
-        self.cache.invalidate(key);
-        self.cache.confirm(&self.pool, &[announced]).await;
-        Ok(())
+    async fn end_session(&self, id: Uuid) -> Result<(), DbError> {
+        crate::session::end::end_session(&self.pool, &self.cache, id).await
     }
 
     async fn release(&self, key: &str) {

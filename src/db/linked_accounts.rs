@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::KeyRing;
+use crate::db::DbError;
 use crate::db::session_tokens::LoadError;
 use crate::tokens::TokenSet;
 
@@ -44,11 +45,14 @@ pub enum Status {
 }
 
 impl Status {
-    fn parse(s: &str) -> Status {
-        if s == "reauth_required" {
-            Status::ReauthRequired
-        } else {
-            Status::Connected
+    /// The column's value; one courier does not know is an error, not a guess.
+    fn parse(s: &str) -> Result<Status, DbError> {
+        match s {
+            "connected" => Ok(Status::Connected),
+            "reauth_required" => Ok(Status::ReauthRequired),
+            other => Err(DbError::Invalid(format!(
+                "linked_accounts.status `{other}`"
+            ))),
         }
     }
 }
@@ -199,7 +203,7 @@ fn open_row(
     };
     Ok(LinkedAccount {
         subject: row.subject,
-        status: Status::parse(&row.status),
+        status: Status::parse(&row.status)?,
         generation: row.generation,
         after_rejection: row.after_rejection,
         tokens: TokenSet {
@@ -218,16 +222,15 @@ fn open_row(
 }
 
 /// The status of each provider the user has an account at.
-pub async fn statuses(pool: &PgPool, user_id: Uuid) -> Result<Vec<(String, Status)>, sqlx::Error> {
+pub async fn statuses(pool: &PgPool, user_id: Uuid) -> Result<Vec<(String, Status)>, DbError> {
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT provider, status FROM linked_accounts WHERE user_id = $1")
             .bind(user_id)
             .fetch_all(pool)
             .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(p, s)| (p, Status::parse(&s)))
-        .collect())
+    rows.into_iter()
+        .map(|(p, s)| Ok((p, Status::parse(&s)?)))
+        .collect()
 }
 
 /// Removes the account and the identity it recorded, so the external account is free again.

@@ -1,6 +1,9 @@
-//! Postgres: the pool, migrations, and one module per table family. All SQL lives here.
+//! Postgres: the pool, migrations, and one module per table family. SQL lives here (the
+//! cache's LISTEN/NOTIFY statements are still in `crate::cache`).
 
 pub mod cache_acks;
+mod error;
+pub mod health;
 pub mod linked_accounts;
 pub mod login_states;
 pub mod logout_tokens;
@@ -11,6 +14,8 @@ pub mod session_tokens;
 pub mod sessions;
 pub mod users;
 
+pub use error::DbError;
+
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -18,7 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A lazily connecting pool: courier starts while Postgres is down and connects when it can.
+/// A lazily connecting pool: it connects on first use and again after Postgres comes back.
+/// (Start-up runs the migrations first, so courier does not start while Postgres is down.)
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
     Ok(PgPoolOptions::new()

@@ -112,6 +112,8 @@ pub enum LoadError {
     Database(#[from] sqlx::Error),
     #[error("a stored token does not open: {0}")]
     Sealed(#[from] crate::crypto::CryptoError),
+    #[error(transparent)]
+    Stored(#[from] crate::db::DbError),
 }
 
 /// A session's tokens with the provider and subject they belong to.

@@ -213,3 +213,14 @@ pub async fn delete_for_provider_logout(
     .fetch_all(conn)
     .await
 }
+
+/// How many sessions are live at `now` (for the `courier_active_sessions` gauge).
+pub async fn count_live(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, super::DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE key_hash IS NOT NULL
+           AND idle_expires_at > $1 AND absolute_expires_at > $1",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?)
+}

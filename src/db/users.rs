@@ -98,3 +98,20 @@ pub async fn link_identity(
     .await?;
     Ok(if owner == user_id { Ok(()) } else { Err(owner) })
 }
+
+/// Frees the user's identities at `provider` other than `subject` (reconnecting with a
+/// different account).
+pub async fn unlink_other_identities(
+    conn: &mut PgConnection,
+    provider: &str,
+    user_id: Uuid,
+    subject: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM identities WHERE provider = $1 AND user_id = $2 AND subject <> $3")
+        .bind(provider)
+        .bind(user_id)
+        .bind(subject)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -63,6 +63,14 @@ impl PendingLogin {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         now >= self.started_at + PENDING_LOGIN_TTL || now < self.started_at - Duration::minutes(1)
     }
+
+    /// Records that this login has come back, once for all instances: `false` when its state
+    /// was used before (a replayed callback). Kept until the login would have expired anyway.
+    pub async fn claim(&self, pool: &sqlx::PgPool) -> Result<bool, crate::db::DbError> {
+        let hash = sha256(self.state.as_bytes());
+        let until = self.started_at + PENDING_LOGIN_TTL;
+        Ok(crate::db::login_states::mark_used(pool, &hash, until).await?)
+    }
 }
 
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which

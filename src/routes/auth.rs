@@ -8,11 +8,9 @@ use url::form_urlencoded;
 use actix_web::FromRequest;
 
 use crate::connections::{self, ConnectError};
-use crate::crypto::sha256;
-use crate::db;
 use crate::error::ApiError;
 use crate::oidc::Provider;
-use crate::oidc::login::{self, PENDING_LOGIN_TTL, Purpose};
+use crate::oidc::login::{self, Purpose};
 use crate::session::{self, CurrentSession};
 use crate::startup::AppState;
 
@@ -123,11 +121,10 @@ pub async fn connect(
         );
         return Ok(redirect(&format!("/auth/login?return_to={}", urlencoding(&here))).finish());
     };
-    let provider_id = service.config.provider.as_deref().unwrap_or_default();
-    let provider = state
-        .providers
-        .get(provider_id)
-        .expect("a linked service names a configured provider");
+    let provider = service
+        .linked_provider()
+        .and_then(|id| state.providers.get(id))
+        .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
     let mut scopes = provider.config.scopes.clone();
     scopes.extend(
         service
@@ -150,6 +147,38 @@ fn urlencoding(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// Why a callback sent the browser back with `login_error` (or `connect_error`): each variant
+/// is one code on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CallbackError {
+    /// No pending login matches (unknown, expired, replayed, or naming a provider this
+    /// instance does not have, as after a deploy that removed it).
+    InvalidState,
+    IssuerMismatch,
+    /// The provider's own `error`, when it is a registered OAuth code (`provider_error_code`).
+    Provider(String),
+    InvalidRequest,
+    Login(&'static str),
+    LoginRequired,
+    AccountLinkedElsewhere,
+    ServerError,
+}
+
+impl CallbackError {
+    fn code(&self) -> &str {
+        match self {
+            CallbackError::InvalidState => "invalid_state",
+            CallbackError::IssuerMismatch => "issuer_mismatch",
+            CallbackError::Provider(code) => code,
+            CallbackError::InvalidRequest => "invalid_request",
+            CallbackError::Login(code) => code,
+            CallbackError::LoginRequired => "login_required",
+            CallbackError::AccountLinkedElsewhere => "account_linked_elsewhere",
+            CallbackError::ServerError => "server_error",
+        }
+    }
+}
+
 /// `GET /auth/callback/{provider}` → 302 to `return_to`, having started a session (login) or
 /// stored a linked account (connect); or back to `/?login_error=<code>`
 /// (`/?connect_error=<code>&service=<name>` for a connection).
@@ -164,97 +193,92 @@ pub async fn callback(
     };
     // Whatever happens next, this login's cookie is spent.
     let removal = login::removal_cookie(base, &returned_state);
-
     let now = state.clock.now();
-    let pending = match login::find_pending(&req, &state.keys, base, &returned_state) {
-        Some(p) if p.provider == *path && !p.is_expired(now) => p,
-        _ => {
-            return redirect(&login_error("invalid_state"))
-                .cookie(removal)
-                .finish();
-        }
+    let found = login::find_pending(&req, &state.keys, base, &returned_state)
+        .filter(|p| p.provider == *path && !p.is_expired(now))
+        .and_then(|p| Some((state.providers.get(&p.provider)?.clone(), p)));
+    let Some((provider, pending)) = found else {
+        return redirect(&login_error("invalid_state"))
+            .cookie(removal)
+            .finish();
     };
     let purpose = pending.purpose.clone();
-    let error_location = |code: &str| match &purpose {
-        Purpose::Login => login_error(code),
-        Purpose::Connect { service, .. } => connect_error(service, code),
+    let return_to = pending.return_to.clone();
+    let location = match complete_callback(&req, &state, &provider, pending).await {
+        Ok(()) => return_to,
+        Err(e) => match &purpose {
+            Purpose::Login => login_error(e.code()),
+            Purpose::Connect { service, .. } => connect_error(service, e.code()),
+        },
     };
-    let fail = |code: &str| {
-        redirect(&error_location(code))
-            .cookie(removal.clone())
-            .finish()
-    };
-    let provider = state
-        .providers
-        .get(&pending.provider)
-        .expect("a pending login names a configured provider");
+    redirect(&location).cookie(removal).finish()
+}
 
-    match db::login_states::mark_used(
-        &state.pool,
-        &sha256(returned_state.as_bytes()),
-        pending.started_at + PENDING_LOGIN_TTL,
-    )
-    .await
-    {
+/// RFC 9207 (mix-up defence): when the provider names itself it must be the provider this
+/// login went to, and a provider that promises to name itself must have done so before a code
+/// is redeemed. An error response without `iss` (django-oauth-toolkit sends none on
+/// `access_denied`) carries no code to misdirect: its error is reported as it is. Plain OAuth
+/// providers have no metadata and no issuer.
+fn check_issuer(req: &HttpRequest, provider: &Provider) -> Result<(), CallbackError> {
+    let Some(metadata) = provider.metadata() else {
+        return Ok(());
+    };
+    let iss = query_param(req, "iss");
+    let refused = match &iss {
+        Some(iss) => iss != metadata.issuer().as_str(),
+        None => {
+            Provider::sends_iss_in_authorization_response(&metadata)
+                && query_param(req, "error").is_none()
+        }
+    };
+    if refused {
+        tracing::warn!(
+            provider = %provider.id(),
+            iss_present = iss.is_some(),
+            "authorization response refused: its issuer is missing or not this provider's"
+        );
+        return Err(CallbackError::IssuerMismatch);
+    }
+    Ok(())
+}
+
+/// Everything after the pending login was found: its state is spent once, the response is
+/// checked, and the code is redeemed for a session or a linked account.
+async fn complete_callback(
+    req: &HttpRequest,
+    state: &AppState,
+    provider: &Provider,
+    pending: login::PendingLogin,
+) -> Result<(), CallbackError> {
+    match pending.claim(&state.pool).await {
         Ok(true) => {}
-        Ok(false) => return fail("invalid_state"),
+        Ok(false) => return Err(CallbackError::InvalidState),
         Err(e) => {
             tracing::error!(error = %e, "recording the login state failed");
-            return fail("server_error");
+            return Err(CallbackError::ServerError);
         }
     }
-
-    // RFC 9207 (mix-up defence): when the provider names itself it must be the provider this
-    // login went to, and a provider that promises to name itself must have done so before a
-    // code is redeemed. An error response without `iss` (django-oauth-toolkit sends none on
-    // `access_denied`) carries no code to misdirect: its error is reported as it is.
-    // Plain OAuth providers have no metadata and no issuer.
-    if let Some(metadata) = provider.metadata() {
-        let iss = query_param(&req, "iss");
-        let refused = match &iss {
-            Some(iss) => iss != metadata.issuer().as_str(),
-            None => {
-                Provider::sends_iss_in_authorization_response(&metadata)
-                    && query_param(&req, "error").is_none()
-            }
-        };
-        if refused {
-            tracing::warn!(
-                provider = %provider.id(),
-                iss_present = iss.is_some(),
-                "authorization response refused: its issuer is missing or not this provider's"
-            );
-            return fail("issuer_mismatch");
-        }
+    check_issuer(req, provider)?;
+    if let Some(error) = query_param(req, "error") {
+        return Err(CallbackError::Provider(provider_error_code(&error)));
     }
-    if let Some(error) = query_param(&req, "error") {
-        return fail(&provider_error_code(&error));
-    }
-    let Some(code) = query_param(&req, "code") else {
-        return fail("invalid_request");
-    };
-    let return_to = pending.return_to.clone();
-
-    let (kind, outcome) = match purpose.clone() {
+    let code = query_param(req, "code").ok_or(CallbackError::InvalidRequest)?;
+    let (kind, outcome) = match pending.purpose.clone() {
         Purpose::Login => (
             "login",
-            finish_login(&req, &state, provider, pending, code).await,
+            finish_login(req, state, provider, pending, code).await,
         ),
         Purpose::Connect { service, user_id } => (
             "connect",
-            finish_connect(&req, &state, provider, pending, code, &service, user_id).await,
+            finish_connect(req, state, provider, pending, code, &service, user_id).await,
         ),
     };
-    metrics::counter!(
-        "courier_logins_total",
-        "kind" => kind,
-        "outcome" => match &outcome { Ok(()) => "ok", Err(code) => *code }
-    )
-    .increment(1);
-    match outcome {
-        Ok(()) => redirect(&return_to).cookie(removal).finish(),
-        Err(code) => fail(code),
-    }
+    let result = match &outcome {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.code().to_owned(),
+    };
+    metrics::counter!("courier_logins_total", "kind" => kind, "outcome" => result).increment(1);
+    outcome
 }
 
 async fn finish_login(
@@ -263,13 +287,13 @@ async fn finish_login(
     provider: &Provider,
     pending: login::PendingLogin,
     code: String,
-) -> Result<(), &'static str> {
+) -> Result<(), CallbackError> {
     let now = state.clock.now();
     let completed = login::complete(provider, &state.providers.http, pending, code, now)
         .await
         .map_err(|e| {
             tracing::warn!(provider = %provider.id(), error = %e, "login failed");
-            e.code()
+            CallbackError::Login(e.code())
         })?;
     let session_id = session::start(
         req,
@@ -283,7 +307,7 @@ async fn finish_login(
     .await
     .map_err(|e| {
         tracing::error!(error = format!("{e:#}"), "starting the session failed");
-        "server_error"
+        CallbackError::ServerError
     })?;
     tracing::info!(provider = %provider.id(), %session_id, "login completed");
     Ok(())
@@ -297,11 +321,11 @@ async fn finish_connect(
     code: String,
     service: &str,
     user_id: uuid::Uuid,
-) -> Result<(), &'static str> {
+) -> Result<(), CallbackError> {
     // The account goes to the user who started the connection, and only in their session.
     let current = CurrentSession::extract(req).await.ok();
     if current.is_none_or(|c| c.user_id != user_id) {
-        return Err("login_required");
+        return Err(CallbackError::LoginRequired);
     }
     let scopes = state
         .services
@@ -319,15 +343,15 @@ async fn finish_connect(
     .await
     .map_err(|e| {
         tracing::warn!(provider = %provider.id(), error = %e, "connecting an account failed");
-        e.code()
+        CallbackError::Login(e.code())
     })?;
     connections::link(&state.pool, &state.keys, user_id, provider.id(), &completed)
         .await
         .map_err(|e| match e {
-            ConnectError::LinkedElsewhere => "account_linked_elsewhere",
+            ConnectError::LinkedElsewhere => CallbackError::AccountLinkedElsewhere,
             ConnectError::Database(e) => {
                 tracing::error!(error = %e, "storing the linked account failed");
-                "server_error"
+                CallbackError::ServerError
             }
         })?;
     state

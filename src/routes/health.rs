@@ -5,6 +5,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::db;
 use crate::startup::AppState;
 
 /// `GET /healthz`: 200 while the process serves.
@@ -15,7 +16,7 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /readyz`: 200 when Postgres answers and every provider's metadata is loaded.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut missing = Vec::new();
-    let ping = sqlx::query("SELECT 1").execute(&state.pool);
+    let ping = db::health::ping(&state.pool);
     if !matches!(
         tokio::time::timeout(Duration::from_secs(2), ping).await,
         Ok(Ok(_))

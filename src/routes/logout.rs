@@ -3,16 +3,13 @@
 
 use actix_session::SessionExt;
 use actix_web::{HttpRequest, HttpResponse, web};
-use secrecy::ExposeSecret;
 use serde_json::json;
 use url::form_urlencoded;
 
-use crate::cache;
-use crate::db;
 use crate::error::ApiError;
 use crate::oidc::logout_token::{self, LogoutTokenError};
-use crate::oidc::revocation;
 use crate::session::CurrentSession;
+use crate::session::end::{self, ProviderLogout};
 use crate::startup::AppState;
 
 /// `post_logout_redirect` as an absolute URL on courier's origin (providers want one).
@@ -33,51 +30,25 @@ pub async fn logout(
     current: Option<CurrentSession>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let local = state.config.server.post_logout_redirect.clone();
+    let local = &state.config.server.post_logout_redirect;
     let Some(current) = current else {
         return Ok(HttpResponse::Ok().json(json!({ "logout_url": local })));
     };
-    let stored = db::session_tokens::get(&state.pool, &state.keys, current.id)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the session's tokens could not be read at logout");
-            None
-        });
-    let mut tx = state.pool.begin().await?;
-    db::sessions::delete(&mut tx, current.id).await?;
-    let announced = cache::announce(&mut tx, &cache::session_key(current.id)).await?;
-    tx.commit().await?;
-    // Every instance has dropped the session before the SPA is told.
-    state.cache.confirm(&state.pool, &[announced]).await;
+    let redirects = end::LogoutRedirects {
+        local,
+        absolute: &post_logout_uri(&state),
+    };
+    let logout_url = end::rp_logout(
+        &state.pool,
+        &state.keys,
+        &state.cache,
+        &state.providers,
+        current.id,
+        redirects,
+    )
+    .await?;
     // The row is gone; this clears the cookie.
     req.get_session().purge();
-
-    let Some(stored) = stored else {
-        return Ok(HttpResponse::Ok().json(json!({ "logout_url": local })));
-    };
-    let provider = state.providers.get(&stored.provider);
-    if let (Some(provider), Some(refresh)) = (provider, &stored.tokens.refresh_token)
-        && let Err(e) = revocation::revoke(provider, &state.providers.http, refresh, true).await
-    {
-        tracing::warn!(provider = %provider.id(), error = %e, "revoking the refresh token at logout failed");
-    }
-    let logout_url = match provider.and_then(|p| p.end_session_endpoint()) {
-        Some(mut endpoint) => {
-            {
-                let mut query = endpoint.query_pairs_mut();
-                if let Some(id_token) = &stored.tokens.id_token {
-                    query.append_pair("id_token_hint", id_token.expose_secret());
-                }
-                query.append_pair("post_logout_redirect_uri", &post_logout_uri(&state));
-                if let Some(provider) = provider {
-                    query.append_pair("client_id", &provider.config.client_id);
-                }
-            }
-            endpoint.to_string()
-        }
-        None => local,
-    };
-    tracing::info!(provider = %stored.provider, "logged out");
     metrics::counter!("courier_logouts_total", "kind" => "rp_initiated").increment(1);
     Ok(HttpResponse::Ok().json(json!({ "logout_url": logout_url })))
 }
@@ -123,48 +94,30 @@ pub async fn backchannel(
             return unavailable();
         }
     };
-    // The jti is recorded and the sessions end in one transaction: if either fails, the
-    // provider's retry with the same token is not taken for a replay.
-    let outcome = async {
-        let mut tx = state.pool.begin().await?;
-        let fresh = db::logout_tokens::mark_used(
-            &mut tx,
-            provider.id(),
-            &target.jti,
-            target.remember_until,
-        )
-        .await?;
-        if !fresh {
-            return Ok(None);
-        }
-        let ended = db::sessions::delete_for_provider_logout(
-            &mut tx,
-            provider.id(),
-            target.sid.as_deref(),
-            target.sub.as_deref(),
-        )
-        .await?;
-        let mut announced = Vec::with_capacity(ended.len());
-        for id in &ended {
-            announced.push(cache::announce(&mut tx, &cache::session_key(*id)).await?);
-        }
-        tx.commit().await?;
-        state.cache.confirm(&state.pool, &announced).await;
-        Ok::<_, sqlx::Error>(Some(ended.len() as u64))
-    }
-    .await;
-    match outcome {
-        Ok(Some(ended)) => {
+    match end::end_for_provider_logout(&state.pool, &state.cache, provider.id(), &target).await {
+        Ok(ProviderLogout::Ended(ended)) => {
             tracing::info!(provider = %provider.id(), ended, "back-channel logout");
             metrics::counter!("courier_logouts_total", "kind" => "back_channel").increment(ended);
             HttpResponse::Ok().finish()
         }
-        Ok(None) => backchannel_error("the logout token was used already"),
+        Ok(ProviderLogout::Replayed) => backchannel_error("the logout token was used already"),
         Err(e) => {
-            tracing::error!(error = %e, "back-channel logout failed");
+            tracing::error!(error = %error_chain(&e), "back-channel logout failed");
             unavailable()
         }
     }
+}
+
+/// The error and its sources, outermost first.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 fn unavailable() -> HttpResponse {

@@ -1,14 +1,10 @@
 //! `GET /api/me`: who the session user is.
 
-use std::sync::Arc;
-
 use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 
-use crate::cache::VIEW_MAX_AGE;
-use crate::db;
 use crate::error::ApiError;
-use crate::session::CurrentSession;
+use crate::session::{self, CurrentSession};
 use crate::startup::AppState;
 
 /// ID-token claims about the login exchange itself, not the user: they mean nothing to the SPA,
@@ -20,24 +16,9 @@ pub async fn me(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = state.clock.now();
-    let cached = state.cache.view(current.id).filter(|(read_at, _)| {
-        (now - *read_at)
-            .to_std()
-            .is_ok_and(|age| age < VIEW_MAX_AGE)
-    });
-    let view = match cached {
-        Some((_, view)) => view,
-        None => {
-            let epoch = state.cache.epoch();
-            let view = db::sessions::view(&state.pool, current.id, now)
-                .await?
-                .ok_or(ApiError::LoginRequired)?;
-            let view = Arc::new(view);
-            state.cache.put_view(epoch, current.id, (now, view.clone()));
-            view
-        }
-    };
+    let view = session::view::view(&state.pool, &state.cache, current.id, state.clock.now())
+        .await?
+        .ok_or(ApiError::LoginRequired)?;
     let claim = |name: &str| view.claims.get(name).cloned().unwrap_or(Value::Null);
     let claims = match &view.claims {
         Value::Object(all) => Value::Object(

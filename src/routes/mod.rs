@@ -1,6 +1,8 @@
-//! HTTP handlers, thin: parse, call one domain function, map the result.
+//! HTTP handlers: each parses the request, calls one domain function and maps its typed error
+//! (`error`) or result to a response.
 
 pub mod auth;
+mod error;
 pub mod health;
 pub mod logout;
 pub mod me;

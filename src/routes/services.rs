@@ -6,20 +6,16 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::body_deadline::BodyDeadline;
-use crate::config::TokenMode;
+use secrecy::SecretString;
+use url::Url;
+
 use crate::connections::{self, DisconnectError};
-use crate::db;
-use crate::db::linked_accounts::Status;
 use crate::error::ApiError;
 use crate::proxy::{self, Incoming, OutgoingBody};
-use crate::services::Service;
+use crate::services::{Service, ServiceStatus, TokenSource};
 use crate::session::CurrentSession;
 use crate::startup::AppState;
-use crate::tokens::TokenError;
-
-fn provider_of(service: &Service) -> &str {
-    service.config.provider.as_deref().unwrap_or_default()
-}
+use crate::tokens::{AccessToken, TokenError};
 
 fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
@@ -30,33 +26,20 @@ pub async fn list(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let linked = db::linked_accounts::statuses(&state.pool, current.user_id).await?;
-    let services: Vec<_> = state
-        .services
-        .all()
-        .iter()
-        .map(|s| {
-            // A linked account is connected once per user (`/auth/connect/{service}`); the
-            // login provider's token and courier's own come with the session.
-            let status = if !s.linked {
-                "connected"
-            } else {
-                let provider = s.config.provider.as_deref().unwrap_or_default();
-                match linked.iter().find(|(p, _)| p == provider) {
-                    Some((_, Status::Connected)) => "connected",
-                    Some((_, Status::ReauthRequired)) => "reauth_required",
-                    None => "not_connected",
-                }
-            };
+    let statuses =
+        connections::service_statuses(&state.pool, current.user_id, &state.services).await?;
+    let services: Vec<_> = statuses
+        .into_iter()
+        .map(|(s, status)| {
             let mut entry = json!({
                 "name": s.name(),
                 "provider": s.config.provider,
                 "linked": s.linked,
-                "connected": status == "connected",
+                "connected": status == ServiceStatus::Connected,
                 "status": status,
                 "scopes": s.config.scopes,
             });
-            if status != "connected" {
+            if status != ServiceStatus::Connected {
                 entry["connect_url"] = json!(connect_url(s));
             }
             entry
@@ -76,16 +59,15 @@ pub async fn disconnect(
         .services
         .get(&path)
         .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
-    if !service.linked {
-        return Err(ApiError::BadRequest(format!(
-            "service `{}` uses no linked account",
-            service.name()
-        )));
-    }
-    let provider = state
-        .providers
-        .get(service.config.provider.as_deref().unwrap_or_default())
-        .expect("a linked service names a configured provider");
+    let provider = service
+        .linked_provider()
+        .and_then(|id| state.providers.get(id))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "service `{}` uses no linked account",
+                service.name()
+            ))
+        })?;
     connections::disconnect(
         &state.pool,
         &state.keys,
@@ -123,22 +105,50 @@ fn linked_error(service: &Service, e: TokenError) -> ApiError {
     }
 }
 
-/// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
-pub async fn call(
-    req: HttpRequest,
-    payload: web::Payload,
+/// The token a call to `service` carries, for the first try and (with the token the service
+/// rejected) for the one retry after a 401. The token mode is decided here only.
+async fn token_for(
+    state: &AppState,
+    service: &Service,
     current: CurrentSession,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+    rejected: Option<&SecretString>,
+) -> Result<Option<AccessToken>, ApiError> {
+    let token = match &service.token {
+        TokenSource::None => return Ok(None),
+        TokenSource::Client { provider } => {
+            state
+                .tokens
+                .client_access_token(provider, &service.config.scopes)
+                .await?
+        }
+        TokenSource::Linked { provider } => state
+            .tokens
+            .linked_access_token(current.user_id, provider, rejected)
+            .await
+            .map_err(|e| linked_error(service, e))?,
+        TokenSource::Session => match rejected {
+            None => state.tokens.session_access_token(current.id).await?,
+            Some(rejected) => {
+                state
+                    .tokens
+                    .session_access_token_after_rejection(current.id, rejected)
+                    .await?
+            }
+        },
+    };
+    Ok(Some(token))
+}
+
+/// The service a call names and the URL it goes to, when the method and path are allowed.
+fn resolve<'a>(req: &HttpRequest, state: &'a AppState) -> Result<(&'a Service, Url), ApiError> {
     let name = req
         .match_info()
         .get("service")
-        .ok_or_else(|| ApiError::NotFound("no such endpoint".into()))?
-        .to_owned();
+        .ok_or_else(|| ApiError::NotFound("no such endpoint".into()))?;
     let service = state
         .services
-        .get(&name)
-        .ok_or_else(|| ApiError::ServiceNotFound(name.clone()))?;
+        .get(name)
+        .ok_or_else(|| ApiError::ServiceNotFound(name.to_owned()))?;
     // The raw path, still percent-encoded: decoding is the target check's business. The router
     // matched a decoded name (`or%64ers` is `orders` to it); a name not written as configured
     // is no service of ours, rather than a path cut short.
@@ -151,63 +161,62 @@ pub async fn call(
             "" => Some(""),
             rest => rest.strip_prefix('/'),
         })
-        .ok_or_else(|| ApiError::ServiceNotFound(name.clone()))?;
+        .ok_or_else(|| ApiError::ServiceNotFound(name.to_owned()))?;
     service.check_method(req.method().as_str())?;
     let target = service.target(raw, req.query_string())?;
+    Ok((service, target))
+}
 
-    let token = match service.config.token {
-        TokenMode::None => None,
-        TokenMode::Client => Some(
-            state
-                .tokens
-                .client_access_token(provider_of(service), &service.config.scopes)
-                .await?,
-        ),
-        TokenMode::User if service.linked => Some(
-            state
-                .tokens
-                .linked_access_token(current.user_id, provider_of(service), None)
-                .await
-                .map_err(|e| linked_error(service, e))?,
-        ),
-        TokenMode::User => Some(state.tokens.session_access_token(current.id).await?),
-    };
-
+/// The request body, buffered up to the service's `retry_buffer_bytes` (so that it can be sent
+/// again after a 401), streamed beyond.
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    service: &Service,
+    state: &AppState,
+) -> Result<OutgoingBody, ApiError> {
     let length = req
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = OutgoingBody::read(
+    OutgoingBody::read(
         payload,
         service.config.retry_buffer_bytes,
         state.config.server.max_body_bytes,
         length,
     )
-    .await?;
-    let retry_body = match &body {
-        OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
-        OutgoingBody::Streaming { .. } => None,
-    };
+    .await
+}
+
+/// The first try of a call, counted and timed in the service-call metrics.
+async fn send_measured(
+    state: &AppState,
+    req: &HttpRequest,
+    service: &Service,
+    target: &Url,
+    body: OutgoingBody,
+    token: Option<&AccessToken>,
+) -> Result<reqwest::Response, ApiError> {
     let incoming = Incoming {
-        req: &req,
+        req,
         public_url: &state.config.server.public_url,
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
-    let client = &state.services_http;
     let started = std::time::Instant::now();
+    let token = token.map(|t| &t.secret);
     let response = proxy::send(
-        client,
+        &state.services_http,
         &incoming,
-        &target,
+        target,
         body,
-        token.as_ref().map(|t| &t.secret),
+        token,
         timeout,
     )
     .await
     // A streamed body that stopped arriving failed the call: the client was slow (408).
     .map_err(|e| {
-        if BodyDeadline::client_is_late(&req) {
+        if BodyDeadline::client_is_late(req) {
             ApiError::RequestTimeout
         } else {
             e
@@ -221,42 +230,54 @@ pub async fn call(
     metrics::counter!("courier_service_calls_total", &labels).increment(1);
     metrics::histogram!("courier_service_call_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
-    let response = response?;
+    response
+}
+
+/// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
+pub async fn call(
+    req: HttpRequest,
+    payload: web::Payload,
+    current: CurrentSession,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (service, target) = resolve(&req, &state)?;
+    let token = token_for(&state, service, current, None).await?;
+    let body = read_body(&req, payload, service, &state).await?;
+    let retry_body = match &body {
+        OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
+        OutgoingBody::Streaming { .. } => None,
+    };
+    let response = send_measured(&state, &req, service, &target, body, token.as_ref()).await?;
 
     // A 401 may mean the token was revoked or rotated early: refresh once and try again, when
     // the body can be sent again — unless this token was itself got after a 401 (a service
-    // that keeps refusing must not cost a refresh per request).
+    // that keeps refusing must not cost a refresh per request). courier's own client token is
+    // not retried.
     if response.status() == reqwest::StatusCode::UNAUTHORIZED
-        && service.config.token == TokenMode::User
+        && matches!(
+            service.token,
+            TokenSource::Session | TokenSource::Linked { .. }
+        )
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
         && !rejected.after_rejection
+        && let Some(fresh) = token_for(&state, service, current, Some(&rejected.secret)).await?
     {
-        let fresh = if service.linked {
-            state
-                .tokens
-                .linked_access_token(
-                    current.user_id,
-                    provider_of(service),
-                    Some(&rejected.secret),
-                )
-                .await
-                .map_err(|e| linked_error(service, e))?
-        } else {
-            state
-                .tokens
-                .session_access_token_after_rejection(current.id, &rejected.secret)
-                .await?
+        let incoming = Incoming {
+            req: &req,
+            public_url: &state.config.server.public_url,
         };
+        let timeout = Duration::from_secs(service.config.timeout_secs);
+        let body = OutgoingBody::Buffered(bytes);
+        let token = Some(&fresh.secret);
         let again = proxy::send(
-            client,
+            &state.services_http,
             &incoming,
             &target,
-            OutgoingBody::Buffered(bytes),
-            Some(&fresh.secret),
+            body,
+            token,
             timeout,
-        )
-        .await?;
-        return proxy::respond(again);
+        );
+        return proxy::respond(again.await?);
     }
     proxy::respond(response)
 }

@@ -2,7 +2,9 @@
 //! starting a session after a login.
 
 pub mod csrf;
+pub mod end;
 pub mod store;
+pub mod view;
 
 use std::future::{Ready, ready};
 

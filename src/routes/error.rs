@@ -1,0 +1,37 @@
+//! How the domain's errors answer over HTTP. The domain modules know nothing of HTTP; the
+//! mapping lives here, beside the handlers that return them.
+
+use crate::db::session_tokens::LoadError;
+use crate::error::ApiError;
+use crate::tokens::TokenError;
+
+impl From<LoadError> for ApiError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Database(e) => e.into(),
+            LoadError::Stored(e) => e.into(),
+            e @ LoadError::Sealed(_) => ApiError::internal(e),
+        }
+    }
+}
+
+/// The domain's token errors as HTTP (the domain knows nothing of HTTP).
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::SessionEnded => ApiError::LoginRequired,
+            TokenError::ReauthRequired => ApiError::ReauthRequired,
+            // The route that knows the service answers these with its connect URL.
+            TokenError::NotConnected | TokenError::ConnectionNeedsReauth => ApiError::internal(
+                anyhow::anyhow!("a linked-account error reached the API unmapped"),
+            ),
+            TokenError::ProviderUnavailable { retry_after_secs } => ApiError::RetryLater {
+                detail: "the provider cannot issue a token now".into(),
+                retry_after_secs,
+            },
+            TokenError::Database(e) => e.into(),
+            TokenError::Storage(e) => e.into(),
+            TokenError::Sealed(e) => e.into(),
+        }
+    }
+}
