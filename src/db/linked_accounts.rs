@@ -255,3 +255,19 @@ pub async fn delete(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn an_unknown_link_status_is_an_error_not_connected() {
+        assert_eq!(Status::parse("connected").unwrap(), Status::Connected);
+        assert_eq!(
+            Status::parse("reauth_required").unwrap(),
+            Status::ReauthRequired
+        );
+        assert!(Status::parse("revoked").is_err());
+        assert!(Status::parse("").is_err());
+    }
+}

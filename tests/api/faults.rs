@@ -16,7 +16,7 @@ use crate::helpers::{AppSettings, Browser, TestApp, TestDb, spawn_demo_api};
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A Postgres server of the test's own, so that restarting it disturbs no other test.
-struct OwnPostgres {
+pub(crate) struct OwnPostgres {
     dir: PathBuf,
     port: u16,
 }
@@ -32,7 +32,7 @@ impl OwnPostgres {
         assert!(status.success(), "{args:?}");
     }
 
-    fn pg_ctl(&self, args: &[&str]) {
+    pub(crate) fn pg_ctl(&self, args: &[&str]) {
         let data = self.dir.join("data");
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
@@ -54,7 +54,7 @@ impl OwnPostgres {
         Self::as_postgres(&all.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
-    fn start() -> OwnPostgres {
+    pub(crate) fn start() -> OwnPostgres {
         let dir = tempfile::tempdir().unwrap().keep();
         std::process::Command::new("chown")
             .args(["postgres", dir.to_str().unwrap()])
@@ -77,7 +77,7 @@ impl OwnPostgres {
         pg
     }
 
-    fn admin_url(&self) -> String {
+    pub(crate) fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }

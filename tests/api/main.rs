@@ -27,6 +27,7 @@ mod pending_logins;
 mod refresh;
 mod request_bodies;
 mod reseal;
+mod review_gaps;
 mod services;
 mod session;
 mod shutdown;
