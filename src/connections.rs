@@ -3,6 +3,7 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::cache::{self, AppCache};
 use crate::crypto::KeyRing;
 use crate::db::linked_accounts::Status;
 use crate::db::{self, DbError};
@@ -25,6 +26,7 @@ pub enum ConnectError {
 pub async fn link(
     pool: &PgPool,
     keys: &KeyRing,
+    cache: &AppCache,
     user_id: Uuid,
     provider: &str,
     account: &CompletedLogin,
@@ -49,6 +51,9 @@ pub async fn link(
     )
     .await?;
     tx.commit().await?;
+    // This instance's cached token for the account is stale now (the row's trigger tells the
+    // other instances).
+    cache.invalidate(&cache::linked_key(user_id, provider));
     Ok(())
 }
 
@@ -94,6 +99,7 @@ pub enum DisconnectError {
 pub async fn disconnect(
     pool: &PgPool,
     keys: &KeyRing,
+    cache: &AppCache,
     http: &ProviderHttp,
     user_id: Uuid,
     provider: &Provider,
@@ -117,5 +123,6 @@ pub async fn disconnect(
     let mut tx = pool.begin().await?;
     db::linked_accounts::delete(&mut tx, user_id, provider.id()).await?;
     tx.commit().await?;
+    cache.invalidate(&cache::linked_key(user_id, provider.id()));
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::connections::{self, ConnectError};
 use crate::error::ApiError;
 use crate::oidc::Provider;
 use crate::oidc::login::{self, Purpose};
+use crate::services::Service;
 use crate::session::{self, CurrentSession};
 use crate::startup::AppState;
 
@@ -125,6 +126,18 @@ pub async fn connect(
         .linked_provider()
         .and_then(|id| state.providers.get(id))
         .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
+    let scopes = connect_scopes(provider, service);
+    let purpose = Purpose::Connect {
+        service: service.name().to_owned(),
+        user_id: current.user_id,
+    };
+    let (url, pending) = login::start(provider, &scopes, purpose, return_to, state.clock.now())
+        .ok_or_else(|| provider_not_ready(provider.id()))?;
+    Ok(to_provider(&req, &state, url, &pending))
+}
+
+/// The provider's scopes, then the service's that the provider's do not already include.
+fn connect_scopes(provider: &Provider, service: &Service) -> Vec<String> {
     let mut scopes = provider.config.scopes.clone();
     scopes.extend(
         service
@@ -134,13 +147,7 @@ pub async fn connect(
             .filter(|s| !provider.config.scopes.contains(s))
             .cloned(),
     );
-    let purpose = Purpose::Connect {
-        service: service.name().to_owned(),
-        user_id: current.user_id,
-    };
-    let (url, pending) = login::start(provider, &scopes, purpose, return_to, state.clock.now())
-        .ok_or_else(|| provider_not_ready(provider.id()))?;
-    Ok(to_provider(&req, &state, url, &pending))
+    scopes
 }
 
 fn urlencoding(s: &str) -> String {
@@ -345,7 +352,8 @@ async fn finish_connect(
         tracing::warn!(provider = %provider.id(), error = %e, "connecting an account failed");
         CallbackError::Login(e.code())
     })?;
-    connections::link(&state.pool, &state.keys, user_id, provider.id(), &completed)
+    let (pool, keys, cache) = (&state.pool, &state.keys, &state.cache);
+    connections::link(pool, keys, cache, user_id, provider.id(), &completed)
         .await
         .map_err(|e| match e {
             ConnectError::LinkedElsewhere => CallbackError::AccountLinkedElsewhere,
@@ -354,9 +362,6 @@ async fn finish_connect(
                 CallbackError::ServerError
             }
         })?;
-    state
-        .cache
-        .invalidate(&crate::cache::linked_key(user_id, provider.id()));
     tracing::info!(provider = %provider.id(), %service, "account connected");
     Ok(())
 }

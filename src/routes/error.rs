@@ -1,6 +1,7 @@
 //! How the domain's errors answer over HTTP. The domain modules know nothing of HTTP; the
 //! mapping lives here, beside the handlers that return them.
 
+use crate::connections::DisconnectError;
 use crate::db::session_tokens::LoadError;
 use crate::error::ApiError;
 use crate::tokens::TokenError;
@@ -32,6 +33,21 @@ impl From<TokenError> for ApiError {
             TokenError::Database(e) => e.into(),
             TokenError::Storage(e) => e.into(),
             TokenError::Sealed(e) => e.into(),
+        }
+    }
+}
+
+impl From<DisconnectError> for ApiError {
+    fn from(e: DisconnectError) -> Self {
+        match e {
+            DisconnectError::ProviderUnavailable(detail) => {
+                tracing::warn!(%detail, "revocation failed; nothing deleted");
+                ApiError::UpstreamUnavailable(
+                    "the provider cannot be reached to revoke the account".into(),
+                )
+            }
+            DisconnectError::Database(e) => e.into(),
+            DisconnectError::Load(e) => e.into(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Operations: liveness, readiness and the API description.
 
+use std::error::Error as _;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -17,11 +18,17 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut missing = Vec::new();
     let ping = db::health::ping(&state.pool);
-    if !matches!(
-        tokio::time::timeout(Duration::from_secs(2), ping).await,
-        Ok(Ok(_))
-    ) {
-        missing.push("database".to_owned());
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let cause = e.source().map(|c| c.to_string()).unwrap_or_default();
+            tracing::warn!(error = %e, %cause, "readiness: the database does not answer");
+            missing.push("database".to_owned());
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer within 2 s");
+            missing.push("database".to_owned());
+        }
     }
     missing.extend(
         state

@@ -76,23 +76,10 @@ pub async fn backchannel(
     let Some(token) = token else {
         return backchannel_error("the logout_token form field is missing");
     };
-    let target = match logout_token::verify(
-        provider,
-        &state.providers.http,
-        &token,
-        state.clock.now(),
-    )
-    .await
-    {
+    let now = state.clock.now();
+    let target = match logout_token::verify(provider, &state.providers.http, &token, now).await {
         Ok(target) => target,
-        Err(LogoutTokenError::Invalid(why)) => {
-            tracing::warn!(provider = %provider.id(), error = %why, "logout token refused");
-            return backchannel_error(&why);
-        }
-        Err(LogoutTokenError::Unavailable(why)) => {
-            tracing::warn!(provider = %provider.id(), error = %why, "logout token not checkable now");
-            return unavailable();
-        }
+        Err(e) => return refused(provider.id(), e),
     };
     match end::end_for_provider_logout(&state.pool, &state.cache, provider.id(), &target).await {
         Ok(ProviderLogout::Ended(ended)) => {
@@ -103,6 +90,21 @@ pub async fn backchannel(
         Ok(ProviderLogout::Replayed) => backchannel_error("the logout token was used already"),
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "back-channel logout failed");
+            unavailable()
+        }
+    }
+}
+
+/// A logout token that failed its checks (400), or could not be checked now (503: the
+/// provider retries).
+fn refused(provider: &str, e: LogoutTokenError) -> HttpResponse {
+    match e {
+        LogoutTokenError::Invalid(why) => {
+            tracing::warn!(%provider, error = %why, "logout token refused");
+            backchannel_error(&why)
+        }
+        LogoutTokenError::Unavailable(why) => {
+            tracing::warn!(%provider, error = %why, "logout token not checkable now");
             unavailable()
         }
     }

@@ -9,7 +9,7 @@ use crate::body_deadline::BodyDeadline;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::connections::{self, DisconnectError};
+use crate::connections;
 use crate::error::ApiError;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{Service, ServiceStatus, TokenSource};
@@ -71,24 +71,12 @@ pub async fn disconnect(
     connections::disconnect(
         &state.pool,
         &state.keys,
+        &state.cache,
         &state.providers.http,
         current.user_id,
         provider,
     )
-    .await
-    .map_err(|e| match e {
-        DisconnectError::ProviderUnavailable(detail) => {
-            tracing::warn!(%detail, "revocation failed; nothing deleted");
-            ApiError::UpstreamUnavailable(
-                "the provider cannot be reached to revoke the account".into(),
-            )
-        }
-        DisconnectError::Database(e) => e.into(),
-        DisconnectError::Load(e) => ApiError::internal(e),
-    })?;
-    state
-        .cache
-        .invalidate(&crate::cache::linked_key(current.user_id, provider.id()));
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -233,6 +221,33 @@ async fn send_measured(
     response
 }
 
+/// The one retry after a 401, with a fresh token and the buffered body (not counted in the
+/// service-call metrics: the first try was).
+async fn send_retry(
+    state: &AppState,
+    req: &HttpRequest,
+    service: &Service,
+    target: &Url,
+    body: web::Bytes,
+    fresh: &AccessToken,
+) -> Result<reqwest::Response, ApiError> {
+    let incoming = Incoming {
+        req,
+        public_url: &state.config.server.public_url,
+    };
+    let timeout = Duration::from_secs(service.config.timeout_secs);
+    let body = OutgoingBody::Buffered(body);
+    proxy::send(
+        &state.services_http,
+        &incoming,
+        target,
+        body,
+        Some(&fresh.secret),
+        timeout,
+    )
+    .await
+}
+
 /// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
 pub async fn call(
     req: HttpRequest,
@@ -262,22 +277,8 @@ pub async fn call(
         && !rejected.after_rejection
         && let Some(fresh) = token_for(&state, service, current, Some(&rejected.secret)).await?
     {
-        let incoming = Incoming {
-            req: &req,
-            public_url: &state.config.server.public_url,
-        };
-        let timeout = Duration::from_secs(service.config.timeout_secs);
-        let body = OutgoingBody::Buffered(bytes);
-        let token = Some(&fresh.secret);
-        let again = proxy::send(
-            &state.services_http,
-            &incoming,
-            &target,
-            body,
-            token,
-            timeout,
-        );
-        return proxy::respond(again.await?);
+        let again = send_retry(&state, &req, service, &target, bytes, &fresh).await?;
+        return proxy::respond(again);
     }
     proxy::respond(response)
 }

@@ -173,7 +173,8 @@ impl SessionStore for PgSessionStore {
         _session_key: &SessionKey,
         _ttl: &CookieDuration,
     ) -> Result<(), anyhow::Error> {
-        // `load` extends the idle expiry on every request already.
+        // `load` extends the idle expiry already, when it is due (at most once a minute, or a
+        // quarter of the idle timeout), not on every request.
         Ok(())
     }
 

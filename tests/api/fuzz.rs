@@ -136,7 +136,8 @@ fn garbage_session_cookies_are_refused_and_change_nothing() {
         96,
         prop_oneof![garbage(), mangled(valid.clone())],
         |value| {
-            prop_assume!(value.trim() != valid);
+            // `valid;…` is the valid cookie followed by another: not garbage.
+            prop_assume!(value.split(';').next().unwrap_or_default().trim() != valid);
             let (status, body) = w
                 .me(&format!("__Host-courier={value}"))
                 .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
@@ -237,7 +238,8 @@ fn garbage_pending_login_cookies_are_refused_and_change_nothing() {
         ],
         |(value, state)| {
             let state = state.unwrap_or_else(|| pending.state.clone());
-            prop_assume!(value.trim() != pending.value);
+            // `valid;…` is the valid cookie followed by another: not garbage.
+            prop_assume!(value.split(';').next().unwrap_or_default().trim() != pending.value);
             let (status, location) = callback(&w, &format!("{}={value}", pending.name), &state)
                 .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
             prop_assert_eq!(status, StatusCode::FOUND, "{:?}", value);
