@@ -30,10 +30,9 @@ WORKDIR /app
 # changed Cargo.lock fetches only what is new.
 
 # 1. Dependencies only, on dummy crates, so that this layer is reused until a Cargo.toml,
-#    Cargo.lock, build.rs or migrations/ change. Every target Cargo.toml names by path
+#    Cargo.lock or build.rs changes (a new migration does not rebuild the dependencies). Every target Cargo.toml names by path
 #    (tests/api/main.rs, …) gets a stub too, or cargo refuses the manifest.
 COPY Cargo.toml Cargo.lock build.rs ./
-COPY migrations ./migrations
 COPY dev/demo-api/Cargo.toml ./dev/demo-api/
 RUN --mount=type=cache,id=courier-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     for f in src/main.rs src/lib.rs dev/demo-api/src/main.rs dev/demo-api/src/lib.rs \
@@ -47,8 +46,10 @@ RUN --mount=type=cache,id=courier-cargo-registry,target=/usr/local/cargo/registr
            target/release/deps/demo_api-* target/release/deps/libdemo_api-* \
            target/release/.fingerprint/courier-* target/release/.fingerprint/demo-api-*
 
-# 2. The real sources (openapi.yaml is compiled in with include_str!).
+# 2. The real sources (openapi.yaml is compiled in with include_str!, migrations/ with
+#    sqlx::migrate!).
 COPY openapi.yaml ./
+COPY migrations ./migrations
 COPY src ./src
 COPY dev/demo-api/src ./dev/demo-api/src
 RUN --mount=type=cache,id=courier-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
