@@ -174,3 +174,32 @@ pub fn problem_response(status: StatusCode, body: serde_json::Value) -> HttpResp
         .insert_header((CACHE_CONTROL, "no-store"))
         .body(body.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ApiError, error_chain};
+    use crate::db::DbError;
+
+    #[test]
+    fn a_database_outage_keeps_its_cause_for_the_log() {
+        let e: ApiError = DbError::from(sqlx::Error::PoolTimedOut).into();
+        assert_eq!(e.code(), "upstream_unavailable");
+        let chain = error_chain(&e);
+        assert!(
+            chain.starts_with("the database is not reachable"),
+            "{chain}"
+        );
+        assert!(
+            chain.contains(&sqlx::Error::PoolTimedOut.to_string()),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn an_internal_error_logs_every_cause() {
+        let inner = anyhow::anyhow!("the root cause").context("the middle");
+        let chain = error_chain(&ApiError::internal(inner));
+        assert!(chain.contains("the middle"), "{chain}");
+        assert!(chain.contains("the root cause"), "{chain}");
+    }
+}
