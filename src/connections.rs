@@ -18,7 +18,7 @@ pub enum ConnectError {
     #[error("that account is linked to another user")]
     LinkedElsewhere,
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
 }
 
 /// Stores the account's tokens for the user and records the identity against them, in one
@@ -32,7 +32,7 @@ pub async fn link(
     account: &CompletedLogin,
 ) -> Result<(), ConnectError> {
     let claims = serde_json::Value::Object(account.claims.clone());
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await.map_err(DbError::from)?;
     if db::users::link_identity(&mut tx, provider, &account.subject, user_id, &claims)
         .await?
         .is_err()
@@ -50,7 +50,7 @@ pub async fn link(
         &account.tokens,
     )
     .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(DbError::from)?;
     // This instance's cached token for the account is stale now (the row's trigger tells the
     // other instances).
     cache.invalidate(&cache::linked_key(user_id, provider));
@@ -88,7 +88,7 @@ pub enum DisconnectError {
     #[error("the provider cannot be reached to revoke the tokens: {0}")]
     ProviderUnavailable(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error(transparent)]
     Load(#[from] db::session_tokens::LoadError),
 }
@@ -120,9 +120,9 @@ pub async fn disconnect(
     revocation::revoke(provider, http, token, is_refresh)
         .await
         .map_err(|e| DisconnectError::ProviderUnavailable(e.to_string()))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await.map_err(DbError::from)?;
     db::linked_accounts::delete(&mut tx, user_id, provider.id()).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(DbError::from)?;
     cache.invalidate(&cache::linked_key(user_id, provider.id()));
     Ok(())
 }

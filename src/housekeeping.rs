@@ -16,7 +16,7 @@ use crate::oidc::login::PENDING_LOGIN_TTL;
 
 const INTERVAL: Duration = Duration::from_secs(300);
 
-pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), sqlx::Error> {
+pub async fn purge_once(pool: &PgPool, clock: &SharedClock) -> Result<(), db::DbError> {
     let now = clock.now();
     let sessions = db::sessions::purge_expired(pool, now, now - PENDING_LOGIN_TTL).await?;
     let states = db::login_states::purge_expired(pool, now).await?;

@@ -578,7 +578,7 @@ impl TokenService {
                 }
             };
             match result {
-                Err(e) if db::is_unavailable(&e) && attempts < 5 => {
+                Err(e) if e.is_unavailable() && attempts < 5 => {
                     attempts += 1;
                     tokio::time::sleep(pause).await;
                     pause *= 2;
@@ -596,7 +596,6 @@ impl TokenService {
             Owner::Linked { user_id, provider } => {
                 db::linked_accounts::mark_reauth_required(&self.pool, user_id, provider, generation)
                     .await
-                    .map_err(DbError::from)
             }
         };
         self.cache.invalidate(key);

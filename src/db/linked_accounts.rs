@@ -65,7 +65,7 @@ pub async fn upsert(
     provider: &str,
     subject: &str,
     tokens: &TokenSet,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
     sqlx::query(
         "INSERT INTO linked_accounts
@@ -102,7 +102,7 @@ pub async fn store_refreshed(
     generation: i64,
     tokens: &TokenSet,
     after_rejection: bool,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
     let stored = sqlx::query(
         "UPDATE linked_accounts
@@ -133,7 +133,7 @@ pub async fn mark_reauth_required(
     user_id: Uuid,
     provider: &str,
     generation: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE linked_accounts SET status = 'reauth_required', updated_at = now()
          WHERE user_id = $1 AND provider = $2 AND generation = $3",
@@ -234,11 +234,7 @@ pub async fn statuses(pool: &PgPool, user_id: Uuid) -> Result<Vec<(String, Statu
 }
 
 /// Removes the account and the identity it recorded, so the external account is free again.
-pub async fn delete(
-    conn: &mut PgConnection,
-    user_id: Uuid,
-    provider: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, user_id: Uuid, provider: &str) -> Result<(), DbError> {
     sqlx::query(
         "DELETE FROM identities i USING linked_accounts l
          WHERE l.user_id = $1 AND l.provider = $2

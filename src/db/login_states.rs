@@ -1,5 +1,6 @@
 //! Used login states: a callback's `state` is accepted once.
 
+use crate::db::DbError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -8,7 +9,7 @@ pub async fn mark_used(
     pool: &PgPool,
     state_hash: &[u8],
     expires_at: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let inserted = sqlx::query(
         "INSERT INTO used_login_states (state_hash, expires_at) VALUES ($1, $2)
          ON CONFLICT (state_hash) DO NOTHING",
@@ -21,7 +22,7 @@ pub async fn mark_used(
     Ok(inserted == 1)
 }
 
-pub async fn purge_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, DbError> {
     Ok(
         sqlx::query("DELETE FROM used_login_states WHERE expires_at < $1")
             .bind(now)

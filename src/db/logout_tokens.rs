@@ -3,6 +3,7 @@
 //! could still pass the checks (for a token without `exp`: `iat` + 120 s + skew), so that the
 //! purge never makes a replay acceptable.
 
+use crate::db::DbError;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
@@ -13,7 +14,7 @@ pub async fn mark_used(
     provider: &str,
     jti: &str,
     expires_at: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let inserted = sqlx::query(
         "INSERT INTO used_logout_tokens (provider, jti, expires_at) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
@@ -27,7 +28,7 @@ pub async fn mark_used(
     Ok(inserted == 1)
 }
 
-pub async fn purge_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn purge_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, DbError> {
     Ok(
         sqlx::query("DELETE FROM used_logout_tokens WHERE expires_at < $1")
             .bind(now)

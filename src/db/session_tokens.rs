@@ -1,5 +1,6 @@
 //! The login provider's token set of each session, sealed column by column.
 
+use crate::db::DbError;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgConnection, PgPool};
@@ -38,7 +39,7 @@ pub async fn insert(
     keys: &KeyRing,
     session_id: Uuid,
     tokens: &TokenSet,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     let sealed = seal_all(keys, session_id, tokens);
     sqlx::query(
         "INSERT INTO session_tokens
@@ -68,7 +69,7 @@ pub async fn store_refreshed(
     generation: i64,
     tokens: &TokenSet,
     after_rejection: bool,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let sealed = seal_all(keys, session_id, tokens);
     let stored = sqlx::query(
         "UPDATE session_tokens

@@ -1,5 +1,6 @@
 //! Server-side sessions, found by the SHA-256 of the cookie's key.
 
+use crate::db::DbError;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -16,10 +17,7 @@ pub struct NewSession<'a> {
 }
 
 /// Inserts a session that no cookie can reach yet; `bind_key` makes it live.
-pub async fn insert_unbound(
-    conn: &mut PgConnection,
-    s: &NewSession<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn insert_unbound(conn: &mut PgConnection, s: &NewSession<'_>) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO sessions (id, user_id, provider, subject, provider_sid, created_at,
                                last_seen_at, idle_expires_at, absolute_expires_at)
@@ -44,7 +42,7 @@ pub async fn bind_key(
     id: Uuid,
     key_hash: &[u8],
     state: &serde_json::Value,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let bound = sqlx::query(
         "UPDATE sessions SET key_hash = $2, state = $3 WHERE id = $1 AND key_hash IS NULL",
     )
@@ -82,7 +80,7 @@ pub async fn touch(
     key_hash: &[u8],
     now: DateTime<Utc>,
     idle_timeout: Duration,
-) -> Result<Option<Touched>, sqlx::Error> {
+) -> Result<Option<Touched>, DbError> {
     sqlx::query_as(
         "WITH live AS (
              SELECT id, state, last_seen_at, idle_expires_at, absolute_expires_at,
@@ -107,13 +105,14 @@ pub async fn touch(
     .bind(now - touch_interval(idle_timeout))
     .fetch_optional(pool)
     .await
+    .map_err(DbError::from)
 }
 
 pub async fn update_state(
     pool: &PgPool,
     key_hash: &[u8],
     state: &serde_json::Value,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, DbError> {
     let updated = sqlx::query("UPDATE sessions SET state = $2 WHERE key_hash = $1")
         .bind(key_hash)
         .bind(state)
@@ -124,7 +123,7 @@ pub async fn update_state(
 }
 
 /// Ends a session; its tokens go with it.
-pub async fn delete_by_key(pool: &PgPool, key_hash: &[u8]) -> Result<(), sqlx::Error> {
+pub async fn delete_by_key(pool: &PgPool, key_hash: &[u8]) -> Result<(), DbError> {
     sqlx::query("DELETE FROM sessions WHERE key_hash = $1")
         .bind(key_hash)
         .execute(pool)
@@ -148,7 +147,7 @@ pub async fn view(
     pool: &PgPool,
     id: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<SessionView>, sqlx::Error> {
+) -> Result<Option<SessionView>, DbError> {
     sqlx::query_as(
         "SELECT s.id, s.user_id, s.provider, s.subject, i.claims, s.created_at,
                 LEAST(s.idle_expires_at, s.absolute_expires_at) AS expires_at
@@ -161,6 +160,7 @@ pub async fn view(
     .bind(now)
     .fetch_optional(pool)
     .await
+    .map_err(DbError::from)
 }
 
 /// Deletes sessions past their expiry, and unbound ones older than `unbound_before` (a login
@@ -169,7 +169,7 @@ pub async fn purge_expired(
     pool: &PgPool,
     now: DateTime<Utc>,
     unbound_before: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, DbError> {
     Ok(sqlx::query(
         "DELETE FROM sessions
          WHERE idle_expires_at <= $1 OR absolute_expires_at <= $1
@@ -183,7 +183,7 @@ pub async fn purge_expired(
 }
 
 /// Ends a session by id (its tokens go with it).
-pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), DbError> {
     sqlx::query("DELETE FROM sessions WHERE id = $1")
         .bind(id)
         .execute(conn)
@@ -198,7 +198,7 @@ pub async fn delete_for_provider_logout(
     provider: &str,
     sid: Option<&str>,
     sub: Option<&str>,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Vec<Uuid>, DbError> {
     debug_assert!(sid.is_some() || sub.is_some());
     sqlx::query_scalar(
         "DELETE FROM sessions
@@ -212,6 +212,7 @@ pub async fn delete_for_provider_logout(
     .bind(sub)
     .fetch_all(conn)
     .await
+    .map_err(DbError::from)
 }
 
 /// How many sessions are live at `now` (for the `courier_active_sessions` gauge).

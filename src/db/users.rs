@@ -1,5 +1,6 @@
 //! Users and their identities at providers.
 
+use crate::db::DbError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -10,7 +11,7 @@ pub async fn upsert_identity(
     provider: &str,
     subject: &str,
     claims: &serde_json::Value,
-) -> Result<Uuid, sqlx::Error> {
+) -> Result<Uuid, DbError> {
     let existing: Option<Uuid> = sqlx::query_scalar(
         "UPDATE identities SET claims = $3, updated_at = now()
          WHERE provider = $1 AND subject = $2 RETURNING user_id",
@@ -62,7 +63,7 @@ pub async fn identity(
     pool: &PgPool,
     provider: &str,
     subject: &str,
-) -> Result<Option<IdentityRow>, sqlx::Error> {
+) -> Result<Option<IdentityRow>, DbError> {
     sqlx::query_as(
         "SELECT user_id, provider, subject, claims FROM identities
          WHERE provider = $1 AND subject = $2",
@@ -71,6 +72,7 @@ pub async fn identity(
     .bind(subject)
     .fetch_optional(pool)
     .await
+    .map_err(DbError::from)
 }
 
 /// Records that (provider, subject) belongs to `user_id`. Returns the user it belongs to
@@ -81,7 +83,7 @@ pub async fn link_identity(
     subject: &str,
     user_id: Uuid,
     claims: &serde_json::Value,
-) -> Result<Result<(), Uuid>, sqlx::Error> {
+) -> Result<Result<(), Uuid>, DbError> {
     let owner: Uuid = sqlx::query_scalar(
         "INSERT INTO identities (provider, subject, user_id, claims) VALUES ($1, $2, $3, $4)
          ON CONFLICT (provider, subject)
@@ -106,7 +108,7 @@ pub async fn unlink_other_identities(
     provider: &str,
     user_id: Uuid,
     subject: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     sqlx::query("DELETE FROM identities WHERE provider = $1 AND user_id = $2 AND subject <> $3")
         .bind(provider)
         .bind(user_id)

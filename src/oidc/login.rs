@@ -69,7 +69,7 @@ impl PendingLogin {
     pub async fn claim(&self, pool: &sqlx::PgPool) -> Result<bool, crate::db::DbError> {
         let hash = sha256(self.state.as_bytes());
         let until = self.started_at + PENDING_LOGIN_TTL;
-        Ok(crate::db::login_states::mark_used(pool, &hash, until).await?)
+        crate::db::login_states::mark_used(pool, &hash, until).await
     }
 }
 
