@@ -636,7 +636,7 @@ impl Config {
                     if !p.starts_with('/') {
                         return Err((key, "must start with /".into()));
                     }
-                    if let Err(e) = crate::services::path_glob(p) {
+                    if let Err(e) = path_glob(p) {
                         return Err((key, format!("is not a valid glob: {e}")));
                     }
                 }
@@ -785,6 +785,15 @@ fn expand_string(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A glob over paths: `*` stays within a segment, `**` crosses segments. Validated here,
+/// compiled by `services` for a service's `allowed_paths`.
+pub fn path_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
 
+pub mod app_cache;
 pub mod body_deadline;
 pub mod cache;
 pub mod check;
@@ -8,6 +9,7 @@ pub mod config;
 pub mod connections;
 pub mod crypto;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod fault;
 pub mod housekeeping;
@@ -16,10 +18,12 @@ pub mod metrics;
 pub mod middleware;
 pub mod oidc;
 pub mod proxy;
+pub mod request_context;
 pub mod reseal;
 pub mod routes;
 pub mod services;
 pub mod session;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;

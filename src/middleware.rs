@@ -10,15 +10,12 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION,
-};
+use actix_web::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
 use crate::error::{problem, problem_response};
-use crate::proxy::Proxied;
-use crate::telemetry::TraceContext;
+use crate::request_context::{Proxied, RequestId, TraceContext, X_REQUEST_ID};
 
 pub async fn response_policy(
     req: ServiceRequest,
@@ -176,30 +173,4 @@ pub async fn request_log(
         )
     });
     res
-}
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request's id: the caller's `X-Request-Id` when it is short and plain, else a new one.
-/// Logged with every line of the request, sent back, and passed on to services.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    fn for_request(req: &ServiceRequest) -> RequestId {
-        let given = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            });
-        RequestId(match given {
-            Some(id) => id.to_owned(),
-            None => uuid::Uuid::new_v4().simple().to_string(),
-        })
-    }
 }

@@ -19,12 +19,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::error::ApiError;
-use crate::telemetry::TraceContext;
-
-/// Marks a response as the service's own, so its error statuses are passed through rather than
-/// turned into courier problem documents.
-#[derive(Clone, Copy)]
-pub struct Proxied;
+use crate::request_context::{Proxied, TraceContext};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus ones courier
 /// sets itself or must never pass on.
@@ -213,7 +208,7 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
     if let Some(id) = incoming
         .req
         .extensions()
-        .get::<crate::middleware::RequestId>()
+        .get::<crate::request_context::RequestId>()
     {
         set("x-request-id", id.0.clone());
     }

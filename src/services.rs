@@ -3,20 +3,12 @@
 
 use std::collections::HashMap;
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use percent_encoding::percent_decode_str;
 use url::Url;
 
-use crate::config::{Config, ServiceConfig, TokenMode};
+use crate::config::{Config, ServiceConfig, TokenMode, path_glob};
 use crate::error::ApiError;
-
-/// A glob over paths: `*` stays within a segment, `**` crosses segments.
-pub fn path_glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-}
 
 pub struct Service {
     pub config: ServiceConfig,

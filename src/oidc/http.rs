@@ -73,7 +73,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let mut request = reqwest::Request::try_from(request)?;
-            if let Some(trace) = crate::telemetry::TraceContext::current()
+            if let Some(trace) = crate::request_context::TraceContext::current()
                 && let Ok(value) = reqwest::header::HeaderValue::from_str(&trace.traceparent())
             {
                 request.headers_mut().insert("traceparent", value);

@@ -20,11 +20,11 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
+use crate::domain::tokens::TokenSet;
 use crate::oidc::grants;
 use crate::oidc::http::{ProviderHttp, read_limited};
 use crate::oidc::id_token::{self, IdTokenError};
 use crate::oidc::registry::Provider;
-use crate::tokens::TokenSet;
 use uuid::Uuid;
 
 /// How long a started login may take to come back.

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::oidc::Provider;
 use crate::oidc::login::{self, PENDING_LOGIN_TTL, Purpose};
 use crate::session::{self, CurrentSession};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The first value of each query parameter.
 fn query_param(req: &HttpRequest, name: &str) -> Option<String> {

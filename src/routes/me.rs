@@ -9,7 +9,7 @@ use crate::cache::VIEW_MAX_AGE;
 use crate::db;
 use crate::error::ApiError;
 use crate::session::CurrentSession;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// ID-token claims about the login exchange itself, not the user: they mean nothing to the SPA,
 /// and the nonce belongs to the login that is over. (`auth_time`, `acr`, `amr` describe the

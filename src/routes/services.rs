@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::Service;
 use crate::session::CurrentSession;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::tokens::TokenError;
 
 fn provider_of(service: &Service) -> &str {
