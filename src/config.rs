@@ -648,6 +648,10 @@ impl Config {
         Ok(())
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "`Config::load` refuses a configuration without exactly one default login provider"
+    )]
     pub fn login_provider(&self) -> &ProviderConfig {
         self.providers
             .iter()

@@ -155,3 +155,13 @@ pub fn problem_response(status: StatusCode, body: serde_json::Value) -> HttpResp
         .insert_header((CACHE_CONTROL, "no-store"))
         .body(body.to_string())
 }
+
+/// A proxied call that the service's rules refuse.
+impl From<crate::services::Refused> for ApiError {
+    fn from(e: crate::services::Refused) -> Self {
+        match e {
+            crate::services::Refused::BadRequest(detail) => ApiError::BadRequest(detail),
+            crate::services::Refused::NotAllowed(detail) => ApiError::NotAllowed(detail),
+        }
+    }
+}

@@ -1,5 +1,9 @@
 //! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
 
+// No `unwrap`/`expect` outside tests: a request path answers with an error instead; the few
+// start-up-only uses say why with an `#[allow]`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app_cache;
 pub mod body_deadline;
 pub mod cache;

@@ -33,6 +33,10 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// The recorder, installed once per process (tests run several instances in one).
+#[allow(
+    clippy::expect_used,
+    reason = "start-up installs the recorder (`startup` calls this first); fixed buckets"
+)]
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {

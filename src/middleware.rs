@@ -1,12 +1,13 @@
 //! Cross-cutting response rules: `Cache-Control: no-store` on `/auth` and `/api`, problem+json
 //! for every error on `/api` (including ones raised outside our handlers), no 500 page on the
-//! login callback, and one log line per request that never includes the query string.
+//! login callback, one log line per request that never includes the query string, and the
+//! CSRF guard on `/api/*`.
 
 use std::time::Instant;
 
 use actix_web::HttpMessage;
 use actix_web::HttpResponse;
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
@@ -14,7 +15,7 @@ use actix_web::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, L
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
-use crate::error::{problem, problem_response};
+use crate::error::{ApiError, problem, problem_response};
 use crate::request_context::{Proxied, RequestId, TraceContext, X_REQUEST_ID};
 
 pub async fn response_policy(
@@ -173,4 +174,23 @@ pub async fn request_log(
         )
     });
     res
+}
+
+/// The CSRF guard on `/api/*`: every request carries `X-CSRF: 1`. A cross-site form cannot set
+/// a custom header, and a cross-site fetch that does needs a CORS preflight courier never grants.
+pub async fn require_csrf_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let has_header = req
+        .headers()
+        .get("x-csrf")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    if has_header {
+        Ok(next.call(req).await?.map_into_left_body())
+    } else {
+        Ok(req
+            .error_response(ApiError::CsrfRequired)
+            .map_into_right_body())
+    }
 }

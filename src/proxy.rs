@@ -70,6 +70,10 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 
 /// Builds the client for services: no redirects, bounded connection set-up. Each call sets its
 /// service's own timeout.
+#[allow(
+    clippy::expect_used,
+    reason = "start-up only; fails only without a TLS backend"
+)]
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -53,6 +53,10 @@ pub fn describe(e: &reqwest::Error) -> String {
 
 /// Builds the shared client: no redirects (SSRF, and token endpoints never redirect),
 /// bounded connect and total time.
+#[allow(
+    clippy::expect_used,
+    reason = "start-up only; fails only without a TLS backend"
+)]
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

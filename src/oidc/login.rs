@@ -148,6 +148,10 @@ fn base_cookie(name: String, value: String) -> Cookie<'static> {
 }
 
 /// The sealed cookie that binds a pending login to this browser.
+#[allow(
+    clippy::expect_used,
+    reason = "a struct of strings, numbers and string maps always serializes to JSON"
+)]
 pub fn pending_cookie(keys: &KeyRing, base: &str, pending: &PendingLogin) -> Cookie<'static> {
     let name = cookie_name(base, &pending.state);
     let json = serde_json::to_vec(pending).expect("a pending login serializes");

@@ -124,10 +124,9 @@ pub async fn connect(
         return Ok(redirect(&format!("/auth/login?return_to={}", urlencoding(&here))).finish());
     };
     let provider_id = service.config.provider.as_deref().unwrap_or_default();
-    let provider = state
-        .providers
-        .get(provider_id)
-        .expect("a linked service names a configured provider");
+    let provider = state.providers.get(provider_id).ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("a service names no configured provider"))
+    })?;
     let mut scopes = provider.config.scopes.clone();
     scopes.extend(
         service
@@ -184,10 +183,10 @@ pub async fn callback(
             .cookie(removal.clone())
             .finish()
     };
-    let provider = state
-        .providers
-        .get(&pending.provider)
-        .expect("a pending login names a configured provider");
+    // A deploy may have removed the provider since the login started.
+    let Some(provider) = state.providers.get(&pending.provider) else {
+        return fail("invalid_state");
+    };
 
     match db::login_states::mark_used(
         &state.pool,

@@ -85,7 +85,9 @@ pub async fn disconnect(
     let provider = state
         .providers
         .get(service.config.provider.as_deref().unwrap_or_default())
-        .expect("a linked service names a configured provider");
+        .ok_or_else(|| {
+            ApiError::internal(anyhow::anyhow!("a service names no configured provider"))
+        })?;
     connections::disconnect(
         &state.pool,
         &state.keys,
