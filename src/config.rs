@@ -103,6 +103,9 @@ pub struct ServerConfig {
     /// starting to read it, else 408 (a proxied call's body gets its service's `timeout_secs`).
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
+    /// The SPEC's cap on live connections (WebSocket, streams) per instance; see
+    /// `not_yet_supported`.
+    pub max_live_connections: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,8 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_absolute_timeout")]
     pub absolute_timeout_secs: u64,
+    /// The SPEC's cap on live connections per session; see `not_yet_supported`.
+    pub max_live_connections: Option<u64>,
 }
 
 impl Default for SessionConfig {
@@ -130,6 +135,7 @@ impl Default for SessionConfig {
             cookie_name: default_cookie_name(),
             idle_timeout_secs: default_idle_timeout(),
             absolute_timeout_secs: default_absolute_timeout(),
+            max_live_connections: None,
         }
     }
 }
@@ -138,6 +144,8 @@ impl Default for SessionConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     pub encryption_keys: Vec<SecretString>,
+    /// The SPEC's `profile = "fapi2"` switch; see `not_yet_supported`.
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +171,25 @@ pub struct ProviderConfig {
     /// How courier authenticates at the token (and revocation) endpoint; see `client_auth()`.
     #[serde(default)]
     pub client_auth: Option<ClientAuth>,
+    /// The sign-in button's text (the SPEC's `/auth/providers`).
+    pub display_name: Option<String>,
+    // The SPEC's keys for features still being built (PAR, DPoP, private_key_jwt, FAPI 2.0):
+    // read so that a configuration written from the SPEC loads, and refused or warned about
+    // in `not_yet_supported` so that nothing is silently ignored.
+    pub par: Option<ParMode>,
+    #[serde(default)]
+    pub dpop: bool,
+    pub client_key: Option<toml::Value>,
+    pub profile: Option<String>,
+}
+
+/// Pushed authorization requests (RFC 9126), as the SPEC's `par` key names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParMode {
+    Auto,
+    Required,
+    Off,
 }
 
 /// Client authentication at the provider (RFC 6749 §2.3.1). `private_key_jwt` is not yet
@@ -212,6 +239,13 @@ pub struct ServiceConfig {
     /// larger ones stream through once.
     #[serde(default = "default_retry_buffer_bytes")]
     pub retry_buffer_bytes: usize,
+    // The SPEC's keys for token exchange, resource indicators and live connections, still
+    // being built: see `not_yet_supported`.
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub websocket: bool,
+    pub stream_idle_timeout_secs: Option<u64>,
 }
 
 fn default_post_logout_redirect() -> String {
@@ -323,6 +357,7 @@ impl Config {
                 err(e.path().to_string(), message.to_owned())
             })?;
         config.validate().map_err(|(k, m)| err(k, m))?;
+        config.not_yet_supported().map_err(|(k, m)| err(k, m))?;
         Ok(config)
     }
 
@@ -455,6 +490,49 @@ impl Config {
         Ok(())
     }
 
+    /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
+    /// FAPI 2.0, token exchange, resource indicators, live connections). A setting that asks
+    /// for more protection than courier can give is refused with a message naming the key, so that nothing
+    /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
+    /// `par = "off"`, `websocket = false`) are accepted. The harmless rest is warned about in
+    /// `warnings`.
+    fn not_yet_supported(&self) -> Result<(), (String, String)> {
+        let refuse = |key: String, what: &str| {
+            Err((
+                key,
+                format!("{what} is not supported by this version of courier yet"),
+            ))
+        };
+        if let Some(profile) = self.security.profile.as_deref()
+            && profile != "none"
+        {
+            return refuse("security.profile".into(), "the FAPI 2.0 profile");
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            let key = |field: &str| format!("providers[{i}].{field}");
+            if p.par == Some(ParMode::Required) {
+                return refuse(key("par"), "`required` (pushed authorization requests)");
+            }
+            if p.dpop {
+                return refuse(key("dpop"), "DPoP");
+            }
+            if p.client_key.is_some() {
+                return refuse(key("client_key"), "private_key_jwt client authentication");
+            }
+            if let Some(profile) = p.profile.as_deref()
+                && profile != "none"
+            {
+                return refuse(key("profile"), "the FAPI 2.0 profile");
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.websocket {
+                return refuse(format!("services[{i}].websocket"), "WebSocket proxying");
+            }
+        }
+        Ok(())
+    }
+
     /// Settings that work but are probably not meant (the SPEC's "Command line" list):
     /// `check-config` prints them and `serve` logs them; neither refuses them.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
@@ -488,6 +566,54 @@ impl Config {
                 "session.idle_timeout_secs".into(),
                 "is longer than 24 hours: a forgotten session stays usable that long",
             );
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            if p.par == Some(ParMode::Auto) {
+                warn(
+                    format!("providers[{i}].par"),
+                    "is \"auto\", but this version of courier does not push authorization \
+                     requests yet: the browser carries them (with PKCE and state) as before",
+                );
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.audience.is_some() {
+                warn(
+                    format!("services[{i}].audience"),
+                    "only applies to token = \"exchange\", which this version does not have yet",
+                );
+            }
+            if s.resource.is_some() {
+                warn(
+                    format!("services[{i}].resource"),
+                    "is not sent by this version yet (RFC 8707): the provider issues its usual \
+                     tokens, not ones restricted to this resource",
+                );
+            }
+            if s.stream_idle_timeout_secs.is_some() {
+                warn(
+                    format!("services[{i}].stream_idle_timeout_secs"),
+                    "is not enforced by this version yet: a streamed response is bounded only \
+                     by the client and the service",
+                );
+            }
+        }
+        for (key, cap) in [
+            (
+                "server.max_live_connections",
+                self.server.max_live_connections,
+            ),
+            (
+                "session.max_live_connections",
+                self.session.max_live_connections,
+            ),
+        ] {
+            if cap.is_some() {
+                warn(
+                    key.into(),
+                    "is not enforced by this version yet (it has no WebSocket proxying)",
+                );
+            }
         }
         if !self.session.cookie_name.starts_with("__Host-") {
             warn(

@@ -199,6 +199,10 @@ mod tests {
             allowed_paths: allowed_paths.map(|p| p.into_iter().map(String::from).collect()),
             timeout_secs: 30,
             retry_buffer_bytes: 1024,
+            audience: None,
+            resource: None,
+            websocket: false,
+            stream_idle_timeout_secs: None,
         };
         let allowed_paths = config.allowed_paths.as_ref().map(|ps| {
             let mut set = GlobSetBuilder::new();

@@ -233,6 +233,20 @@ pub struct TokenService {
     client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
 }
 
+/// Logs a failed grant that kept the tokens: courier's own misconfiguration as an ERROR naming
+/// the provider (an operator must act), an unavailable provider as a warning.
+fn log_kept_failure(provider: &str, grant: &str, failure: &GrantError) {
+    match failure {
+        GrantError::Misconfigured(reason) => tracing::error!(
+            provider,
+            grant,
+            %reason,
+            "the provider refused courier's request: check the provider's client configuration"
+        ),
+        _ => tracing::warn!(provider, grant, error = %failure, "grant failed; tokens kept"),
+    }
+}
+
 /// The pause after `failures` failed grants in a row: 5 s, doubling, at most 60 s.
 fn backoff(failures: u32) -> Duration {
     Duration::seconds((5i64 << failures.min(4)).min(60))
@@ -501,16 +515,7 @@ impl TokenService {
                 Err(ended)
             }
             Err(failure) => {
-                match &failure {
-                    GrantError::Misconfigured(reason) => tracing::error!(
-                        provider = %provider.id(),
-                        %reason,
-                        "the provider refused courier's refresh request: check the provider's client configuration"
-                    ),
-                    _ => {
-                        tracing::warn!(provider = %provider.id(), error = %failure, "refresh failed; tokens kept")
-                    }
-                }
+                log_kept_failure(provider.id(), "refresh", &failure);
                 let retry_at =
                     refresh_leases::back_off(&self.pool, &key.to_string(), self.instance)
                         .await
@@ -675,16 +680,7 @@ impl TokenService {
                 })
             }
             Err(failure) => {
-                match &failure {
-                    GrantError::Misconfigured(reason) => tracing::error!(
-                        provider = %provider.id(),
-                        %reason,
-                        "the provider refused courier's client-credentials request: check the provider's client configuration"
-                    ),
-                    _ => {
-                        tracing::warn!(provider = %provider.id(), error = %failure, "client-credentials grant failed")
-                    }
-                }
+                log_kept_failure(provider.id(), "client-credentials", &failure);
                 let retry_at = self.clock.now() + backoff(state.failures);
                 state.failures += 1;
                 state.retry_at = Some(retry_at);

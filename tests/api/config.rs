@@ -346,3 +346,115 @@ async fn serve_logs_the_warnings_check_config_prints() {
     child.kill().await.ok();
     assert!(warned, "serve logged the cookie-name warning");
 }
+
+/// The configuration block of the SPEC as it stands, keys for features still being built
+/// included (`${VAR}`s set).
+const SPEC_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+post_logout_redirect = "/"
+[database]
+url = "${TEST_DATABASE_URL}"
+max_connections = 16
+[session]
+cookie_name = "__Host-courier"
+idle_timeout_secs = 28800
+absolute_timeout_secs = 604800
+[security]
+encryption_keys = ["${TEST_KEY}"]
+[[providers]]
+id = "main"
+issuer = "http://127.0.0.1:9000"
+client_id = "courier"
+client_secret = "${TEST_SECRET}"
+scopes = ["openid", "profile", "email", "offline_access"]
+authorize_params = { prompt = "consent" }
+login = true
+display_name = "Example ID"
+client_auth = "client_secret_basic"
+par = "auto"
+dpop = false
+[[providers]]
+id = "github"
+authorization_endpoint = "https://github.com/login/oauth/authorize"
+token_endpoint = "https://github.com/login/oauth/access_token"
+client_id = "gh"
+client_secret = "${TEST_SECRET}"
+scopes = ["read:user"]
+[[services]]
+name = "orders"
+base_url = "http://127.0.0.1:9100/"
+provider = "main"
+token = "user"
+audience = "orders-api"
+resource = "https://orders.example/"
+scopes = ["orders:read"]
+allowed_methods = ["GET", "POST"]
+allowed_paths = ["/v1/**"]
+timeout_secs = 30
+websocket = false
+stream_idle_timeout_secs = 300
+[[services]]
+name = "github"
+base_url = "https://api.github.com/"
+provider = "github"
+"#;
+
+#[test]
+fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
+    let (ok, out) = check(SPEC_EXAMPLE, &env());
+    assert!(ok, "{out}");
+    for key in [
+        "providers[0].par",
+        "services[0].audience",
+        "services[0].resource",
+        "services[0].stream_idle_timeout_secs",
+    ] {
+        assert!(out.contains(key), "{key} is warned about: {out}");
+    }
+}
+
+#[test]
+fn settings_asking_for_protection_not_built_yet_are_refused() {
+    let cases = [
+        (
+            SPEC_EXAMPLE.replace("par = \"auto\"", "par = \"required\""),
+            "providers[0].par",
+        ),
+        (
+            SPEC_EXAMPLE.replace("dpop = false", "dpop = true"),
+            "providers[0].dpop",
+        ),
+        (
+            SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
+            "providers[0].profile",
+        ),
+        (
+            SPEC_EXAMPLE.replace(
+                "dpop = false",
+                "dpop = false\nclient_key = \"/etc/courier/main.pem\"",
+            ),
+            "providers[0].client_key",
+        ),
+        (
+            SPEC_EXAMPLE.replace("websocket = false", "websocket = true"),
+            "services[0].websocket",
+        ),
+        (
+            SPEC_EXAMPLE.replace(
+                "encryption_keys = [\"${TEST_KEY}\"]",
+                "encryption_keys = [\"${TEST_KEY}\"]\nprofile = \"fapi2\"",
+            ),
+            "security.profile",
+        ),
+    ];
+    for (text, key) in cases {
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{key} was accepted: {out}");
+        assert!(
+            out.contains(key) && out.contains("not supported"),
+            "{key}: {out}"
+        );
+    }
+}
