@@ -81,8 +81,11 @@ const PENDING: &[(&str, &str, &str)] = &[(
     "`From<TokenError> for ApiError` moves to error.rs (issue 15, thin handlers)",
 )];
 
+/// This crate's `src/`, or `ARCHITECTURE_SRC` (to check another tree, such as a merge's).
 fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+    std::env::var_os("ARCHITECTURE_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
 }
 
 /// `a::b` for `src/a/b.rs` and `src/a/b/mod.rs`; `` for lib.rs; `main` for main.rs.
