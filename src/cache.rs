@@ -26,6 +26,10 @@
 //! second at most.
 //!
 //! Refresh tokens are never cached: a refresh always reads and locks the row in Postgres.
+//!
+//! The cache is generic over what it holds and knows nothing of sessions' and tokens' shapes;
+//! `AppCache` (app_cache.rs) names what courier keeps in it. Its SQL (the notification, the
+//! confirmations, the listener rows) is in `db::cache_acks`.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -40,9 +44,10 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::db::cache_acks;
+use crate::domain::tokens::OwnerKey;
 
 /// The channel the triggers notify on.
-pub const CHANNEL: &str = "courier_cache";
+pub const CHANNEL: &str = cache_acks::CHANNEL;
 
 /// Sessions and tokens: a miss costs a Postgres round trip, so they stay up to this long.
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(30);
@@ -57,25 +62,15 @@ const CONFIRM_WAIT: Duration = Duration::from_secs(1);
 /// How often a listening instance renews its `cache_listeners` row.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// The cache key (and notification payload) of a token owner.
-pub fn session_key(session_id: Uuid) -> String {
-    format!("session:{session_id}")
+/// The owner key of a session's tokens (shorthand for `OwnerKey::Session`).
+pub fn session_key(session_id: Uuid) -> OwnerKey {
+    OwnerKey::Session(session_id)
 }
 
-pub fn linked_key(user_id: Uuid, provider: &str) -> String {
-    format!("linked:{user_id}:{provider}")
+/// The owner key of a user's linked account at `provider`.
+pub fn linked_key(user_id: Uuid, provider: &str) -> OwnerKey {
+    OwnerKey::linked(user_id, provider)
 }
-
-/// courier's cache: loaded sessions, opened access tokens, `/api/me` views (with the time,
-/// by courier's clock, they were read).
-pub type AppCache = Cache<
-    crate::session::store::LiveSession,
-    crate::tokens::CachedAccess,
-    (
-        chrono::DateTime<chrono::Utc>,
-        Arc<crate::db::sessions::SessionView>,
-    ),
->;
 
 /// The epoch a loader saw before reading Postgres; `None` while the cache is bypassed.
 #[derive(Debug, Clone, Copy)]
@@ -136,8 +131,7 @@ struct Inner<S, T, V> {
     /// Session id → the key its entry is under, to drop it by id.
     session_keys: HashMap<Uuid, [u8; 32]>,
     views: Table<Uuid, V>,
-    /// By owner key (`session_key`, `linked_key`).
-    tokens: Table<String, T>,
+    tokens: Table<OwnerKey, T>,
 }
 
 /// The cache, generic over what it holds so that it knows nothing of sessions' and tokens'
@@ -173,7 +167,11 @@ fn count(table: &'static str, hit: bool) {
 
 impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S, T, V>> {
-        self.inner.lock().expect("cache lock is never poisoned")
+        // No code panics while holding the lock; were one to, the tables are still whole
+        // (every write is a single map operation), so the poison is ignored.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn is_live(&self) -> bool {
@@ -229,11 +227,11 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         self.store(epoch, |i| i.views.put(session_id, view));
     }
 
-    pub fn token(&self, owner_key: &str) -> Option<T> {
+    pub fn token(&self, owner_key: &OwnerKey) -> Option<T> {
         self.lookup("tokens", |i| i.tokens.get(owner_key))
     }
 
-    pub fn put_token(&self, epoch: Option<Epoch>, owner_key: String, token: T) {
+    pub fn put_token(&self, epoch: Option<Epoch>, owner_key: OwnerKey, token: T) {
         self.store(epoch, |i| i.tokens.put(owner_key, token));
     }
 
@@ -244,26 +242,25 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         inner.sessions.remove(key_hash);
     }
 
-    /// Drops what a change to `owner_key` (a `session_key` or `linked_key`) makes stale; an
-    /// unknown key empties everything.
-    pub fn invalidate(&self, owner_key: &str) {
+    /// Drops what a change to `owner_key` makes stale.
+    pub fn invalidate(&self, owner_key: &OwnerKey) {
         let mut inner = self.lock();
         inner.epoch += 1;
         inner.tokens.remove(owner_key);
-        if owner_key.starts_with("linked:") {
-            return;
-        }
-        match owner_key
-            .strip_prefix("session:")
-            .and_then(|id| id.parse().ok())
-        {
-            Some(id) => {
-                inner.views.remove(&id);
-                if let Some(key) = inner.session_keys.remove(&id) {
-                    inner.sessions.remove(&key);
-                }
+        if let OwnerKey::Session(id) = owner_key {
+            inner.views.remove(id);
+            if let Some(key) = inner.session_keys.remove(id) {
+                inner.sessions.remove(&key);
             }
-            None => clear(&mut inner),
+        }
+    }
+
+    /// A notification's payload: an owner key drops its entries; anything else (a trigger
+    /// this version does not know) empties everything, which is always safe.
+    fn invalidate_payload(&self, payload: &str) {
+        match payload.parse::<OwnerKey>() {
+            Ok(key) => self.invalidate(&key),
+            Err(_) => clear(&mut self.lock()),
         }
     }
 
@@ -301,16 +298,16 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
     /// A notification: an owner key, or `ack:<nonce>:<owner key>` when the writer waits for
     /// this instance to confirm.
     fn announced(self: &Arc<Self>, pool: &PgPool, payload: &str) {
-        let Some(rest) = payload.strip_prefix("ack:") else {
-            return self.invalidate(payload);
+        let Some(rest) = payload.strip_prefix(ACK_PREFIX) else {
+            return self.invalidate_payload(payload);
         };
         let Some((nonce, key)) = rest
             .split_once(':')
             .and_then(|(n, key)| Some((n.parse::<Uuid>().ok()?, key)))
         else {
-            return self.invalidate(payload);
+            return self.invalidate_payload(payload);
         };
-        self.invalidate(key);
+        self.invalidate_payload(key);
         let (pool, instance) = (pool.clone(), self.instance);
         tokio::spawn(async move {
             if let Err(e) = cache_acks::ack(&pool, nonce, instance).await {
@@ -395,27 +392,26 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
     }
 }
 
+/// The payload prefix of an announcement that asks for confirmation: `ack:<nonce>:<owner key>`.
+const ACK_PREFIX: &str = "ack:";
+
 /// A change announced inside its transaction, for `Cache::confirm` after the commit.
 pub struct Announcement {
     nonce: Uuid,
-    key: String,
+    key: OwnerKey,
 }
 
 /// Announces, inside the writer's transaction, a change to `owner_key` that every instance
 /// must confirm (the triggers announce it too, without asking for confirmation).
 pub async fn announce(
     conn: &mut PgConnection,
-    owner_key: &str,
+    owner_key: &OwnerKey,
 ) -> Result<Announcement, sqlx::Error> {
     let nonce = Uuid::new_v4();
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(format!("ack:{nonce}:{owner_key}"))
-        .execute(conn)
-        .await?;
+    cache_acks::notify(conn, &format!("{ACK_PREFIX}{nonce}:{owner_key}")).await?;
     Ok(Announcement {
         nonce,
-        key: owner_key.to_owned(),
+        key: owner_key.clone(),
     })
 }
 
@@ -443,8 +439,9 @@ mod tests {
     fn nothing_is_cached_while_not_listening() {
         let cache = TestCache::default();
         let epoch = cache.epoch();
-        cache.put_token(epoch, "session:x".into(), 1);
-        assert_eq!(cache.token("session:x"), None);
+        let key = session_key(Uuid::new_v4());
+        cache.put_token(epoch, key.clone(), 1);
+        assert_eq!(cache.token(&key), None);
     }
 
     #[test]
@@ -513,12 +510,13 @@ mod tests {
     #[test]
     fn an_unknown_payload_or_a_lost_listener_empties_everything() {
         let cache = live();
-        cache.put_token(cache.epoch(), "session:a".into(), 1);
-        cache.invalidate("something else");
-        assert_eq!(cache.token("session:a"), None);
-        cache.put_token(cache.epoch(), "session:a".into(), 1);
+        let key = session_key(Uuid::new_v4());
+        cache.put_token(cache.epoch(), key.clone(), 1);
+        cache.invalidate_payload("something else");
+        assert_eq!(cache.token(&key), None);
+        cache.put_token(cache.epoch(), key.clone(), 1);
         cache.set_live(false);
-        assert_eq!(cache.token("session:a"), None);
+        assert_eq!(cache.token(&key), None);
         assert!(cache.epoch().is_none());
     }
 }

@@ -762,7 +762,7 @@ impl Config {
                     if !p.starts_with('/') {
                         return Err((key, "must start with /".into()));
                     }
-                    if let Err(e) = crate::services::path_glob(p) {
+                    if let Err(e) = path_glob(p) {
                         return Err((key, format!("is not a valid glob: {e}")));
                     }
                 }
@@ -774,6 +774,10 @@ impl Config {
         Ok(())
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "`Config::load` refuses a configuration without exactly one default login provider"
+    )]
     pub fn login_provider(&self) -> &ProviderConfig {
         self.providers
             .iter()
@@ -911,6 +915,15 @@ fn expand_string(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A glob over paths: `*` stays within a segment, `**` crosses segments. Validated here,
+/// compiled by `services` for a service's `allowed_paths`.
+pub fn path_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cache::{self, AppCache};
+use crate::app_cache::AppCache;
 use crate::crypto::KeyRing;
 use crate::db::linked_accounts::Status;
 use crate::db::{self, DbError};
+use crate::domain::tokens::OwnerKey;
 use crate::oidc::Provider;
 use crate::oidc::http::ProviderHttp;
 use crate::oidc::login::CompletedLogin;
@@ -53,7 +54,7 @@ pub async fn link(
     tx.commit().await.map_err(DbError::from)?;
     // This instance's cached token for the account is stale now (the row's trigger tells the
     // other instances).
-    cache.invalidate(&cache::linked_key(user_id, provider));
+    cache.invalidate(&OwnerKey::linked(user_id, provider));
     Ok(())
 }
 
@@ -123,6 +124,6 @@ pub async fn disconnect(
     let mut tx = pool.begin().await.map_err(DbError::from)?;
     db::linked_accounts::delete(&mut tx, user_id, provider.id()).await?;
     tx.commit().await.map_err(DbError::from)?;
-    cache.invalidate(&cache::linked_key(user_id, provider.id()));
+    cache.invalidate(&OwnerKey::linked(user_id, provider.id()));
     Ok(())
 }

@@ -66,6 +66,10 @@ impl KeyRing {
     }
 
     /// Seals `plaintext` under the first key, bound to `aad`.
+    #[allow(
+        clippy::expect_used,
+        reason = "XChaCha20-Poly1305 fails only past 2^38 bytes; courier seals cookies and tokens"
+    )]
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let (id, cipher) = &self.keys[0];
         let nonce_bytes: [u8; NONCE_LEN] = random_bytes();
@@ -138,6 +142,10 @@ fn key_id(key: &[u8]) -> [u8; KEY_ID_LEN] {
 }
 
 /// Bytes from the operating system's CSPRNG.
+#[allow(
+    clippy::expect_used,
+    reason = "without the OS's random source no key, id or nonce is safe: stopping is right"
+)]
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     getrandom::fill(&mut buf).expect("the operating system's random source is available");

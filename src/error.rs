@@ -175,6 +175,16 @@ pub fn problem_response(status: StatusCode, body: serde_json::Value) -> HttpResp
         .body(body.to_string())
 }
 
+/// A proxied call that the service's rules refuse.
+impl From<crate::services::Refused> for ApiError {
+    fn from(e: crate::services::Refused) -> Self {
+        match e {
+            crate::services::Refused::BadRequest(detail) => ApiError::BadRequest(detail),
+            crate::services::Refused::NotAllowed(detail) => ApiError::NotAllowed(detail),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ApiError, error_chain};

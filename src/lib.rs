@@ -1,5 +1,10 @@
 //! courier: a backend-for-frontend for single-page apps. See README.md and ../SPEC.
 
+// No `unwrap`/`expect` outside tests: a request path answers with an error instead; the few
+// start-up-only uses say why with an `#[allow]`.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app_cache;
 pub mod body_deadline;
 pub mod cache;
 pub mod check;
@@ -8,6 +13,7 @@ pub mod config;
 pub mod connections;
 pub mod crypto;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod fault;
 pub mod housekeeping;
@@ -16,10 +22,12 @@ pub mod metrics;
 pub mod middleware;
 pub mod oidc;
 pub mod proxy;
+pub mod request_context;
 pub mod reseal;
 pub mod routes;
 pub mod services;
 pub mod session;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod tokens;

@@ -20,7 +20,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::body_deadline::{BodyDeadline, HeldBody};
 use crate::config::Config;
-use crate::error::{problem, problem_response};
+use crate::error::{ApiError, problem, problem_response};
 
 /// Headers that ask a server to treat a request as another method. A service behind courier
 /// might honour them and so step around `allowed_methods`: courier refuses such requests.
@@ -106,6 +106,12 @@ fn refuse(status: StatusCode, code: &str, detail: &str) -> actix_web::HttpRespon
     problem_response(status, problem(status, code, detail))
 }
 
+/// The limits are registered by `startup` on every app; a missing one is a wiring bug, answered
+/// as a 500 rather than a panic.
+fn not_registered() -> ApiError {
+    ApiError::internal(anyhow::anyhow!("the request limits are not registered"))
+}
+
 /// Refuses request heads that are too large, carry too many cookies, name the host twice, or
 /// (on `/api`) ask for a method override.
 pub async fn request_guard(
@@ -114,7 +120,7 @@ pub async fn request_guard(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let limits = req
         .app_data::<web::Data<Arc<Limits>>>()
-        .expect("limits are registered")
+        .ok_or_else(not_registered)?
         .clone();
     let headers = req.headers();
     let header_bytes: usize = headers
@@ -196,7 +202,7 @@ pub async fn body_deadline(
     }
     let timeout = req
         .app_data::<web::Data<Arc<Limits>>>()
-        .expect("limits are registered")
+        .ok_or_else(not_registered)?
         .body_timeout(req.path());
     let (deadline, body) = BodyDeadline::start(payload, timeout);
     req.set_payload(Payload::Stream {
@@ -248,7 +254,7 @@ pub async fn login_rate_limit(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let limits = req
         .app_data::<web::Data<Arc<Limits>>>()
-        .expect("limits are registered")
+        .ok_or_else(not_registered)?
         .clone();
     if let Some(client) = limits.client_address(&req)
         && let Err(not_until) = limits.logins.check_key(&client)
@@ -262,10 +268,7 @@ pub async fn login_rate_limit(
         );
         response.headers_mut().insert(
             RETRY_AFTER,
-            (wait.as_secs() + 1)
-                .to_string()
-                .parse()
-                .expect("digits are a header value"),
+            actix_web::http::header::HeaderValue::from(wait.as_secs() + 1),
         );
         return Ok(req.into_response(response).map_into_right_body());
     }

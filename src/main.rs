@@ -1,3 +1,6 @@
+// No `unwrap`/`expect` outside tests (see lib.rs).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;

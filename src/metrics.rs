@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -33,6 +33,10 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// The recorder, installed once per process (tests run several instances in one).
+#[allow(
+    clippy::expect_used,
+    reason = "start-up installs the recorder (`startup` calls this first); fixed buckets"
+)]
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {

@@ -1,24 +1,22 @@
 //! Cross-cutting response rules: `Cache-Control: no-store` on `/auth` and `/api`, problem+json
 //! for every error on `/api` (including ones raised outside our handlers), no 500 page on the
-//! login callback, and one log line per request that never includes the query string.
+//! login callback, one log line per request that never includes the query string, and the
+//! CSRF guard on `/api/*`.
 
 use std::time::Instant;
 
 use actix_web::HttpMessage;
 use actix_web::HttpResponse;
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION,
-};
+use actix_web::http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use actix_web::middleware::Next;
 use tracing::Instrument;
 
-use crate::error::{problem, problem_response};
-use crate::proxy::Proxied;
-use crate::telemetry::TraceContext;
+use crate::error::{ApiError, problem, problem_response};
+use crate::request_context::{Proxied, RequestId, TraceContext, X_REQUEST_ID};
 
 pub async fn response_policy(
     req: ServiceRequest,
@@ -178,28 +176,21 @@ pub async fn request_log(
     res
 }
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The request's id: the caller's `X-Request-Id` when it is short and plain, else a new one.
-/// Logged with every line of the request, sent back, and passed on to services.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    fn for_request(req: &ServiceRequest) -> RequestId {
-        let given = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                !v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            });
-        RequestId(match given {
-            Some(id) => id.to_owned(),
-            None => uuid::Uuid::new_v4().simple().to_string(),
-        })
+/// The CSRF guard on `/api/*`: every request carries `X-CSRF: 1`. A cross-site form cannot set
+/// a custom header, and a cross-site fetch that does needs a CORS preflight courier never grants.
+pub async fn require_csrf_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let has_header = req
+        .headers()
+        .get("x-csrf")
+        .is_some_and(|v| v.as_bytes() == b"1");
+    if has_header {
+        Ok(next.call(req).await?.map_into_left_body())
+    } else {
+        Ok(req
+            .error_response(ApiError::CsrfRequired)
+            .map_into_right_body())
     }
 }

@@ -19,12 +19,7 @@ use tokio::sync::mpsc;
 use url::Url;
 
 use crate::error::ApiError;
-use crate::telemetry::TraceContext;
-
-/// Marks a response as the service's own, so its error statuses are passed through rather than
-/// turned into courier problem documents.
-#[derive(Clone, Copy)]
-pub struct Proxied;
+use crate::request_context::{Proxied, TraceContext};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus ones courier
 /// sets itself or must never pass on.
@@ -75,6 +70,10 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 
 /// Builds the client for services: no redirects, bounded connection set-up. Each call sets its
 /// service's own timeout.
+#[allow(
+    clippy::expect_used,
+    reason = "start-up only; fails only without a TLS backend"
+)]
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -213,7 +212,7 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
     if let Some(id) = incoming
         .req
         .extensions()
-        .get::<crate::middleware::RequestId>()
+        .get::<crate::request_context::RequestId>()
     {
         set("x-request-id", id.0.clone());
     }

@@ -3,19 +3,22 @@
 
 use std::collections::HashMap;
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use percent_encoding::percent_decode_str;
 use url::Url;
 
-use crate::config::{Config, ServiceConfig, TokenMode};
-use crate::error::ApiError;
+use crate::config::{Config, ServiceConfig, TokenMode, path_glob};
 
-/// A glob over paths: `*` stays within a segment, `**` crosses segments.
-pub fn path_glob(pattern: &str) -> Result<Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
+/// Why a proxied call is refused before it is sent; the routes answer it as a problem
+/// document (`bad_request`, `not_allowed`).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The path cannot be mapped safely onto the service's `base_url`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The service's `allowed_methods` or `allowed_paths` do not admit it.
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 pub struct Service {
@@ -67,7 +70,7 @@ impl Service {
         }
     }
 
-    pub fn check_method(&self, method: &str) -> Result<(), ApiError> {
+    pub fn check_method(&self, method: &str) -> Result<(), Refused> {
         let allowed = match &self.config.allowed_methods {
             Some(methods) => methods.iter().any(|m| m == method),
             // Methods are case-sensitive (RFC 9110 §9.1), but a service's server may not be:
@@ -79,7 +82,7 @@ impl Service {
         if allowed {
             Ok(())
         } else {
-            Err(ApiError::NotAllowed(format!(
+            Err(Refused::NotAllowed(format!(
                 "{method} is not allowed for service `{}`",
                 self.name()
             )))
@@ -92,8 +95,8 @@ impl Service {
     /// backslashes, backslashes, empty segments, `@`, a scheme, and `?` or `#` (a request's
     /// path never has them; the join would read them as query or fragment). Then checks the
     /// path against `allowed_paths`, with and without path parameters.
-    pub fn target(&self, raw_path: &str, query: &str) -> Result<Url, ApiError> {
-        let hostile = || ApiError::BadRequest("the service path is not allowed".into());
+    pub fn target(&self, raw_path: &str, query: &str) -> Result<Url, Refused> {
+        let hostile = || Refused::BadRequest("the service path is not allowed".into());
         if raw_path
             .chars()
             .any(|c| "\\@?#".contains(c) || c.is_control() || c.is_whitespace())
@@ -147,7 +150,7 @@ impl Service {
             let bare: Vec<&str> = decoded.split('/').map(without_parameters).collect();
             let bare = format!("/{}", bare.join("/"));
             if !allowed.is_match(&path) || !allowed.is_match(&bare) {
-                return Err(ApiError::NotAllowed(format!(
+                return Err(Refused::NotAllowed(format!(
                     "path {path} is not allowed for service `{}`",
                     self.name()
                 )));
@@ -195,6 +198,10 @@ impl ServiceRegistry {
                 if !base.path().ends_with('/') {
                     base.set_path(&format!("{}/", base.path()));
                 }
+                #[allow(
+                    clippy::expect_used,
+                    reason = "start-up only; `Config::load` compiled every pattern"
+                )]
                 let allowed_paths = s.allowed_paths.as_ref().map(|patterns| {
                     let mut set = GlobSetBuilder::new();
                     for p in patterns {
@@ -329,7 +336,7 @@ mod tests {
         let s = service("http://127.0.0.1:9100/api/", None);
         for raw in ["0#", "a?b", "v1/x#y", "?", "#"] {
             assert!(
-                matches!(s.target(raw, ""), Err(ApiError::BadRequest(_))),
+                matches!(s.target(raw, ""), Err(Refused::BadRequest(_))),
                 "{raw} was accepted"
             );
         }
@@ -353,11 +360,11 @@ mod tests {
         assert!(s.target("health", "").is_ok());
         assert!(matches!(
             s.target("v2/orders", ""),
-            Err(ApiError::NotAllowed(_))
+            Err(Refused::NotAllowed(_))
         ));
         assert!(matches!(
             s.target("healthz", ""),
-            Err(ApiError::NotAllowed(_))
+            Err(Refused::NotAllowed(_))
         ));
     }
 
@@ -371,7 +378,7 @@ mod tests {
         assert!(s.target("v1/cars;color=red/x", "").is_ok());
         for stretched in ["files/a;.json", "files/a;x=.json", "v1;x/y"] {
             assert!(
-                matches!(s.target(stretched, ""), Err(ApiError::NotAllowed(_))),
+                matches!(s.target(stretched, ""), Err(Refused::NotAllowed(_))),
                 "{stretched} was allowed"
             );
         }
@@ -492,7 +499,7 @@ mod tests {
                 let raw = segments.join("/");
                 let s = service(BASE, None);
                 prop_assert!(
-                    matches!(s.target(&raw, ""), Err(ApiError::BadRequest(_))),
+                    matches!(s.target(&raw, ""), Err(Refused::BadRequest(_))),
                     "{} was not refused", raw
                 );
             }
@@ -517,7 +524,7 @@ mod tests {
                     && allowed(&format!("/{}", bare.join("/")));
                 match s.target(&raw, "") {
                     Ok(_) => prop_assert!(expected, "{} passed {:?}", raw, patterns),
-                    Err(ApiError::NotAllowed(_)) => {
+                    Err(Refused::NotAllowed(_)) => {
                         prop_assert!(!expected, "{} failed {:?}", raw, patterns)
                     }
                     Err(other) => prop_assert!(false, "{} answered {:?}", raw, other.to_string()),

@@ -14,9 +14,8 @@ use actix_web::middleware::from_fn;
 use actix_web::web::resource;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
-use sqlx::PgPool;
 
-use crate::cache::AppCache;
+use crate::app_cache::AppCache;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::crypto::{KeyRing, random_bytes};
@@ -24,24 +23,13 @@ use crate::error::ApiError;
 use crate::limits::{
     Limits, body_deadline, close_after_unread_body, login_rate_limit, request_guard,
 };
+use crate::middleware::require_csrf_header;
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
-use crate::session::{PgSessionStore, csrf::require_csrf_header};
+use crate::session::PgSessionStore;
+use crate::state::AppState;
 use crate::tokens::TokenService;
 use crate::{db, housekeeping, middleware, routes};
-
-/// What every handler can reach.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub pool: PgPool,
-    pub keys: Arc<KeyRing>,
-    pub providers: Arc<ProviderRegistry>,
-    pub services: ServiceRegistry,
-    pub tokens: TokenService,
-    pub cache: Arc<AppCache>,
-    pub services_http: reqwest::Client,
-    pub clock: SharedClock,
-}
 
 /// How long start-up waits for the first discovery before serving anyway (retries go on in
 /// the background and `/readyz` reports the provider as missing meanwhile).

@@ -27,18 +27,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cache::{self, AppCache};
+use crate::app_cache::AppCache;
 use crate::clock::SharedClock;
 use crate::crypto::KeyRing;
 use crate::db::DbError;
 use crate::db::refresh_leases::{self, Blocked};
+use crate::domain::tokens::{CachedAccess, OwnerKey};
 use crate::oidc::ProviderRegistry;
 use crate::oidc::grants::{self, GrantError};
 use crate::{db, fault};
+
+// Where they lived before `domain::tokens`; callers may name them here still.
+pub use crate::domain::tokens::{AccessToken, TokenSet};
 
 /// A token is refreshed when it expires within this margin, or within a quarter of its
 /// lifetime when that is shorter.
@@ -58,27 +62,6 @@ pub fn refresh_margin(
         (Some(from), Some(to)) if to > from => REFRESH_MARGIN.min((to - from) / 4),
         _ => REFRESH_MARGIN,
     }
-}
-
-/// Tokens as kept server-side. Debug output is redacted by `SecretString`.
-#[derive(Debug, Clone)]
-pub struct TokenSet {
-    pub access_token: SecretString,
-    pub refresh_token: Option<SecretString>,
-    pub id_token: Option<SecretString>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// When the access token was issued (as courier saw it): with `expires_at`, its lifetime.
-    pub obtained_at: Option<DateTime<Utc>>,
-    pub scopes: Vec<String>,
-}
-
-/// An access token for one call.
-#[derive(Debug, Clone)]
-pub struct AccessToken {
-    pub secret: SecretString,
-    /// It was got because a service answered 401 to the one before it: a 401 to this one is
-    /// passed on rather than answered with yet another refresh.
-    pub after_rejection: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +123,10 @@ enum Owner<'a> {
 
 impl Owner<'_> {
     /// The key of its locks, its lease and its cache entry.
-    fn key(&self) -> String {
+    fn key(&self) -> OwnerKey {
         match self {
-            Owner::Session(id) => cache::session_key(*id),
-            Owner::Linked { user_id, provider } => cache::linked_key(*user_id, provider),
+            Owner::Session(id) => OwnerKey::Session(*id),
+            Owner::Linked { user_id, provider } => OwnerKey::linked(*user_id, provider),
         }
     }
 
@@ -159,30 +142,6 @@ impl Owner<'_> {
             Owner::Session(_) => TokenError::ReauthRequired,
             Owner::Linked { .. } => TokenError::ConnectionNeedsReauth,
         }
-    }
-}
-
-/// What the cache keeps of a token row: never the refresh token.
-#[derive(Debug, Clone)]
-pub struct CachedAccess {
-    access_token: SecretString,
-    expires_at: Option<DateTime<Utc>>,
-    obtained_at: Option<DateTime<Utc>>,
-    generation: i64,
-    after_rejection: bool,
-    needs_reauth: bool,
-}
-
-impl CachedAccess {
-    fn token(&self) -> AccessToken {
-        AccessToken {
-            secret: self.access_token.clone(),
-            after_rejection: self.after_rejection,
-        }
-    }
-
-    fn is(&self, token: Option<&SecretString>) -> bool {
-        token.is_some_and(|t| t.expose_secret() == self.access_token.expose_secret())
     }
 }
 
@@ -250,7 +209,7 @@ pub struct TokenService {
     clock: SharedClock,
     /// This instance, as the holder of refresh leases.
     instance: Uuid,
-    locks: KeyedLocks<String>,
+    locks: KeyedLocks<OwnerKey>,
     client_tokens: KeyedLocks<ClientTokenKey>,
     client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
 }
@@ -316,13 +275,13 @@ impl TokenService {
     }
 
     /// The owner's access token as the cache has it, else as Postgres has it.
-    async fn current(&self, owner: Owner<'_>, key: &str) -> Result<CachedAccess, TokenError> {
+    async fn current(&self, owner: Owner<'_>, key: &OwnerKey) -> Result<CachedAccess, TokenError> {
         if let Some(access) = self.cache.token(key) {
             return Ok(access);
         }
         let epoch = self.cache.epoch();
         let access = self.load(owner).await?.ok_or(owner.missing())?.access();
-        self.cache.put_token(epoch, key.to_owned(), access.clone());
+        self.cache.put_token(epoch, key.clone(), access.clone());
         Ok(access)
     }
 
@@ -418,7 +377,7 @@ impl TokenService {
                 }
                 return Err(self.end_grant(owner, &key, stored.generation).await);
             }
-            match refresh_leases::acquire(&self.pool, &key, self.instance).await? {
+            match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
                     return self
                         .refresh_under_lease(owner, &key, stored, rejected)
@@ -447,7 +406,8 @@ impl TokenService {
     }
 
     /// Renews this instance's lease on `key` while `work` runs.
-    async fn renewing<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
+    async fn renewing<T>(&self, key: &OwnerKey, work: impl Future<Output = T>) -> T {
+        let key = key.to_string();
         let mut work = std::pin::pin!(work);
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.tick().await;
@@ -455,7 +415,7 @@ impl TokenService {
             tokio::select! {
                 done = &mut work => return done,
                 _ = ticker.tick() => {
-                    match refresh_leases::renew(&self.pool, key, self.instance).await {
+                    match refresh_leases::renew(&self.pool, &key, self.instance).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!("refresh lease lost while the provider answered"),
                         Err(e) => tracing::warn!(error = %e, "refresh lease could not be renewed"),
@@ -470,7 +430,7 @@ impl TokenService {
     async fn refresh_under_lease(
         &self,
         owner: Owner<'_>,
-        key: &str,
+        key: &OwnerKey,
         stored: Stored,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
@@ -537,11 +497,12 @@ impl TokenService {
             }
             Err(failure) => {
                 log_kept_failure(provider.id(), "refresh", &failure);
-                let retry_at = refresh_leases::back_off(&self.pool, key, self.instance)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| self.clock.now() + backoff(0));
+                let retry_at =
+                    refresh_leases::back_off(&self.pool, &key.to_string(), self.instance)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| self.clock.now() + backoff(0));
                 if !access.is(rejected) && self.is_unexpired(access.expires_at) {
                     return Ok(access.token());
                 }
@@ -590,7 +551,7 @@ impl TokenService {
 
     /// The provider ended the grant. A session ends with it (on every instance before this
     /// returns); a linked account waits for the user to connect it again.
-    async fn end_grant(&self, owner: Owner<'_>, key: &str, generation: i64) -> TokenError {
+    async fn end_grant(&self, owner: Owner<'_>, key: &OwnerKey, generation: i64) -> TokenError {
         let ended = match owner {
             Owner::Session(id) => self.end_session(id).await,
             Owner::Linked { user_id, provider } => {
@@ -609,8 +570,8 @@ impl TokenService {
         crate::session::end::end_session(&self.pool, &self.cache, id).await
     }
 
-    async fn release(&self, key: &str) {
-        if let Err(e) = refresh_leases::release(&self.pool, key, self.instance).await {
+    async fn release(&self, key: &OwnerKey) {
+        if let Err(e) = refresh_leases::release(&self.pool, &key.to_string(), self.instance).await {
             // It lapses by itself within seconds.
             tracing::warn!(error = %e, "refresh lease could not be released");
         }

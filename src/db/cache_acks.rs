@@ -1,8 +1,23 @@
-//! Which instances keep a cache, and which of them have confirmed an announcement. Times are
-//! the database's own (`now()`): liveness is about real time, whatever courier's clock says.
+//! The cache's notifications, which instances keep a cache, and which of them have confirmed
+//! an announcement. Times are the database's own (`now()`): liveness is about real time,
+//! whatever courier's clock says.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// The channel the cache's notifications go on (the triggers of migration 0004 name it too).
+pub const CHANNEL: &str = "courier_cache";
+
+/// Sends `payload` on the cache channel, inside the caller's transaction: it is delivered at
+/// the commit, and not at all on a rollback.
+pub async fn notify(conn: &mut PgConnection, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// An instance whose heartbeat is older than this no longer counts as listening.
 pub const LISTENER_TTL_SECS: i32 = 15;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::crypto::KeyRing;
 use crate::db::DbError;
 use crate::db::session_tokens::LoadError;
-use crate::tokens::TokenSet;
+use crate::domain::tokens::TokenSet;
 
 /// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
 pub(crate) fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {

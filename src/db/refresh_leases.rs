@@ -1,5 +1,5 @@
 //! Who may send the one refresh grant of a token owner, and how long to wait after the
-//! provider failed (see `crate::tokens` and docs/tokens.md). Times are the database's own
+//! provider failed (see `tokens.rs` and docs/tokens.md). Times are the database's own
 //! (`now()`), so that every instance reads a lease against the same clock.
 
 use chrono::{DateTime, Utc};

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::crypto::KeyRing;
-use crate::tokens::TokenSet;
+use crate::domain::tokens::TokenSet;
 
 /// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
 pub(crate) fn aad(column: &str, session_id: Uuid) -> Vec<u8> {

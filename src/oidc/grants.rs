@@ -8,11 +8,11 @@ use openidconnect::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::tokens::TokenSet;
 use crate::oidc::http::{HttpError, ProviderHttp};
 use crate::oidc::id_token;
 use crate::oidc::registry::Provider;
 use crate::oidc::token_endpoint::{self, TokenResponse};
-use crate::tokens::TokenSet;
 
 pub use crate::oidc::token_endpoint::GrantError;
 

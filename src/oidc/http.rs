@@ -53,6 +53,10 @@ pub fn describe(e: &reqwest::Error) -> String {
 
 /// Builds the shared client: no redirects (SSRF, and token endpoints never redirect),
 /// bounded connect and total time.
+#[allow(
+    clippy::expect_used,
+    reason = "start-up only; fails only without a TLS backend"
+)]
 pub fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -73,7 +77,7 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let mut request = reqwest::Request::try_from(request)?;
-            if let Some(trace) = crate::telemetry::TraceContext::current()
+            if let Some(trace) = crate::request_context::TraceContext::current()
                 && let Ok(value) = reqwest::header::HeaderValue::from_str(&trace.traceparent())
             {
                 request.headers_mut().insert("traceparent", value);

@@ -20,11 +20,11 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
+use crate::domain::tokens::TokenSet;
 use crate::oidc::grants;
 use crate::oidc::http::{ProviderHttp, read_limited};
 use crate::oidc::id_token::{self, IdTokenError};
 use crate::oidc::registry::Provider;
-use crate::tokens::TokenSet;
 use uuid::Uuid;
 
 /// How long a started login may take to come back.
@@ -156,6 +156,10 @@ fn base_cookie(name: String, value: String) -> Cookie<'static> {
 }
 
 /// The sealed cookie that binds a pending login to this browser.
+#[allow(
+    clippy::expect_used,
+    reason = "a struct of strings, numbers and string maps always serializes to JSON"
+)]
 pub fn pending_cookie(keys: &KeyRing, base: &str, pending: &PendingLogin) -> Cookie<'static> {
     let name = cookie_name(base, &pending.state);
     let json = serde_json::to_vec(pending).expect("a pending login serializes");

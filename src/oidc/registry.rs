@@ -94,7 +94,7 @@ impl Provider {
     pub fn metadata(&self) -> Option<Arc<Metadata>> {
         self.metadata
             .read()
-            .expect("metadata lock is never poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -204,7 +204,7 @@ impl Provider {
         *self
             .metadata
             .write()
-            .expect("metadata lock is never poisoned") = Some(Arc::new(metadata));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(metadata));
         tracing::info!(provider = %self.config.id, "provider metadata loaded");
         Ok(())
     }
@@ -219,7 +219,7 @@ impl Provider {
             let mut last = self
                 .last_jwks_refetch
                 .lock()
-                .expect("jwks lock is never poisoned");
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
                 return Ok(None);
             }
@@ -235,7 +235,7 @@ impl Provider {
         *self
             .metadata
             .write()
-            .expect("metadata lock is never poisoned") = Some(updated.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(updated.clone());
         tracing::info!(provider = %self.config.id, "provider keys re-fetched");
         Ok(Some(updated))
     }
@@ -248,6 +248,10 @@ pub struct ProviderRegistry {
 }
 
 impl ProviderRegistry {
+    #[allow(
+        clippy::expect_used,
+        reason = "start-up only, over a configuration whose public_url was validated"
+    )]
     pub fn new(config: &Config, http: reqwest::Client) -> Self {
         let providers = config
             .providers

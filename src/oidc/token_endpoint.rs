@@ -235,7 +235,7 @@ pub async fn grant(
         .form(&form)
         .build()
         .map_err(|_| GrantError::Misconfigured("the token request cannot be built".into()))?;
-    if let Some(trace) = crate::telemetry::TraceContext::current()
+    if let Some(trace) = crate::request_context::TraceContext::current()
         && let Ok(value) = reqwest::header::HeaderValue::from_str(&trace.traceparent())
     {
         request.headers_mut().insert("traceparent", value);

@@ -13,7 +13,7 @@ use crate::oidc::Provider;
 use crate::oidc::login::{self, Purpose};
 use crate::services::Service;
 use crate::session::{self, CurrentSession};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The first value of each query parameter.
 fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
@@ -202,16 +202,20 @@ pub async fn callback(
     let removal = login::removal_cookie(base, &returned_state);
     let now = state.clock.now();
     let found = login::find_pending(&req, &state.keys, base, &returned_state)
-        .filter(|p| p.provider == *path && !p.is_expired(now))
-        .and_then(|p| Some((state.providers.get(&p.provider)?.clone(), p)));
-    let Some((provider, pending)) = found else {
+        .filter(|p| p.provider == *path && !p.is_expired(now));
+    let Some(pending) = found else {
         return redirect(&login_error("invalid_state"))
             .cookie(removal)
             .finish();
     };
     let purpose = pending.purpose.clone();
     let return_to = pending.return_to.clone();
-    let location = match complete_callback(&req, &state, &provider, pending).await {
+    // A deploy may have removed the provider since the login started.
+    let outcome = match state.providers.get(&pending.provider).cloned() {
+        Some(provider) => complete_callback(&req, &state, &provider, pending).await,
+        None => Err(CallbackError::InvalidState),
+    };
+    let location = match outcome {
         Ok(()) => return_to,
         Err(e) => match &purpose {
             Purpose::Login => login_error(e.code()),

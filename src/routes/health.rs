@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::db;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// `GET /healthz`: 200 while the process serves.
 pub async fn healthz() -> HttpResponse {

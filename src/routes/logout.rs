@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::oidc::logout_token::{self, LogoutTokenError};
 use crate::session::CurrentSession;
 use crate::session::end::{self, ProviderLogout};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// `post_logout_redirect` as an absolute URL on courier's origin (providers want one).
 fn post_logout_uri(state: &AppState) -> String {

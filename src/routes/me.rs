@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::session::{self, CurrentSession};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// ID-token claims about the login exchange itself, not the user: they mean nothing to the SPA,
 /// and the nonce belongs to the login that is over. (`auth_time`, `acr`, `amr` describe the

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod error;
+pub mod extract;
 pub mod health;
 pub mod logout;
 pub mod me;

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{Service, ServiceStatus, TokenSource};
 use crate::session::CurrentSession;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::tokens::{AccessToken, TokenError};
 
 fn connect_url(service: &Service) -> String {

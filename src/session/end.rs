@@ -8,9 +8,11 @@ use secrecy::ExposeSecret;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::cache::{self, AppCache};
+use crate::app_cache::AppCache;
+use crate::cache;
 use crate::crypto::KeyRing;
 use crate::db::{self, DbError};
+use crate::domain::tokens::OwnerKey;
 use crate::oidc::ProviderRegistry;
 use crate::oidc::logout_token::LogoutTarget;
 use crate::oidc::revocation;
@@ -24,7 +26,7 @@ async fn announce_and_commit(
 ) -> Result<(), DbError> {
     let mut announced = Vec::with_capacity(ended.len());
     for id in ended {
-        announced.push(cache::announce(&mut tx, &cache::session_key(*id)).await?);
+        announced.push(cache::announce(&mut tx, &OwnerKey::Session(*id)).await?);
     }
     tx.commit().await?;
     cache.confirm(pool, &announced).await;

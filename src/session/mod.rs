@@ -1,16 +1,14 @@
-//! Sessions: the Postgres `SessionStore`, the typed current session, the CSRF guard, and
-//! starting a session after a login.
+//! Sessions: the Postgres `SessionStore`, the typed current session, and starting a session
+//! after a login. (The CSRF guard is in `middleware`; extracting the current session from a
+//! request, which answers 401 without one, in `routes::extract`.)
 
-pub mod csrf;
 pub mod end;
 pub mod store;
 pub mod view;
 
-use std::future::{Ready, ready};
-
 use actix_identity::Identity;
 use actix_session::SessionExt;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, dev::Payload};
+use actix_web::{HttpMessage, HttpRequest};
 use chrono::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -19,34 +17,15 @@ use crate::clock::SharedClock;
 use crate::config::SessionConfig;
 use crate::crypto::KeyRing;
 use crate::db;
-use crate::error::ApiError;
 use crate::oidc::login::CompletedLogin;
 
 pub use store::{PgSessionStore, SESSION_ID_KEY};
 
-/// The live session of the request, or 401 `login_required`.
+/// The live session of the request (as a handler argument: 401 `login_required` without one).
 #[derive(Debug, Clone, Copy)]
 pub struct CurrentSession {
     pub id: Uuid,
     pub user_id: Uuid,
-}
-
-impl FromRequest for CurrentSession {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let id: Option<Uuid> = req.get_session().get(SESSION_ID_KEY).ok().flatten();
-        let user_id = Identity::extract(req)
-            .into_inner()
-            .ok()
-            .and_then(|identity| identity.id().ok())
-            .and_then(|id| id.parse::<Uuid>().ok());
-        ready(match (id, user_id) {
-            (Some(id), Some(user_id)) => Ok(CurrentSession { id, user_id }),
-            _ => Err(ApiError::LoginRequired),
-        })
-    }
 }
 
 /// Records a completed login: the user and identity, a session row with its tokens, all in one

@@ -13,34 +13,18 @@ use std::sync::Arc;
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
 use actix_web::cookie::time::Duration as CookieDuration;
 use anyhow::anyhow;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cache::AppCache;
+use crate::app_cache::AppCache;
 use crate::clock::SharedClock;
 use crate::crypto::{random_token, sha256};
 use crate::db;
+use crate::domain::session::LiveSession;
 
 /// The session-state entry that names the session's row.
 pub const SESSION_ID_KEY: &str = "courier.session";
-
-/// A loaded session as the cache keeps it.
-#[derive(Debug, Clone)]
-pub struct LiveSession {
-    state: Arc<HashMap<String, String>>,
-    last_seen_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-}
-
-impl LiveSession {
-    /// Whether the entry can answer without Postgres: the session is live by what this
-    /// instance knows, and its idle expiry needs no extending yet.
-    fn usable(&self, now: DateTime<Utc>, idle_timeout: Duration) -> bool {
-        now < self.expires_at
-            && now - self.last_seen_at < db::sessions::touch_interval(idle_timeout)
-    }
-}
 
 #[derive(Clone)]
 pub struct PgSessionStore {
@@ -102,7 +86,7 @@ impl SessionStore for PgSessionStore {
         if let Some(live) = self
             .cache
             .session(&hash)
-            .filter(|s| s.usable(now, self.idle_timeout))
+            .filter(|s| s.usable(now, db::sessions::touch_interval(self.idle_timeout)))
         {
             return Ok(Some(live.state.as_ref().clone()));
         }

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cache::{AppCache, VIEW_MAX_AGE};
+use crate::app_cache::AppCache;
+use crate::cache::VIEW_MAX_AGE;
 use crate::db::sessions::SessionView;
 use crate::db::{self, DbError};
 

@@ -103,7 +103,10 @@ async fn a_pending_login_naming_a_removed_provider_is_a_clean_login_error() {
         .get(&redeployed.url(&format!("/auth/callback/github?code=gh-code&state={state}")))
         .await;
     assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(response.headers()[LOCATION], "/?login_error=invalid_state");
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/?connect_error=invalid_state&service=github"
+    );
     assert_eq!(app.db.count("linked_accounts").await, 0);
     // The session is untouched.
     assert_eq!(redeployed.me(&mut browser).await.status(), StatusCode::OK);
