@@ -100,6 +100,9 @@ const MISCONFIGURED: &[&str] = &[
     "invalid_scope",
     "invalid_target",
     "invalid_dpop_proof",
+    // A provider asking for a DPoP nonce wants DPoP proofs, which courier does not send yet:
+    // nothing to retry with, and nothing dead.
+    "use_dpop_nonce",
     "incorrect_client_credentials",
     "redirect_uri_mismatch",
 ];
