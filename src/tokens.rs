@@ -78,8 +78,6 @@ pub enum TokenError {
     #[error("the provider cannot issue a token now")]
     ProviderUnavailable { retry_after_secs: u64 },
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
     Storage(#[from] DbError),
     #[error(transparent)]
     Sealed(#[from] db::session_tokens::LoadError),

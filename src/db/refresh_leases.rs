@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::db::DbError;
+
 /// A lease that its holder stopped renewing frees itself after this long.
 pub const LEASE_SECS: i32 = 10;
 /// The first pause after a failed grant; it doubles with each failure in a row.
@@ -28,7 +30,7 @@ pub async fn acquire(
     pool: &PgPool,
     owner_key: &str,
     holder: Uuid,
-) -> Result<Option<Blocked>, sqlx::Error> {
+) -> Result<Option<Blocked>, DbError> {
     let taken: Option<(i32,)> = sqlx::query_as(
         "INSERT INTO refresh_leases (owner_key, holder, held_until)
          VALUES ($1, $2, now() + $3 * interval '1 second')
@@ -63,7 +65,7 @@ pub async fn acquire(
 }
 
 /// Extends a lease its holder still has; false when it was lost.
-pub async fn renew(pool: &PgPool, owner_key: &str, holder: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn renew(pool: &PgPool, owner_key: &str, holder: Uuid) -> Result<bool, DbError> {
     let renewed = sqlx::query(
         "UPDATE refresh_leases SET held_until = now() + $3 * interval '1 second'
          WHERE owner_key = $1 AND holder = $2",
@@ -78,7 +80,7 @@ pub async fn renew(pool: &PgPool, owner_key: &str, holder: Uuid) -> Result<bool,
 }
 
 /// The grant is over and needs no pause: the lease and any back-off go.
-pub async fn release(pool: &PgPool, owner_key: &str, holder: Uuid) -> Result<(), sqlx::Error> {
+pub async fn release(pool: &PgPool, owner_key: &str, holder: Uuid) -> Result<(), DbError> {
     sqlx::query("DELETE FROM refresh_leases WHERE owner_key = $1 AND holder = $2")
         .bind(owner_key)
         .bind(holder)
@@ -93,7 +95,7 @@ pub async fn back_off(
     pool: &PgPool,
     owner_key: &str,
     holder: Uuid,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+) -> Result<Option<DateTime<Utc>>, DbError> {
     sqlx::query_scalar(
         "UPDATE refresh_leases
          SET holder = NULL, held_until = NULL, failures = failures + 1,
@@ -108,10 +110,11 @@ pub async fn back_off(
     .fetch_optional(pool)
     .await
     .map(Option::flatten)
+    .map_err(DbError::from)
 }
 
 /// Drops leases and back-offs nobody holds or waits for any more.
-pub async fn purge(pool: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn purge(pool: &PgPool) -> Result<u64, DbError> {
     Ok(sqlx::query(
         "DELETE FROM refresh_leases
          WHERE (held_until IS NULL OR held_until < now() - interval '1 minute')

@@ -30,7 +30,6 @@ impl From<TokenError> for ApiError {
                 detail: "the provider cannot issue a token now".into(),
                 retry_after_secs,
             },
-            TokenError::Database(e) => e.into(),
             TokenError::Storage(e) => e.into(),
             TokenError::Sealed(e) => e.into(),
         }
