@@ -140,7 +140,10 @@ pub struct SessionView {
     pub subject: String,
     pub claims: serde_json::Value,
     pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
+    /// The absolute expiry.
+    pub absolute_expires_at: DateTime<Utc>,
+    /// The idle expiry, as last written (it moves when the session is touched).
+    pub idle_expires_at: DateTime<Utc>,
 }
 
 pub async fn view(
@@ -150,7 +153,7 @@ pub async fn view(
 ) -> Result<Option<SessionView>, DbError> {
     sqlx::query_as(
         "SELECT s.id, s.user_id, s.provider, s.subject, i.claims, s.created_at,
-                LEAST(s.idle_expires_at, s.absolute_expires_at) AS expires_at
+                s.absolute_expires_at, s.idle_expires_at
          FROM sessions s
          JOIN identities i ON i.provider = s.provider AND i.subject = s.subject
          WHERE s.id = $1 AND s.key_hash IS NOT NULL

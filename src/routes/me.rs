@@ -20,6 +20,10 @@ pub async fn me(
         .await?
         .ok_or(ApiError::LoginRequired)?;
     let claim = |name: &str| view.claims.get(name).cloned().unwrap_or(Value::Null);
+    // Seconds until the session ends by whichever timeout comes first, so the SPA can warn.
+    let expires_in = (view.absolute_expires_at.min(view.idle_expires_at) - state.clock.now())
+        .num_seconds()
+        .max(0);
     let claims = match &view.claims {
         Value::Object(all) => Value::Object(
             all.iter()
@@ -39,7 +43,9 @@ pub async fn me(
         "claims": claims,
         "session": {
             "created_at": view.created_at,
-            "expires_at": view.expires_at,
+            "expires_at": view.absolute_expires_at,
+            "idle_expires_at": view.idle_expires_at,
+            "expires_in": expires_in,
         },
     })))
 }

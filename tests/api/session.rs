@@ -123,6 +123,8 @@ async fn api_me_describes_the_user_and_the_session() {
     assert!(me["user_id"].as_str().unwrap().len() == 36);
     assert!(me["session"]["created_at"].is_string());
     assert!(me["session"]["expires_at"].is_string());
+    assert!(me["session"]["idle_expires_at"].is_string());
+    assert!(me["session"]["expires_in"].as_i64().unwrap() > 0);
     let body = me.to_string();
     assert!(!body.contains("fake-access-token") && !body.contains("fake-refresh-token"));
 }
@@ -201,8 +203,20 @@ async fn an_active_session_still_ends_at_the_absolute_timeout() {
     assert_eq!(
         (expires - created).num_seconds(),
         1500,
-        "capped by the absolute expiry"
+        "the absolute expiry"
     );
+    let idle =
+        chrono::DateTime::parse_from_rfc3339(me["session"]["idle_expires_at"].as_str().unwrap())
+            .unwrap();
+    // `expires_in` counts to the earlier of the two; 1000 s of the 1500 have passed.
+    let now = created + chrono::Duration::seconds(1000);
+    let expires_in = me["session"]["expires_in"].as_i64().unwrap();
+    let expected = (idle.min(expires) - now).num_seconds();
+    assert!(
+        (expires_in - expected).abs() <= 2,
+        "{expires_in} vs {expected}"
+    );
+    assert!((1..=500).contains(&expires_in), "{expires_in}");
     app.clock.advance(Duration::seconds(501));
     assert_eq!(
         app.me(&mut browser).await.status(),
