@@ -74,13 +74,20 @@ impl Limits {
     /// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
     /// address in `X-Forwarded-For` that is not a trusted proxy.
     pub fn client_address(&self, req: &ServiceRequest) -> Option<IpAddr> {
-        let peer = req.peer_addr()?.ip();
+        self.client_of(req.peer_addr()?.ip(), req.headers())
+    }
+
+    /// `client_address` for a request's peer and headers.
+    pub fn client_of(
+        &self,
+        peer: IpAddr,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Option<IpAddr> {
         let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
         if !trusted(&peer) {
             return Some(peer);
         }
-        let forwarded: Vec<IpAddr> = req
-            .headers()
+        let forwarded: Vec<IpAddr> = headers
             .get_all("x-forwarded-for")
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))

@@ -162,6 +162,9 @@ impl OutgoingBody {
 pub struct Incoming<'a> {
     pub req: &'a HttpRequest,
     pub public_url: &'a Url,
+    /// The client's address, as `X-Forwarded-For` tells the service: the peer, or the address
+    /// a trusted proxy in front of courier vouched for (`limits::Limits::client_of`).
+    pub client: Option<std::net::IpAddr>,
 }
 
 fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
@@ -195,8 +198,8 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
             out.insert(name, v);
         }
     };
-    if let Some(peer) = incoming.req.peer_addr() {
-        set("x-forwarded-for", peer.ip().to_string());
+    if let Some(client) = incoming.client {
+        set("x-forwarded-for", client.to_string());
     }
     set("x-forwarded-proto", incoming.public_url.scheme().to_owned());
     if let Some(host) = incoming.public_url.host_str() {

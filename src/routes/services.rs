@@ -189,6 +189,7 @@ async fn send_measured(
     let incoming = Incoming {
         req,
         public_url: &state.config.server.public_url,
+        client: client_of(req),
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let started = std::time::Instant::now();
@@ -234,6 +235,7 @@ async fn send_retry(
     let incoming = Incoming {
         req,
         public_url: &state.config.server.public_url,
+        client: client_of(req),
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let body = OutgoingBody::Buffered(body);
@@ -281,4 +283,13 @@ pub async fn call(
         return proxy::respond(again);
     }
     proxy::respond(response)
+}
+
+/// The client's address for `X-Forwarded-For`: believed from a trusted proxy only.
+fn client_of(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    match req.app_data::<web::Data<std::sync::Arc<crate::limits::Limits>>>() {
+        Some(limits) => limits.client_of(peer, req.headers()),
+        None => Some(peer),
+    }
 }

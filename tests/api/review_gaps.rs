@@ -282,3 +282,40 @@ async fn a_forwarded_for_from_an_untrusted_peer_reaches_neither_the_limit_nor_th
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn a_forwarded_for_from_a_trusted_proxy_names_the_client_to_the_service() {
+    let fake = FakeProvider::start().await;
+    let service = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&service)
+        .await;
+    let mut settings = AppSettings::new(&fake.issuer).service(
+        "public",
+        &format!("{}/", service.uri()),
+        "token = \"none\"",
+    );
+    // The test connects from 127.0.0.1, here a trusted proxy in front of courier.
+    settings
+        .extra_toml
+        .push_str("\n[rate_limit]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    login_with_fake(&app, &fake, &mut browser, "/").await;
+    // The right-most address that is not a trusted proxy is the client.
+    let response = browser
+        .send(
+            Method::GET,
+            &app.url("/api/services/public/x"),
+            &[
+                ("x-csrf", "1"),
+                ("x-forwarded-for", "198.51.100.4, 203.0.113.9, 127.0.0.1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let received = service.received_requests().await.unwrap();
+    assert_eq!(received[0].headers["x-forwarded-for"], "203.0.113.9");
+}
