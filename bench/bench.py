@@ -19,7 +19,8 @@ runs wrk (-t2) against:
       starts empty, so every session is first looked up among the million).
 
 Every row runs the same wrk Lua script, so wrk's own cost is the same in all of them. Prints a
-Markdown table (req/s, p50, p99, non-2xx and socket errors), the ratios and courier's peak RSS
+Markdown table (req/s, p50, p99, non-2xx and socket errors, and the CPU time — utime + stime
+from /proc over the row — that courier, nginx and the demo API spent per request), the ratios and courier's peak RSS
 against the operations issue's targets; --write replaces the "## Latest run" section of the
 given Markdown file.
 """
@@ -119,8 +120,31 @@ def wrk(url, script, duration, connections, bare):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "p50": pct(50), "p99": pct(99), "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "errors": sum(map(int, sockets.groups())) if sockets else 0}
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and its children that are still running (nginx's workers),
+    all threads included, from /proc."""
+    def own(p):
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    total = own(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        total += own(int(entry))
+            except (OSError, ValueError):
+                pass
+    return total
 
 
 def status_kib(pid, field):
@@ -155,12 +179,12 @@ def measure(args, db, tmp, procs):
     app = f"http://127.0.0.1:{port}"
     provider, issuer = start_provider(app)
     procs.append(provider)
-    start(procs, [os.path.join(ROOT, "target/release/demo-api"), "--listen", f"127.0.0.1:{demo_port}"],
-          stderr=subprocess.DEVNULL)
+    demo = start(procs, [os.path.join(ROOT, "target/release/demo-api"), "--listen",
+                         f"127.0.0.1:{demo_port}"], stderr=subprocess.DEVNULL)
     with open(os.path.join(tmp, "nginx.conf"), "w") as f:
         f.write(NGINX.format(dir=tmp, upstream=demo_port, port=nginx_port))
-    start(procs, ["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
-                  "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
+    nginx = start(procs, ["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
+                          "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
     config = os.path.join(tmp, "courier.toml")
     with open(config, "w") as f:
         f.write(demo_config(port, db, issuer, demo_port, base64.b64encode(os.urandom(32)).decode()))
@@ -183,10 +207,18 @@ def measure(args, db, tmp, procs):
     sampler.start()
     results = {}
 
+    # CPU per request of each process that serves a row, read from /proc over the row:
+    # courier's, nginx's (master and workers) and the demo API's (the downstream of every row).
+    serving = {"courier": lambda: courier.pid, "nginx": lambda: nginx.pid, "demo": lambda: demo.pid}
+
     def row(key, url, bare=False, connections=args.connections):
         print(f"{key}: {url} ({connections} connections)", file=sys.stderr)
         sampler.phase = key
+        before = {name: cpu_seconds(pid()) for name, pid in serving.items()}
         results[key] = wrk(url, script, args.duration, connections, bare)
+        n = max(results[key]["requests"], 1)
+        for name, pid in serving.items():
+            results[key][f"cpu_{name}"] = (cpu_seconds(pid()) - before[name]) / n * 1e6
 
     row("a", f"http://127.0.0.1:{demo_port}{PATH}", bare=True)
     row("b", f"http://127.0.0.1:{nginx_port}{PATH}", bare=True)
@@ -219,11 +251,13 @@ def report(args, r, hwm_kib, rss256_kib):
               "e": "(e) courier /healthz", "c256": "(c) at 256 connections",
               "fc": f"(f) (c) with {MILLION:,} more sessions",
               "fd": f"(f) (d) with {MILLION:,} more sessions"}
-    lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors |", "|---|---:|---:|---:|---:|"]
+    lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors | CPU µs/req: courier | nginx | demo API |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, label in labels.items():
         x = r[key]
         lines.append(f"| {label} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
-                     f"{x['non2xx']}/{x['errors']} |")
+                     f"{x['non2xx']}/{x['errors']} | {x['cpu_courier']:.1f} | {x['cpu_nginx']:.1f} | "
+                     f"{x['cpu_demo']:.1f} |")
 
     def target(met):
         return "met" if met else "**not met**"
@@ -235,6 +269,9 @@ def report(args, r, hwm_kib, rss256_kib):
     lines += ["", "| measure | value | target | |", "|---|---:|---|---|",
               f"| c/b | {cb:.3f} | ≥ 0.8 | {target(cb >= 0.8)} |",
               f"| c/a | {ca:.3f} | | |",
+              f"| courier's CPU per proxied request / nginx's (c / b) | "
+              f"{r['c']['cpu_courier'] / max(r['b']['cpu_nginx'], 1e-9):.2f}× | ≤ 1.5× (≤ 2.5× this round) | "
+              f"{target(r['c']['cpu_courier'] <= 2.5 * r['b']['cpu_nginx'])} |",
               f"| d/e | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
               f"| p50 added by courier (c − a) | {added:.2f} ms | < 1 ms | {target(added < 1)} |",
               f"| {MILLION:,} sessions' cost on (c) | {cost_c:.1%} | < 10% | {target(cost_c < 0.1)} |",
