@@ -171,7 +171,7 @@ function ago(iso) {
   if (Number.isNaN(at)) return 'unknown';
   const seconds = Math.round((at - Date.now()) / 1000);
   if (Math.abs(seconds) < 45) return 'just now';
-  const units = [['year', 31536000], ['month', 2592000], ['week', 604800], ['day', 86400], ['hour', 3600], ['minute', 60]];
+  const units = [['year', 31536000], ['month', 2592000], ['day', 86400], ['hour', 3600], ['minute', 60]];
   for (const [unit, size] of units) {
     if (Math.abs(seconds) >= size) return relative.format(Math.round(seconds / size), unit);
   }
@@ -352,7 +352,14 @@ function renderMe() {
   $('profile-provider').textContent = providerName(me.provider) || 'your provider';
   for (const node of document.querySelectorAll('.avatar')) avatar(node, name, me.picture);
   const since = me.session?.created_at;
-  $('profile-session').replaceChildren(...(since ? ['Signed in ', timeEl(since, ago(since)), '.'] : []));
+  const parts = since ? ['Signed in ', timeEl(since, ago(since)), '.'] : [];
+  const s = me.session;
+  if (s && typeof s.expires_in === 'number') {
+    const ends = new Date(Date.now() + s.expires_in * 1000).toISOString();
+    const idleFirst = Date.parse(s.idle_expires_at) < Date.parse(s.expires_at);
+    parts.push(' Your session ends ', timeEl(ends, ago(ends)), idleFirst ? ', later if you stay active.' : '.');
+  }
+  $('profile-session').replaceChildren(...parts);
   $('me').textContent = JSON.stringify(me.claims ?? {}, null, 2);
 }
 
@@ -437,8 +444,10 @@ function updatePrefix() {
 function callFromRow(name) {
   $('call-service').value = name;
   updatePrefix();
-  callService().catch(ignoreEnded);
-  $('call-section').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  const smooth = !matchMedia('(prefers-reduced-motion: reduce)').matches;
+  callService()
+    .then(() => $('answer').scrollIntoView({ block: 'nearest', behavior: smooth ? 'smooth' : 'auto' }))
+    .catch(ignoreEnded);
 }
 
 function statusText(status) {
@@ -480,8 +489,8 @@ async function callService() {
   const parts = [
     el('p', { class: 'answer-line' },
       el('span', { class: `pill ${status >= 200 && status < 300 ? 'pill-ok' : 'pill-bad'}` }, status ? `${status} ${statusText(status)}`.trim() : 'No answer'),
-      el('code', { class: 'answer-url' }, `${method} ${url}`),
       el('span', { class: 'muted' }, `${took} ms`)),
+    el('code', { class: 'answer-url' }, `${method} ${url}`),
   ];
   const problem = type.includes('problem+json') && body && typeof body === 'object' ? body : null;
   if (problem) {
