@@ -319,6 +319,8 @@ scopes = ["calendar:read"]
   assert.equal(await page.isVisible('#sessions li.session[data-current="true"] button.end-session'), false);
   assert.equal(await page.textContent('#sign-out-others'), 'Sign out everywhere else (1)');
   assert.equal(logins.get(page).length, 1, 'a reload with a live session tries no sign-in');
+  await page.click('li[data-service="calendar"] button.call');
+  await page.waitForFunction(() => document.querySelector('#answer').textContent.includes('"sub": "alice-calendar"'));
   await page.screenshot({ path: join(shots, 'spa.png'), fullPage: true });
 
   // --- End the second browser's session from the first.
@@ -420,6 +422,23 @@ scopes = ["calendar:read"]
   seen = await sessionRows(partner);
   assert.equal(seen.length, 1);
   assert.match(seen[0].text, /via Partner ID/);
+
+  // Five minutes before the session's end the page warns (the end is brought near here by
+  // rewriting /api/me's answer; the session itself lasts days).
+  await partner.route(`${app}/api/me`, async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    body.session = { ...body.session, expires_at: new Date(Date.now() + 120_000).toISOString(), expires_in: 120 };
+    await route.fulfill({ response, json: body });
+  });
+  await partner.reload();
+  await partner.waitForSelector('#expiry:not([hidden])');
+  assert.equal(await partner.textContent('#expiry-text'), 'Your session ends in 2 minutes. Sign in again to keep working.');
+  assert.equal(await partner.textContent('#expiry-action'), 'Sign in again');
+  await partner.unroute(`${app}/api/me`);
+  await partner.reload();
+  await partner.waitForSelector('#signed-in:not([hidden])');
+  assert.equal(await partner.isVisible('#expiry'), false);
 
   // On a phone.
   await partner.setViewportSize({ width: 390, height: 844 });
