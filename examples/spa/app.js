@@ -230,7 +230,8 @@ function signIn(provider, prompt) {
 
 /** One silent sign-in per tab: returns true when the browser is on its way to the provider. */
 function trySilentSignIn(params) {
-  if (params.has('login_error')) return false; // the answer to an attempt: never loop
+  // The answer to an attempt (never loop), or a message to show first.
+  if (params.has('login_error') || params.has('connect_error')) return false;
   if (sessionStorage.getItem(SILENT_TRIED) || sessionStorage.getItem(SIGNED_OUT)) return false;
   sessionStorage.setItem(SILENT_TRIED, new Date().toISOString());
   const last = localStorage.getItem(LAST_PROVIDER);
@@ -266,6 +267,7 @@ function sessionEnded() {
   ended = true;
   $('expiry').hidden = true;
   showSignedOut({ text: 'Your session has ended. Please sign in again.', kind: 'warning' });
+  $('sign-in-title').focus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,6 +675,8 @@ async function start() {
   view('signed-in');
   const message = errorMessage(errors);
   if (message) notice(message.text, message);
+  // Back from a sign-in that was asked for somewhere on the page (e.g. #sessions-section).
+  if (location.hash.length > 1) $(decodeURIComponent(location.hash.slice(1)))?.scrollIntoView();
 
   try {
     await Promise.all([loadServices(), loadSessions()]);
