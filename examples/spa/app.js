@@ -230,7 +230,9 @@ function signIn(provider, prompt) {
 
 /** One silent sign-in per tab: returns true when the browser is on its way to the provider. */
 function trySilentSignIn(params) {
-  // The answer to an attempt (never loop), or a message to show first.
+  // The answer to an attempt (never loop; and this tab has had its attempt), or a message to
+  // show first.
+  if (params.has('login_error')) sessionStorage.setItem(SILENT_TRIED, 'answered');
   if (params.has('login_error') || params.has('connect_error')) return false;
   if (sessionStorage.getItem(SILENT_TRIED) || sessionStorage.getItem(SIGNED_OUT)) return false;
   sessionStorage.setItem(SILENT_TRIED, new Date().toISOString());

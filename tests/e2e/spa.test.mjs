@@ -408,6 +408,19 @@ scopes = ["calendar:read"]
   assert.equal(await cancelled.textContent('#notice .notice-text'), 'Sign-in was cancelled.');
   assert.equal(logins.get(cancelled).length, 0);
 
+  // Without /auth/providers the page still offers one "Sign in", to the default provider.
+  await cancelled.route(`${app}/auth/providers`, (route) => route.fulfill({ status: 503, body: 'down' }));
+  await cancelled.reload();
+  await cancelled.waitForSelector('#signed-out:not([hidden]) #sign-in');
+  assert.deepEqual(await cancelled.$$eval('#providers button', (all) => all.map((b) => b.textContent)), ['Sign in']);
+  assert.equal(logins.get(cancelled).length, 0, 'the tab had its attempt: no silent sign-in on reload');
+  const fallback = cancelled.waitForRequest((r) => r.url().startsWith(`${app}/auth/login`));
+  await cancelled.click('#sign-in');
+  const fallbackUrl = new URL((await fallback).url());
+  assert.equal(fallbackUrl.searchParams.get('provider'), null);
+  assert.equal(fallbackUrl.searchParams.get('return_to'), '/');
+  await cancelled.close();
+
   // --- The second login provider: another user (partner's alice is not main's alice), whose
   // orders service is a linked account to connect.
   const third = await newContext();
