@@ -417,7 +417,7 @@ function renderServices() {
         el('span', { class: 'row-sub muted' },
           provider ? `via ${provider}` : 'courier’s own credentials',
           service.linked ? ' · linked account' : '')),
-      el('span', { class: `status status-${status}` }, el('span', { class: 'dot', 'aria-hidden': 'true' }), STATUS_TEXT[status] ?? status),
+      el('span', { class: `status status-${status}` }, el('span', { class: 'dot', 'aria-hidden': 'true' }), (Object.hasOwn(STATUS_TEXT, status) ? STATUS_TEXT[status] : status)),
       el('div', { class: 'row-actions' }, actions));
   });
   $('services').replaceChildren(...(rows.length ? rows : [el('li', { class: 'row row-empty muted' }, 'No services are configured.')]));
@@ -499,7 +499,7 @@ async function callService() {
   const problem = type.includes('problem+json') && body && typeof body === 'object' ? body : null;
   if (problem) {
     const service = state.services.find((s) => s.name === name);
-    const explain = PROBLEMS[problem.code] ?? problem.title ?? 'The call failed.';
+    const explain = (Object.hasOwn(PROBLEMS, problem.code ?? '') ? PROBLEMS[problem.code] : null) ?? problem.title ?? 'The call failed.';
     const fix = (problem.code === 'connect_required' || (problem.code === 'reauth_required' && service?.linked))
       ? button(problem.code === 'connect_required' ? 'Connect' : 'Reconnect', () => location.assign(connectHref({ name, connect_url: problem.connect_url ?? service?.connect_url })))
       : null;
@@ -627,14 +627,19 @@ function takeErrors() {
   return found;
 }
 
+// What the URL says is shown only when it looks like a code or a name: anyone can make a link
+// that carries a `login_error`, and the page must not repeat made-up sentences.
+const code = (text) => (/^[a-z0-9_]{1,64}$/.test(text ?? '') ? text : 'unknown_error');
+
 function errorMessage(errors) {
   if (errors.connect) {
-    const service = errors.service || 'the service';
-    const text = CONNECT_ERRORS[errors.connect]?.(service) ?? `Connecting ${service} did not work (${errors.connect}). Please try again.`;
+    const service = /^[A-Za-z0-9._-]{1,64}$/.test(errors.service ?? '') ? errors.service : 'the service';
+    errors = { ...errors, connect: code(errors.connect) };
+    const text = (Object.hasOwn(CONNECT_ERRORS, errors.connect) ? CONNECT_ERRORS[errors.connect](service) : null) ?? `Connecting ${service} did not work (${errors.connect}). Please try again.`;
     return { text, kind: 'error' };
   }
   if (errors.login && !SILENT_ERRORS.has(errors.login)) {
-    return { text: LOGIN_ERRORS[errors.login] ?? `Sign-in did not work (${errors.login}). Please try again.`, kind: 'error' };
+    return { text: (Object.hasOwn(LOGIN_ERRORS, errors.login) ? LOGIN_ERRORS[errors.login] : null) ?? `Sign-in did not work (${code(errors.login)}). Please try again.`, kind: 'error' };
   }
   return null;
 }

@@ -410,6 +410,10 @@ scopes = ["calendar:read"]
   await cancelled.waitForSelector('#signed-out:not([hidden])');
   assert.equal(await cancelled.textContent('#notice .notice-text'), 'Sign-in was cancelled.');
   assert.equal(logins.get(cancelled).length, 0);
+  // Only codes are repeated: a link cannot make the page say a sentence of its choosing.
+  await cancelled.goto(`${app}/?login_error=${encodeURIComponent('Your account is locked, call +1 555 0100')}`);
+  await cancelled.waitForSelector('#signed-out:not([hidden])');
+  assert.equal(await cancelled.textContent('#notice .notice-text'), 'Sign-in did not work (unknown_error). Please try again.');
 
   // Without /auth/providers the page still offers one "Sign in", to the default provider.
   await cancelled.route(`${app}/auth/providers`, (route) => route.fulfill({ status: 503, body: 'down' }));
