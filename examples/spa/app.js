@@ -499,7 +499,10 @@ async function callService() {
   const problem = type.includes('problem+json') && body && typeof body === 'object' ? body : null;
   if (problem) {
     const service = state.services.find((s) => s.name === name);
-    const explain = (Object.hasOwn(PROBLEMS, problem.code ?? '') ? PROBLEMS[problem.code] : null) ?? problem.title ?? 'The call failed.';
+    let explain = (Object.hasOwn(PROBLEMS, problem.code ?? '') ? PROBLEMS[problem.code] : null) ?? problem.title ?? 'The call failed.';
+    if (problem.code === 'connect_required' && service) {
+      explain = `${name} needs your ${providerName(service.provider)} account. Connect it first.`;
+    }
     const fix = (problem.code === 'connect_required' || (problem.code === 'reauth_required' && service?.linked))
       ? button(problem.code === 'connect_required' ? 'Connect' : 'Reconnect', () => location.assign(connectHref({ name, connect_url: problem.connect_url ?? service?.connect_url })))
       : null;
