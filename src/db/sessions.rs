@@ -265,7 +265,9 @@ impl Selection<'_> {
             query.push(" AND user_id = ").push_bind(user_id);
         }
         if let Some(provider) = self.provider {
-            query.push(" AND provider = ").push_bind(provider.to_owned());
+            query
+                .push(" AND provider = ")
+                .push_bind(provider.to_owned());
         }
         if let Some(subject) = self.subject {
             query.push(" AND subject = ").push_bind(subject.to_owned());
@@ -334,7 +336,8 @@ pub async fn lock_for_ending(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Ending>, DbError> {
-    let mut query = QueryBuilder::new("SELECT id, provider, (key_hash IS NOT NULL AND idle_expires_at > ");
+    let mut query =
+        QueryBuilder::new("SELECT id, provider, (key_hash IS NOT NULL AND idle_expires_at > ");
     query
         .push_bind(now)
         .push(" AND absolute_expires_at > ")

@@ -95,17 +95,18 @@ mod tests {
     fn auth_time_is_read_from_the_claims_when_it_is_a_time() {
         let claims = |v: serde_json::Value| v.as_object().cloned().unwrap();
         assert_eq!(
-            super::auth_time(&claims(json!({"auth_time": 1_700_000_000})))
-                .map(|t| t.timestamp()),
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000}))).map(|t| t.timestamp()),
             Some(1_700_000_000)
         );
         assert_eq!(
-            super::auth_time(&claims(json!({"auth_time": 1_700_000_000.7})))
-                .map(|t| t.timestamp()),
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000.7}))).map(|t| t.timestamp()),
             Some(1_700_000_000)
         );
         assert_eq!(super::auth_time(&claims(json!({}))), None);
-        assert_eq!(super::auth_time(&claims(json!({"auth_time": "yesterday"}))), None);
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": "yesterday"}))),
+            None
+        );
         assert_eq!(super::auth_time(&claims(json!({"auth_time": 1e300}))), None);
     }
 }
