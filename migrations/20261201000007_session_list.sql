@@ -20,3 +20,6 @@ ALTER TABLE sessions
     ALTER COLUMN auth_time SET DEFAULT now(),
     ALTER COLUMN auth_time SET NOT NULL;
 CREATE UNIQUE INDEX sessions_public_id ON sessions (public_id);
+-- `courier sessions list|end --sub` and a back-channel logout by `sub` find a user's sessions
+-- by (provider, subject).
+CREATE INDEX sessions_provider_subject ON sessions (provider, subject);
