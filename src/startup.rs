@@ -184,6 +184,15 @@ impl Application {
                         .service(resource("/me").route(web::get().to(routes::me::me)))
                         .service(resource("/services").route(web::get().to(routes::services::list)))
                         .service(
+                            resource("/sessions")
+                                .route(web::get().to(routes::sessions::list))
+                                .route(web::delete().to(routes::sessions::end_others)),
+                        )
+                        .service(
+                            resource("/sessions/{id}")
+                                .route(web::delete().to(routes::sessions::end_one)),
+                        )
+                        .service(
                             resource("/connections/{service}")
                                 .route(web::delete().to(routes::services::disconnect)),
                         )

@@ -211,14 +211,13 @@ async fn send_measured(
             e
         }
     });
-    let status = match &response {
-        Ok(r) => r.status().as_u16().to_string(),
-        Err(e) => e.code().to_owned(),
+    let answered = response.as_ref().map(|r| r.status());
+    let status = match (&answered, &response) {
+        (Ok(status), _) => status.as_str(),
+        (Err(_), Err(e)) => e.code(),
+        (Err(_), Ok(_)) => "internal",
     };
-    let labels = [("service", service.name().to_owned()), ("status", status)];
-    metrics::counter!("courier_service_calls_total", &labels).increment(1);
-    metrics::histogram!("courier_service_call_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    crate::metrics::record_service_call(service.name(), status, started.elapsed().as_secs_f64());
     response
 }
 

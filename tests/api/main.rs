@@ -30,5 +30,6 @@ mod reseal;
 mod review_gaps;
 mod services;
 mod session;
+mod sessions_api;
 mod shutdown;
 mod trace;
