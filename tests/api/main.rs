@@ -21,6 +21,7 @@ mod login_state;
 mod logout;
 mod logout_token_compat;
 mod logs;
+mod multi_provider;
 mod openapi;
 mod paths;
 mod pending_logins;
