@@ -32,4 +32,5 @@ mod review_gaps;
 mod services;
 mod session;
 mod shutdown;
+mod silent_login;
 mod trace;
