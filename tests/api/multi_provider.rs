@@ -301,6 +301,24 @@ async fn a_linked_account_at_a_login_provider_serves_other_sessions_and_the_sess
     let (status, again) = w.get(&mut at_dot, "/api/services/orders/x").await;
     assert_eq!(status, StatusCode::OK);
     assert!(has_service_scope(&again), "{again}");
+
+    // Disconnecting the link ends it for the DOT session; the session that signed in with
+    // that account keeps its user and its own tokens.
+    let response = w
+        .app
+        .api(&mut at_dot, Method::DELETE, "/api/connections/orders")
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (status, body) = w.get(&mut at_dot, "/api/services/orders/x").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "connect_required");
+    // Past the few seconds `/api/me` keeps a view cached: read from Postgres.
+    w.app.clock.advance(chrono::Duration::seconds(10));
+    let (status, me) = w.get(&mut at_main, "/api/me").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user_id"], me_dot["user_id"]);
+    let (status, own) = w.get(&mut at_main, "/api/services/orders/x").await;
+    assert_eq!(status, StatusCode::OK, "{own}");
 }
 
 #[tokio::test]
