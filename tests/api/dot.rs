@@ -190,7 +190,14 @@ async fn login_answering_consent(
     user: &str,
     allow: bool,
 ) -> (Url, Response) {
-    login_at(app, browser, "/auth/login?return_to=/after-login", user, allow).await
+    login_at(
+        app,
+        browser,
+        "/auth/login?return_to=/after-login",
+        user,
+        allow,
+    )
+    .await
 }
 
 /// A login through DOT's pages that starts at courier's `start` (a `/auth/login…` path).

@@ -175,7 +175,9 @@ async fn a_login_names_a_login_provider_or_gets_the_default_and_anything_else_is
         "provider=MAIN",
         "provider=main&provider=dot",
     ] {
-        let response = browser.get(&w.app.url(&format!("/auth/login?{query}"))).await;
+        let response = browser
+            .get(&w.app.url(&format!("/auth/login?{query}")))
+            .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(response.headers()["cache-control"], "no-store");
         let body: Value = response.json().await.unwrap();

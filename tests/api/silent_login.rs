@@ -85,7 +85,12 @@ async fn a_silent_login_with_a_provider_session_signs_in_without_a_page() {
         StatusCode::UNAUTHORIZED
     );
 
-    let answer = silent(&app, &mut browser, "/auth/login?prompt=none&return_to=/back").await;
+    let answer = silent(
+        &app,
+        &mut browser,
+        "/auth/login?prompt=none&return_to=/back",
+    )
+    .await;
     assert_eq!(answer.status(), StatusCode::FOUND);
     assert_eq!(answer.headers()[LOCATION], "/back");
     let me = app.me(&mut browser).await;
@@ -99,9 +104,7 @@ async fn a_silent_login_with_a_provider_session_signs_in_without_a_page() {
 /// `error` (as a provider redirects the browser): returns where courier sends the browser.
 async fn provider_answers(app: &TestApp, issuer: &str, query: &str, error: &str) -> String {
     let mut browser = Browser::new();
-    let started = browser
-        .get(&app.url(&format!("/auth/login?{query}")))
-        .await;
+    let started = browser.get(&app.url(&format!("/auth/login?{query}"))).await;
     assert_eq!(started.status(), StatusCode::FOUND, "{query}");
     let authorize = Url::parse(started.headers()[LOCATION].to_str().unwrap()).unwrap();
     let state = authorize
@@ -271,8 +274,11 @@ async fn a_session_without_a_refresh_token_ends_when_its_access_token_expires() 
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-    let expires_at: chrono::DateTime<chrono::Utc> =
-        me["session"]["expires_at"].as_str().unwrap().parse().unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> = me["session"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(expires_at, token_expiry);
     assert_eq!(sibling.me(&mut on_sibling).await.status(), StatusCode::OK);
 
