@@ -39,7 +39,7 @@ pub const MAX_PENDING_LOGINS: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Purpose {
-    /// Signing in with the login provider.
+    /// Signing in with a login provider (the pending login names which).
     Login,
     /// Connecting the session user's account at another provider, for `service`.
     Connect { service: String, user_id: Uuid },

@@ -281,8 +281,13 @@ pub async fn callback(
     let purpose = pending.purpose.clone();
     let return_to = pending.return_to.clone();
     let silent = pending.silent;
-    // A deploy may have removed the provider since the login started.
-    let outcome = match state.providers.get(&pending.provider).cloned() {
+    // A deploy may have removed the provider since the login started, or (for a login) made
+    // it no login provider.
+    let provider = match &purpose {
+        Purpose::Login => state.providers.login(Some(&pending.provider)),
+        Purpose::Connect { .. } => state.providers.get(&pending.provider),
+    };
+    let outcome = match provider.cloned() {
         Some(provider) => complete_callback(&req, &state, &provider, pending).await,
         None => Err(CallbackError::InvalidState),
     };
@@ -363,7 +368,13 @@ async fn complete_callback(
         Ok(()) => "ok".to_owned(),
         Err(e) => e.code().to_owned(),
     };
-    metrics::counter!("courier_logins_total", "kind" => kind, "outcome" => result).increment(1);
+    metrics::counter!(
+        "courier_logins_total",
+        "kind" => kind,
+        "provider" => provider.id().to_owned(),
+        "outcome" => result
+    )
+    .increment(1);
     outcome
 }
 
