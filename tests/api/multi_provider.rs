@@ -6,6 +6,7 @@
 
 use reqwest::header::LOCATION;
 use reqwest::{Method, Response, StatusCode};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::dot::{DotProvider, login_at, spawn_demo_api_checking_at};
@@ -36,6 +37,7 @@ struct TwoProviders {
     app: TestApp,
     node: NodeProvider,
     dot: DotProvider,
+    keys: Vec<String>,
 }
 
 impl TwoProviders {
@@ -86,8 +88,32 @@ client_secret = "gh-secret"
                 "provider = \"main\"\nscopes = [\"orders:read\"]",
             )
             .service("reports", &format!("{reports}/"), "provider = \"dot\"");
+        let keys = settings.encryption_keys.clone();
         let app = TestApp::spawn(listener, settings).await;
-        TwoProviders { app, node, dot }
+        TwoProviders {
+            app,
+            node,
+            dot,
+            keys,
+        }
+    }
+
+    /// The refresh token of the (one) session that logged in with `provider`.
+    async fn refresh_token(&self, provider: &str) -> SecretString {
+        let keys: Vec<SecretString> = self.keys.iter().map(|k| k.clone().into()).collect();
+        let ring = courier::crypto::KeyRing::from_config(&keys).unwrap();
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions WHERE provider = $1")
+            .bind(provider)
+            .fetch_one(&self.app.db.pool)
+            .await
+            .unwrap();
+        courier::db::session_tokens::get(&self.app.db.pool, &ring, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens
+            .refresh_token
+            .unwrap()
     }
 
     /// A browser signed in as `user` at node-oidc-provider (`main`), through the default.
@@ -328,6 +354,8 @@ async fn logout_goes_to_the_end_session_endpoint_of_the_sessions_own_provider() 
     let w = TwoProviders::start().await;
     let mut at_main = w.login_main("alice").await;
     let mut at_dot = w.login_dot("alice").await;
+    let main_refresh = w.refresh_token("main").await;
+    let dot_refresh = w.refresh_token("dot").await;
 
     let logout_url = |body: &Value| body["logout_url"].as_str().unwrap().to_owned();
     let response = at_dot
@@ -353,6 +381,10 @@ async fn logout_goes_to_the_end_session_endpoint_of_the_sessions_own_provider() 
         StatusCode::OK,
         "the other provider's session lives on"
     );
+    // Revoked at its own provider: DOT refuses the refresh token; node's is untouched.
+    let (status, body) = w.dot.refresh(&dot_refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(w.node.is_active(&main_refresh).await);
 
     let response = at_main
         .send(
@@ -367,6 +399,7 @@ async fn logout_goes_to_the_end_session_endpoint_of_the_sessions_own_provider() 
         logout_url(&body).starts_with(&format!("{}/session/end?", w.node.issuer)),
         "{body}"
     );
+    assert!(!w.node.is_active(&main_refresh).await);
 }
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
