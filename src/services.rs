@@ -25,25 +25,36 @@ pub struct Service {
     pub config: ServiceConfig,
     /// `base_url` with a trailing slash, so that joining keeps its path.
     pub base: Url,
-    /// Whether the service needs a linked account (a provider other than the login one).
-    pub linked: bool,
     /// The token a call carries, resolved once from the configuration.
     pub token: TokenSource,
     allowed_paths: Option<GlobSet>,
 }
 
-/// Which token a call to a service carries. The provider is part of the variants that need
-/// one, so that no request path has to ask "which provider?" and cope with "none".
+/// Which token a call to a service carries, as the configuration says. The provider is part
+/// of the variants that need one, so that no request path has to ask "which provider?" and
+/// cope with "none".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// `token = "none"`: the call carries no `Authorization`.
     None,
     /// courier's own token at `provider` (client credentials).
     Client { provider: String },
-    /// The session's login token.
+    /// The user's token at `provider`: the session's own when the session logged in with
+    /// `provider`, else the user's linked account there.
+    User { provider: String },
+}
+
+/// The token of one call: the service's `TokenSource` for the session that makes the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallToken<'a> {
+    /// No `Authorization`.
+    None,
+    /// courier's own token at `provider` (client credentials).
+    Client { provider: &'a str },
+    /// The session's own token: the service's provider is the one the session logged in with.
     Session,
     /// The user's linked account at `provider`, connected with `/auth/connect/{service}`.
-    Linked { provider: String },
+    Linked { provider: &'a str },
 }
 
 /// Whether the session user can call a service now, as `GET /api/services` reports it.
@@ -62,10 +73,29 @@ impl Service {
         &self.config.name
     }
 
-    /// The provider of a linked service's account, `None` for other services.
-    pub fn linked_provider(&self) -> Option<&str> {
+    /// The provider whose user token the service takes (`token = "user"`), `None` for others.
+    pub fn user_provider(&self) -> Option<&str> {
         match &self.token {
-            TokenSource::Linked { provider } => Some(provider),
+            TokenSource::User { provider } => Some(provider),
+            _ => None,
+        }
+    }
+
+    /// The token a call carries for a session that logged in with `session_provider`.
+    pub fn call_token(&self, session_provider: &str) -> CallToken<'_> {
+        match &self.token {
+            TokenSource::None => CallToken::None,
+            TokenSource::Client { provider } => CallToken::Client { provider },
+            TokenSource::User { provider } if provider == session_provider => CallToken::Session,
+            TokenSource::User { provider } => CallToken::Linked { provider },
+        }
+    }
+
+    /// The provider of the linked account the service needs in a session that logged in with
+    /// `session_provider`; `None` when it needs none there (no user token, or the session's).
+    pub fn linked_provider(&self, session_provider: &str) -> Option<&str> {
+        match self.call_token(session_provider) {
+            CallToken::Linked { provider } => Some(provider),
             _ => None,
         }
     }
@@ -174,7 +204,6 @@ impl ServiceRegistry {
     /// Fails on a service whose token needs a provider and names none (the configuration's
     /// validation refuses it first).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let login = &config.login_provider().id;
         let services: Vec<Service> = config
             .services
             .iter()
@@ -189,9 +218,8 @@ impl ServiceRegistry {
                     TokenMode::Client => TokenSource::Client {
                         provider: provider()?,
                     },
-                    TokenMode::User => match provider()? {
-                        p if &p == login => TokenSource::Session,
-                        p => TokenSource::Linked { provider: p },
+                    TokenMode::User => TokenSource::User {
+                        provider: provider()?,
                     },
                 };
                 let mut base = s.base_url.clone();
@@ -210,7 +238,6 @@ impl ServiceRegistry {
                     set.build().expect("validated globs build")
                 });
                 Ok(Service {
-                    linked: matches!(token, TokenSource::Linked { .. }),
                     token,
                     config: s.clone(),
                     base,
@@ -266,10 +293,23 @@ mod tests {
         Service {
             base: config.base_url.clone(),
             config,
-            linked: false,
-            token: TokenSource::Session,
+            token: TokenSource::User {
+                provider: "main".into(),
+            },
             allowed_paths,
         }
+    }
+
+    #[test]
+    fn a_user_token_is_the_sessions_own_only_in_a_session_of_its_provider() {
+        let s = service("http://127.0.0.1:9100/", None);
+        assert_eq!(s.call_token("main"), CallToken::Session);
+        assert_eq!(s.linked_provider("main"), None);
+        assert_eq!(
+            s.call_token("other"),
+            CallToken::Linked { provider: "main" }
+        );
+        assert_eq!(s.linked_provider("other"), Some("main"));
     }
 
     #[test]

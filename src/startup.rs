@@ -159,6 +159,9 @@ impl Application {
                                 .route(web::get().to(routes::auth::login)),
                         )
                         .service(
+                            resource("/providers").route(web::get().to(routes::auth::providers)),
+                        )
+                        .service(
                             resource("/connect/{service}")
                                 .wrap(from_fn(login_rate_limit))
                                 .route(web::get().to(routes::auth::connect)),

@@ -1,4 +1,4 @@
-//! The login provider's token set of each session, sealed column by column.
+//! The token set of each session, from the provider it logged in with, sealed column by column.
 
 use crate::db::DbError;
 use chrono::{DateTime, Utc};

@@ -73,40 +73,57 @@ pub fn touch_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).min(Duration::seconds(60))
 }
 
-/// A live session as `touch` left it.
+/// A session as `touch` found it: live, or just ended with its grant (`grant_ended`).
 #[derive(Debug, sqlx::FromRow)]
 pub struct Touched {
     pub id: Uuid,
+    /// The login provider the session came from.
+    pub provider: String,
     pub state: serde_json::Value,
     pub last_seen_at: DateTime<Utc>,
     pub idle_expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
+    /// The session got no refresh token and its access token has expired: the session ended
+    /// with its grant (at login its expiry was set to the access token's), not by a timeout.
+    pub grant_ended: bool,
 }
 
 /// Loads a live session and, when it was last extended over `touch_interval` ago, extends its
-/// idle expiry, in one round trip. A session past either expiry is not returned.
+/// idle expiry, in one round trip. A session past either expiry is not returned, except one
+/// that ended with its grant (`Touched::grant_ended`): its cookie then learns why.
 pub async fn touch(
     pool: &PgPool,
     key_hash: &[u8],
     now: DateTime<Utc>,
     idle_timeout: Duration,
 ) -> Result<Option<Touched>, DbError> {
+    // A session's expiry equals its access token's only when `session::start` capped it there
+    // because no refresh token came; its idle expiry is then capped there too unless the
+    // session went idle first (which is a timeout like any other).
     sqlx::query_as(
         "WITH live AS (
-             SELECT id, state, last_seen_at, idle_expires_at, absolute_expires_at,
-                    last_seen_at < $4 AS stale
-             FROM sessions
-             WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
+             SELECT s.id, s.provider, s.state, s.last_seen_at, s.idle_expires_at,
+                    s.absolute_expires_at, s.last_seen_at < $4 AS stale,
+                    s.absolute_expires_at <= $2 AS grant_ended
+             FROM sessions s
+             WHERE s.key_hash = $1
+               AND ((s.idle_expires_at > $2 AND s.absolute_expires_at > $2)
+                    OR (s.idle_expires_at = s.absolute_expires_at
+                        AND s.absolute_expires_at <= $2
+                        AND EXISTS (SELECT 1 FROM session_tokens t
+                                    WHERE t.session_id = s.id AND t.refresh_token IS NULL
+                                      AND t.expires_at = s.absolute_expires_at)))
          ), extended AS (
              UPDATE sessions
              SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
-             WHERE id = (SELECT id FROM live WHERE stale)
+             WHERE id = (SELECT id FROM live WHERE stale AND NOT grant_ended)
          )
-         SELECT id, state,
-                CASE WHEN stale THEN $2 ELSE last_seen_at END AS last_seen_at,
-                CASE WHEN stale THEN LEAST($3, absolute_expires_at) ELSE idle_expires_at END
-                    AS idle_expires_at,
-                absolute_expires_at
+         SELECT id, provider, state,
+                CASE WHEN stale AND NOT grant_ended THEN $2 ELSE last_seen_at END
+                    AS last_seen_at,
+                CASE WHEN stale AND NOT grant_ended THEN LEAST($3, absolute_expires_at)
+                     ELSE idle_expires_at END AS idle_expires_at,
+                absolute_expires_at, grant_ended
          FROM live",
     )
     .bind(key_hash)

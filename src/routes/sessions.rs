@@ -26,7 +26,7 @@ pub async fn list(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let sessions = user_sessions::list(&state.pool, current, state.clock.now()).await?;
+    let sessions = user_sessions::list(&state.pool, &current, state.clock.now()).await?;
     let sessions: Vec<_> = sessions
         .iter()
         .map(|s| {
@@ -57,7 +57,7 @@ pub async fn end_one(
     let not_found = || ApiError::NotFound("no such session".into());
     let public_id = Uuid::parse_str(&path).map_err(|_| not_found())?;
     let ended =
-        user_sessions::end_one(&enders(&state), current, public_id, state.clock.now()).await?;
+        user_sessions::end_one(&enders(&state), &current, public_id, state.clock.now()).await?;
     match ended {
         EndedOne::NotFound => return Err(not_found()),
         EndedOne::Current => req.get_session().purge(),
@@ -73,7 +73,7 @@ pub async fn end_others(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ended = user_sessions::end_others(&enders(&state), current, state.clock.now()).await?;
+    let ended = user_sessions::end_others(&enders(&state), &current, state.clock.now()).await?;
     metrics::counter!("courier_logouts_total", "kind" => "user_ended").increment(ended);
     Ok(HttpResponse::NoContent().finish())
 }

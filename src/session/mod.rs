@@ -22,13 +22,16 @@ use crate::db;
 use crate::domain::user_agent;
 use crate::oidc::login::CompletedLogin;
 
-pub use store::{PgSessionStore, SESSION_ID_KEY};
+pub use store::{PgSessionStore, SESSION_ENDED_KEY, SESSION_ID_KEY, SESSION_PROVIDER_KEY};
 
 /// The live session of the request (as a handler argument: 401 `login_required` without one).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CurrentSession {
     pub id: Uuid,
     pub user_id: Uuid,
+    /// The login provider the session came from: a service of this provider uses the
+    /// session's tokens, any other provider's a linked account.
+    pub provider: String,
 }
 
 /// Records a completed login: the user and identity, a session row with its tokens, all in one
@@ -49,6 +52,14 @@ pub async fn start(
         .headers()
         .get(USER_AGENT)
         .map(|v| user_agent::summarize(&String::from_utf8_lossy(v.as_bytes())));
+    // A session lives no longer than its grant: without a refresh token, it ends when its
+    // access token expires (the store then answers `reauth_required` once).
+    let mut absolute_timeout = Duration::seconds(config.absolute_timeout_secs as i64);
+    if login.tokens.refresh_token.is_none()
+        && let Some(expires_at) = login.tokens.expires_at
+    {
+        absolute_timeout = absolute_timeout.min(expires_at - now);
+    }
     let claims = serde_json::Value::Object(login.claims.clone());
     let mut tx = pool.begin().await?;
     let user_id = db::users::upsert_identity(&mut tx, provider, &login.subject, &claims).await?;
@@ -65,7 +76,7 @@ pub async fn start(
             auth_time: auth_time(&login.claims).unwrap_or(now),
             now,
             idle_timeout: Duration::seconds(config.idle_timeout_secs as i64),
-            absolute_timeout: Duration::seconds(config.absolute_timeout_secs as i64),
+            absolute_timeout,
         },
     )
     .await?;

@@ -21,7 +21,7 @@ pub const RECENT_LOGIN: Duration = Duration::minutes(10);
 /// The user's live sessions at `now`, newest first.
 pub async fn list(
     pool: &PgPool,
-    current: CurrentSession,
+    current: &CurrentSession,
     now: DateTime<Utc>,
 ) -> Result<Vec<SessionSummary>, DbError> {
     db::sessions::list(
@@ -58,7 +58,7 @@ pub enum EndedOne {
 /// revokes its refresh token (waiting for the provider a short while at most).
 pub async fn end_one(
     enders: &Enders<'_>,
-    current: CurrentSession,
+    current: &CurrentSession,
     public_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<EndedOne, DbError> {
@@ -98,7 +98,7 @@ pub enum EndOthersError {
 /// live sessions ended.
 pub async fn end_others(
     enders: &Enders<'_>,
-    current: CurrentSession,
+    current: &CurrentSession,
     now: DateTime<Utc>,
 ) -> Result<u64, EndOthersError> {
     let auth_time = db::sessions::auth_time(enders.pool, current.id)
