@@ -160,9 +160,22 @@ impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
 }
 
 fn count(table: &'static str, hit: bool) {
-    metrics::counter!("courier_cache_lookups_total", "table" => table,
-        "outcome" => if hit { "hit" } else { "miss" })
-    .increment(1);
+    // The handles of the few label sets, registered once per thread: asking the recorder by
+    // label set on every lookup costs a hash and a lock, twice per request.
+    thread_local! {
+        static COUNTERS: std::cell::RefCell<Vec<(&'static str, bool, metrics::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    COUNTERS.with_borrow_mut(|counters| {
+        if let Some((_, _, counter)) = counters.iter().find(|(t, h, _)| *t == table && *h == hit) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!("courier_cache_lookups_total", "table" => table,
+            "outcome" => if hit { "hit" } else { "miss" });
+        counter.increment(1);
+        counters.push((table, hit, counter));
+    });
 }
 
 impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {

@@ -88,15 +88,16 @@ fn main() -> ExitCode {
             _ => serve(config).await,
         }
     });
-    telemetry.shutdown();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "courier stopped");
             eprintln!("courier: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
