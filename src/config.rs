@@ -13,6 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::crypto::KeyRing;
+use crate::domain::client_key::ClientKey;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,13 +174,19 @@ pub struct ProviderConfig {
     pub client_auth: Option<ClientAuth>,
     /// The sign-in button's text (the SPEC's `/auth/providers`).
     pub display_name: Option<String>,
-    // The SPEC's keys for features still being built (PAR, DPoP, private_key_jwt, FAPI 2.0):
-    // read so that a configuration written from the SPEC loads, and refused or warned about
-    // in `not_yet_supported` so that nothing is silently ignored.
+    /// Pushed authorization requests (RFC 9126); see `par()`.
     pub par: Option<ParMode>,
+    /// courier's private key(s) for `private_key_jwt`: a PEM key, a path to a PEM file, or an
+    /// array of them (the first signs, all are published). Read into `client_keys`.
+    pub client_key: Option<toml::Value>,
+    /// `client_key`, parsed when the configuration is loaded.
+    #[serde(skip)]
+    pub client_keys: Vec<ClientKey>,
+    // The SPEC's keys for features still being built (DPoP, FAPI 2.0): read so that a
+    // configuration written from the SPEC loads, and refused in `not_yet_supported` so that
+    // nothing is silently ignored.
     #[serde(default)]
     pub dpop: bool,
-    pub client_key: Option<toml::Value>,
     pub profile: Option<String>,
 }
 
@@ -192,24 +199,38 @@ pub enum ParMode {
     Off,
 }
 
-/// Client authentication at the provider (RFC 6749 §2.3.1). `private_key_jwt` is not yet
-/// supported (the FAPI 2.0 work adds it).
+/// Client authentication at the provider (RFC 6749 §2.3.1, RFC 7523 §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     ClientSecretBasic,
     ClientSecretPost,
+    /// A client assertion signed with the first `client_key` (RFC 7523).
+    PrivateKeyJwt,
 }
 
 impl ProviderConfig {
-    /// The configured method, else HTTP Basic for OpenID providers (what discovery-based
-    /// clients default to) and the request body for plain OAuth 2.0 ones (GitHub's way).
+    /// The configured method, else `private_key_jwt` when a `client_key` is given, else HTTP
+    /// Basic for OpenID providers (what discovery-based clients default to) and the request
+    /// body for plain OAuth 2.0 ones (GitHub's way).
     pub fn client_auth(&self, is_oidc: bool) -> ClientAuth {
-        self.client_auth.unwrap_or(if is_oidc {
+        self.client_auth.unwrap_or(if !self.client_keys.is_empty() {
+            ClientAuth::PrivateKeyJwt
+        } else if is_oidc {
             ClientAuth::ClientSecretBasic
         } else {
             ClientAuth::ClientSecretPost
         })
+    }
+
+    /// Whether logins push their authorization request (RFC 9126): `auto` when not set.
+    pub fn par(&self) -> ParMode {
+        self.par.unwrap_or(ParMode::Auto)
+    }
+
+    /// The key that signs client assertions: the first `client_key`.
+    pub fn signing_key(&self) -> Option<&ClientKey> {
+        self.client_keys.first()
     }
 }
 
@@ -356,6 +377,8 @@ impl Config {
                 let message = message.split("\nin `").next().unwrap_or_default().trim();
                 err(e.path().to_string(), message.to_owned())
             })?;
+        let mut config = config;
+        config.read_client_keys().map_err(|(k, m)| err(k, m))?;
         config.validate().map_err(|(k, m)| err(k, m))?;
         config.not_yet_supported().map_err(|(k, m)| err(k, m))?;
         Ok(config)
@@ -490,6 +513,62 @@ impl Config {
         Ok(())
     }
 
+    /// Reads each provider's `client_key` (PEM text, a path to a PEM file, or an array of
+    /// them) into `client_keys`, and checks that it goes with `client_auth`. A relative path is
+    /// taken from the working directory, as `static_dir` is.
+    fn read_client_keys(&mut self) -> Result<(), (String, String)> {
+        for (i, p) in self.providers.iter_mut().enumerate() {
+            let base = format!("providers[{i}].client_key");
+            let entries: Vec<(String, &toml::Value)> = match &p.client_key {
+                None => Vec::new(),
+                Some(toml::Value::Array(values)) if values.is_empty() => {
+                    return Err((base, "must name at least one key".into()));
+                }
+                Some(toml::Value::Array(values)) => values
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| (format!("{base}[{j}]"), v))
+                    .collect(),
+                Some(value) => vec![(base.clone(), value)],
+            };
+            let mut keys = Vec::new();
+            for (key, value) in entries {
+                let Some(text) = value.as_str() else {
+                    return Err((key, "must be a PEM private key or a path to one".into()));
+                };
+                let pem = if text.contains("-----BEGIN") {
+                    text.to_owned()
+                } else {
+                    std::fs::read_to_string(text.trim())
+                        .map_err(|e| (key.clone(), format!("cannot read `{}`: {e}", text.trim())))?
+                };
+                keys.push(ClientKey::from_pem(&pem).map_err(|m| (key, m))?);
+            }
+            p.client_keys = keys;
+            let key = |field: &str| format!("providers[{i}].{field}");
+            match p.client_auth {
+                Some(ClientAuth::PrivateKeyJwt) if p.client_keys.is_empty() => {
+                    return Err((
+                        key("client_auth"),
+                        "is \"private_key_jwt\", which needs `client_key` (a PEM private key \
+                         or a path to one)"
+                            .into(),
+                    ));
+                }
+                Some(ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost)
+                    if !p.client_keys.is_empty() =>
+                {
+                    return Err((
+                        key("client_key"),
+                        "is only used with client_auth = \"private_key_jwt\"".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
     /// FAPI 2.0, token exchange, resource indicators, live connections). A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
@@ -510,14 +589,8 @@ impl Config {
         }
         for (i, p) in self.providers.iter().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
-            if p.par == Some(ParMode::Required) {
-                return refuse(key("par"), "`required` (pushed authorization requests)");
-            }
             if p.dpop {
                 return refuse(key("dpop"), "DPoP");
-            }
-            if p.client_key.is_some() {
-                return refuse(key("client_key"), "private_key_jwt client authentication");
             }
             if let Some(profile) = p.profile.as_deref()
                 && profile != "none"
@@ -566,15 +639,6 @@ impl Config {
                 "session.idle_timeout_secs".into(),
                 "is longer than 24 hours: a forgotten session stays usable that long",
             );
-        }
-        for (i, p) in self.providers.iter().enumerate() {
-            if p.par == Some(ParMode::Auto) {
-                warn(
-                    format!("providers[{i}].par"),
-                    "is \"auto\", but this version of courier does not push authorization \
-                     requests yet: the browser carries them (with PKCE and state) as before",
-                );
-            }
         }
         for (i, s) in self.services.iter().enumerate() {
             if s.audience.is_some() {

@@ -152,6 +152,9 @@ impl Application {
                 .service(resource("/metrics").route(web::get().to(crate::metrics::render)))
                 .service(resource("/openapi.yaml").route(web::get().to(routes::health::openapi)))
                 .service(
+                    resource("/.well-known/jwks.json").route(web::get().to(routes::jwks::jwks)),
+                )
+                .service(
                     web::scope("/auth")
                         .service(
                             resource("/login")

@@ -456,6 +456,13 @@ fn exchange_error<T: openidconnect::ErrorResponseType + std::fmt::Display>(
     }
 }
 
+/// The `private_key_jwt` assertion for a code exchange (none under other methods):
+/// openidconnect/oauth2 send only `client_id` then, and these beside it.
+fn client_assertion(provider: &Provider) -> Result<Vec<(&'static str, String)>, LoginError> {
+    crate::oidc::client_auth::assertion_params(provider)
+        .map_err(|e| LoginError::Exchange(e.to_string()))
+}
+
 /// Exchanges the code, checks the ID token and merges userinfo.
 pub async fn complete(
     provider: &Provider,
@@ -468,10 +475,14 @@ pub async fn complete(
         .metadata()
         .ok_or_else(|| LoginError::ProviderUnavailable("metadata not loaded".into()))?;
     let client = provider.client(&metadata);
-    let response = client
+    let mut request = client
         .exchange_code(AuthorizationCode::new(code))
         .map_err(|e| LoginError::Exchange(e.to_string()))?
-        .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier))
+        .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier));
+    for (name, value) in client_assertion(provider)? {
+        request = request.add_extra_param(name, value);
+    }
+    let response = request
         .request_async(http)
         .await
         .map_err(exchange_error)?;
@@ -522,9 +533,11 @@ pub async fn complete_connect(
     let code = AuthorizationCode::new(code);
     let verifier = PkceCodeVerifier::new(pending.pkce_verifier);
     let (tokens, verified) = if let Some(client) = provider.plain_client() {
-        let response = client
-            .exchange_code(code)
-            .set_pkce_verifier(verifier)
+        let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
+        for (name, value) in client_assertion(provider)? {
+            request = request.add_extra_param(name, value);
+        }
+        let response = request
             .request_async(http)
             .await
             .map_err(exchange_error)?;
@@ -536,11 +549,15 @@ pub async fn complete_connect(
         let metadata = provider
             .metadata()
             .ok_or_else(|| LoginError::ProviderUnavailable("metadata not loaded".into()))?;
-        let response = provider
-            .client(&metadata)
+        let client = provider.client(&metadata);
+        let mut request = client
             .exchange_code(code)
             .map_err(|e| LoginError::Exchange(e.to_string()))?
-            .set_pkce_verifier(verifier)
+            .set_pkce_verifier(verifier);
+        for (name, value) in client_assertion(provider)? {
+            request = request.add_extra_param(name, value);
+        }
+        let response = request
             .request_async(http)
             .await
             .map_err(exchange_error)?;

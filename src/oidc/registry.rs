@@ -18,7 +18,7 @@ use openidconnect::{
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ProviderConfig};
+use crate::config::{ClientAuth, Config, ProviderConfig};
 use crate::oidc::http::{HttpError, ProviderHttp};
 
 /// Discovery fields courier uses beyond what openidconnect's core metadata carries.
@@ -30,6 +30,11 @@ pub struct ExtraMetadata {
     /// RFC 9207: the provider names itself (`iss`) in every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// RFC 9126: where authorization requests are pushed.
+    pub pushed_authorization_request_endpoint: Option<url::Url>,
+    /// RFC 9126: the provider takes authorization requests only through PAR.
+    #[serde(default)]
+    pub require_pushed_authorization_requests: Option<bool>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}
@@ -110,16 +115,22 @@ impl Provider {
         CoreClient::from_provider_metadata(
             metadata.clone(),
             ClientId::new(self.config.client_id.clone()),
-            self.config
-                .client_secret
-                .as_ref()
-                .map(|s| ClientSecret::new(s.expose_secret().to_owned())),
+            self.client_secret(true),
         )
         .set_redirect_uri(self.redirect_uri.clone())
-        .set_auth_type(match self.config.client_auth(true) {
-            crate::config::ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-            crate::config::ClientAuth::ClientSecretPost => AuthType::RequestBody,
-        })
+        .set_auth_type(auth_type(self.config.client_auth(true)))
+    }
+
+    /// The secret openidconnect/oauth2 send on the code exchange: none under `private_key_jwt`,
+    /// whose assertion the caller adds (`client_auth::assertion_params`).
+    fn client_secret(&self, is_oidc: bool) -> Option<ClientSecret> {
+        if self.config.client_auth(is_oidc) == ClientAuth::PrivateKeyJwt {
+            return None;
+        }
+        self.config
+            .client_secret
+            .as_ref()
+            .map(|s| ClientSecret::new(s.expose_secret().to_owned()))
     }
 
     /// Whether the provider speaks OpenID Connect (configured by `issuer`), as opposed to plain
@@ -138,12 +149,9 @@ impl Provider {
                 .set_auth_uri(AuthUrl::from_url(auth.clone()))
                 .set_token_uri(TokenUrl::from_url(token.clone()))
                 .set_redirect_uri(self.redirect_uri.clone())
-                .set_auth_type(match self.config.client_auth(false) {
-                    crate::config::ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
-                    crate::config::ClientAuth::ClientSecretPost => AuthType::RequestBody,
-                });
-        if let Some(secret) = &self.config.client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.expose_secret().to_owned()));
+                .set_auth_type(auth_type(self.config.client_auth(false)));
+        if let Some(secret) = self.client_secret(false) {
+            client = client.set_client_secret(secret);
         }
         Some(client)
     }
@@ -338,6 +346,15 @@ impl ProviderRegistry {
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         });
+    }
+}
+
+/// How openidconnect/oauth2 send the client's credentials. Under `private_key_jwt` they send
+/// only `client_id` in the body (no secret is set), beside the assertion the caller adds.
+fn auth_type(method: ClientAuth) -> AuthType {
+    match method {
+        ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
+        ClientAuth::ClientSecretPost | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
     }
 }
 

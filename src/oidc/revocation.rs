@@ -28,7 +28,7 @@ pub async fn revoke(
         ("token", token.expose_secret().to_owned()),
         ("token_type_hint", hint.to_owned()),
     ];
-    let request = token_endpoint::authenticate(provider, http.0.post(endpoint), &mut form);
+    let request = token_endpoint::authenticate(provider, http.0.post(endpoint), &mut form)?;
     let response = request
         .form(&form)
         .send()

@@ -192,33 +192,43 @@ fn basic_credentials(client_id: &str, secret: &str) -> String {
     )
 }
 
-/// Adds the client's authentication to a request to the provider's token, revocation or
-/// introspection endpoint: HTTP Basic, or `client_id` and `client_secret` in the form.
+/// Adds the client's authentication to a request to the provider's token, revocation, PAR or
+/// introspection endpoint: HTTP Basic, `client_id` and `client_secret` in the form, or a
+/// signed client assertion (`private_key_jwt`).
 pub fn authenticate(
     provider: &Provider,
     request: reqwest::RequestBuilder,
     form: &mut Vec<(&'static str, String)>,
-) -> reqwest::RequestBuilder {
+) -> Result<reqwest::RequestBuilder, GrantError> {
     let config = &provider.config;
-    match (
-        config.client_auth(provider.is_oidc()),
-        &config.client_secret,
-    ) {
-        (ClientAuth::ClientSecretBasic, Some(secret)) => request.header(
-            AUTHORIZATION,
-            basic_credentials(&config.client_id, secret.expose_secret()),
-        ),
-        (ClientAuth::ClientSecretPost, Some(secret)) => {
-            form.push(("client_id", config.client_id.clone()));
-            form.push(("client_secret", secret.expose_secret().to_owned()));
-            request
-        }
-        // A public client identifies itself only.
-        (_, None) => {
-            form.push(("client_id", config.client_id.clone()));
-            request
-        }
-    }
+    Ok(
+        match (
+            config.client_auth(provider.is_oidc()),
+            &config.client_secret,
+        ) {
+            (ClientAuth::PrivateKeyJwt, _) => {
+                let assertion = crate::oidc::client_auth::assertion_params(provider)
+                    .map_err(|e| GrantError::Misconfigured(e.to_string()))?;
+                form.push(("client_id", config.client_id.clone()));
+                form.extend(assertion);
+                request
+            }
+            (ClientAuth::ClientSecretBasic, Some(secret)) => request.header(
+                AUTHORIZATION,
+                basic_credentials(&config.client_id, secret.expose_secret()),
+            ),
+            (ClientAuth::ClientSecretPost, Some(secret)) => {
+                form.push(("client_id", config.client_id.clone()));
+                form.push(("client_secret", secret.expose_secret().to_owned()));
+                request
+            }
+            // A public client identifies itself only.
+            (_, None) => {
+                form.push(("client_id", config.client_id.clone()));
+                request
+            }
+        },
+    )
 }
 
 /// Sends one grant (`form` holds `grant_type` and its parameters) with the client's
@@ -233,7 +243,7 @@ pub async fn grant(
         provider,
         http.0.post(endpoint).header(ACCEPT, "application/json"),
         &mut form,
-    );
+    )?;
     let mut request = request
         .form(&form)
         .build()

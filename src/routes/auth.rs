@@ -13,6 +13,7 @@ use crate::connections::{self, ConnectError};
 use crate::error::ApiError;
 use crate::oidc::Provider;
 use crate::oidc::login::{self, LoginOptions, Purpose};
+use crate::oidc::par;
 use crate::services::Service;
 use crate::session::{self, CurrentSession};
 use crate::state::AppState;
@@ -143,7 +144,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         state.clock.now(),
     )
     .ok_or_else(|| provider_not_ready(provider.id()))?;
-    Ok(to_provider(&req, &state, url, &pending))
+    Ok(push_and_go(&req, &state, provider, url, &pending).await)
 }
 
 /// `GET /auth/providers` → 200 `{"providers":[{"id","name"}]}`: the login providers in the
@@ -203,7 +204,31 @@ pub async fn connect(
         state.clock.now(),
     )
     .ok_or_else(|| provider_not_ready(provider.id()))?;
-    Ok(to_provider(&req, &state, url, &pending))
+    Ok(push_and_go(&req, &state, provider, url, &pending).await)
+}
+
+/// Pushes the authorization request when the provider's `par` says so (RFC 9126), then sends
+/// the browser on as `to_provider` does. A push that fails sends it back with
+/// `login_error` (`connect_error`) instead: never to the front-channel request.
+async fn push_and_go(
+    req: &HttpRequest,
+    state: &AppState,
+    provider: &Provider,
+    url: url::Url,
+    pending: &login::PendingLogin,
+) -> HttpResponse {
+    match par::authorization_url(provider, &state.providers.http, url).await {
+        Ok(url) => to_provider(req, state, url, pending),
+        Err(e) => {
+            tracing::error!(provider = %provider.id(), error = %e, "login not started");
+            let location = match &pending.purpose {
+                Purpose::Login if pending.silent => with_login_error(&pending.return_to, e.code()),
+                Purpose::Login => login_error(e.code()),
+                Purpose::Connect { service, .. } => connect_error(service, e.code()),
+            };
+            redirect(&location).finish()
+        }
+    }
 }
 
 /// The provider's scopes, then the service's that the provider's do not already include.

@@ -5,6 +5,7 @@ pub mod auth;
 mod error;
 pub mod extract;
 pub mod health;
+pub mod jwks;
 pub mod logout;
 pub mod me;
 pub mod services;

@@ -7,6 +7,7 @@ mod config;
 mod crash;
 mod dot;
 mod fake_provider;
+mod fapi;
 mod faults;
 mod fuzz;
 mod health;

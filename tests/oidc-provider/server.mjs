@@ -51,6 +51,9 @@ const cfg = {
   keep_grant_on_revocation: input.keep_grant_on_revocation ?? false,
   cookie_keys: input.cookie_keys ?? ['courier-test-cookie-key-1', 'courier-test-cookie-key-0'],
   verbose: input.verbose ?? false,
+  par: input.par ?? true,
+  require_par: input.require_par ?? false,
+  client_auth_signing_algs: input.client_auth_signing_algs,
   clients: input.clients ?? [{
     client_id: 'courier',
     client_secret: 'courier-secret',
@@ -134,6 +137,10 @@ async function readForm(req) {
 // never-prompting check at the front of the interaction policy re-adds it when the original
 // request asked for it, the response_type returns a code and the client may refresh. The value
 // then ends up in the stored interaction params, the grant, the code and the token response.
+// The scope of each pushed authorization request as the client sent it, by its request_uri
+// (node-oidc-provider drops `offline_access` from it before storing it; see buildPolicy).
+const pushedScopes = new Map();
+
 function buildPolicy() {
   const { base, Prompt, Check } = interactionPolicy;
   const policy = base();
@@ -142,7 +149,10 @@ function buildPolicy() {
     new Check('restore_offline_access', 'never prompts', (ctx) => {
       const { oidc } = ctx;
       if (oidc.route !== 'authorization') return Check.NO_NEED_TO_PROMPT;
-      const requested = String(ctx.query?.scope ?? '').split(' ');
+      // A pushed request (PAR) lost `offline_access` when it was pushed: its scope as sent
+      // was kept by `request_uri` (see `pushedScopes`).
+      const requestedScope = ctx.query?.scope ?? pushedScopes.get(ctx.query?.request_uri);
+      const requested = String(requestedScope ?? '').split(' ');
       const current = new Set((oidc.params.scope ?? '').split(' ').filter(Boolean));
       if (
         requested.includes('offline_access')
@@ -204,8 +214,16 @@ function buildConfiguration() {
       };
     },
 
+    ...(cfg.client_auth_signing_algs
+      ? { enabledJWA: { clientAuthSigningAlgValues: cfg.client_auth_signing_algs } }
+      : {}),
+
     features: {
       devInteractions: { enabled: false },
+      pushedAuthorizationRequests: {
+        enabled: cfg.par,
+        requirePushedAuthorizationRequests: cfg.require_par,
+      },
       // Same rules as node-oidc-provider's defaults, spelled out to silence its notices:
       // confidential clients may introspect any token, public clients only their own; a client may
       // only revoke its own tokens.
@@ -491,6 +509,15 @@ server.listen(cfg.port, '127.0.0.1', () => {
     log('failed to construct Provider:', err);
     process.exit(1);
   }
+
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route === 'pushed_authorization_request' && ctx.status === 201) {
+      const requestUri = ctx.body.request_uri;
+      pushedScopes.set(requestUri, ctx.oidc.body?.scope);
+      setTimeout(() => pushedScopes.delete(requestUri), 120_000).unref();
+    }
+  });
 
   const errorEvents = [
     'authorization.error', 'grant.error', 'introspection.error', 'revocation.error',
