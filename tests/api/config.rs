@@ -406,7 +406,6 @@ fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
     let (ok, out) = check(SPEC_EXAMPLE, &env());
     assert!(ok, "{out}");
     for key in [
-        "providers[0].par",
         "services[0].audience",
         "services[0].resource",
         "services[0].stream_idle_timeout_secs",
@@ -419,23 +418,12 @@ fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
 fn settings_asking_for_protection_not_built_yet_are_refused() {
     let cases = [
         (
-            SPEC_EXAMPLE.replace("par = \"auto\"", "par = \"required\""),
-            "providers[0].par",
-        ),
-        (
             SPEC_EXAMPLE.replace("dpop = false", "dpop = true"),
             "providers[0].dpop",
         ),
         (
             SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
             "providers[0].profile",
-        ),
-        (
-            SPEC_EXAMPLE.replace(
-                "dpop = false",
-                "dpop = false\nclient_key = \"/etc/courier/main.pem\"",
-            ),
-            "providers[0].client_key",
         ),
         (
             SPEC_EXAMPLE.replace("websocket = false", "websocket = true"),
@@ -457,4 +445,94 @@ fn settings_asking_for_protection_not_built_yet_are_refused() {
             "{key}: {out}"
         );
     }
+}
+
+fn key_file(name: &str) -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/api/keys")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `VALID` with the first provider authenticating by `private_key_jwt` with `client_key`
+/// (a TOML value), and without a secret.
+fn with_client_key(client_key: &str) -> String {
+    VALID.replacen(
+        "client_secret = \"${TEST_SECRET}\"",
+        &format!("client_auth = \"private_key_jwt\"\nclient_key = {client_key}"),
+        1,
+    )
+}
+
+#[test]
+fn a_client_key_is_read_from_a_path_inline_pem_or_an_array_without_a_secret() {
+    let pem = std::fs::read_to_string(key_file("client_p256.pem")).unwrap();
+    for client_key in [
+        format!("\"{}\"", key_file("client_rsa.pem")),
+        format!("'''\n{pem}'''"),
+        format!(
+            "[\"{}\", \"{}\"]",
+            key_file("client_rsa_next.pem"),
+            key_file("client_p256.pem")
+        ),
+    ] {
+        let (ok, out) = check(&with_client_key(&client_key), &env());
+        assert!(ok, "{client_key}: {out}");
+    }
+}
+
+#[test]
+fn a_bad_client_key_is_refused_naming_the_key_and_never_printing_it() {
+    let cases = [
+        (
+            with_client_key("'''-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----'''"),
+            "providers[0].client_key",
+        ),
+        (
+            with_client_key(&format!(
+                "[\"{}\", \"/nonexistent/courier.pem\"]",
+                key_file("client_rsa.pem")
+            )),
+            "providers[0].client_key[1]",
+        ),
+        (with_client_key("[]"), "providers[0].client_key"),
+        (with_client_key("42"), "providers[0].client_key"),
+        // A public key cannot sign.
+        (
+            with_client_key(&format!("\"{}\"", key_file("signing.pub.pem"))),
+            "providers[0].client_key",
+        ),
+    ];
+    for (text, key) in cases {
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{key} was accepted: {out}");
+        assert!(out.contains(key), "{key}: {out}");
+        assert!(!out.contains("c2VjcmV0"), "the key was printed: {out}");
+    }
+}
+
+#[test]
+fn private_key_jwt_without_a_client_key_is_refused() {
+    let text = VALID.replacen(
+        "client_secret = \"${TEST_SECRET}\"",
+        "client_auth = \"private_key_jwt\"",
+        1,
+    );
+    let (ok, out) = check(&text, &env());
+    assert!(!ok, "{out}");
+    assert!(out.contains("providers[0].client_auth"), "{out}");
+    assert!(out.contains("client_key"), "{out}");
+    // And a key next to a secret method is a mistake, not silently unused.
+    let text = VALID.replacen(
+        "client_secret = \"${TEST_SECRET}\"",
+        &format!(
+            "client_secret = \"${{TEST_SECRET}}\"\nclient_auth = \"client_secret_post\"\nclient_key = \"{}\"",
+            key_file("client_rsa.pem")
+        ),
+        1,
+    );
+    let (ok, out) = check(&text, &env());
+    assert!(!ok, "{out}");
+    assert!(out.contains("providers[0].client_key"), "{out}");
 }

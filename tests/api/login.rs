@@ -63,7 +63,13 @@ async fn two_tabs_logging_in_at_once_both_complete() {
 
 #[tokio::test]
 async fn a_code_used_twice_is_refused() {
-    let (app, _provider) = spawn_app_with_real_provider().await;
+    // The replay below reads `state` from a front-channel request: no PAR.
+    let listener = TestApp::bind();
+    let provider =
+        NodeProvider::for_courier(listener.local_addr().unwrap().port(), json!({})).await;
+    let mut settings = AppSettings::new(&provider.issuer);
+    settings.extra_toml = "par = \"off\"\n".into();
+    let app = TestApp::spawn(listener, settings).await;
     let mut browser = Browser::new();
     let form = app.start_login_at_provider(&mut browser, "/").await;
     // Stop at the redirect to courier's callback to keep the code.

@@ -125,7 +125,8 @@ async fn provider_answers(app: &TestApp, issuer: &str, query: &str, error: &str)
 
 #[tokio::test]
 async fn only_a_silent_login_goes_back_to_return_to_and_only_for_the_interaction_errors() {
-    let (app, provider) = app_with(|_| {}).await;
+    // `provider_answers` reads `state` from the front-channel request.
+    let (app, provider) = app_with(|s| s.extra_toml = "par = \"off\"\n".into()).await;
     let issuer = &provider.issuer;
     for code in [
         "login_required",
@@ -159,8 +160,11 @@ async fn only_a_silent_login_goes_back_to_return_to_and_only_for_the_interaction
 #[tokio::test]
 async fn prompt_replaces_the_configured_one_and_hints_reach_the_provider() {
     let (app, _provider) = app_with(|s| {
-        // Continues the `main` provider's table.
-        s.extra_toml = "authorize_params = { prompt = \"consent\", ui_locales = \"de\" }\n".into();
+        // Continues the `main` provider's table; the parameters are read from the
+        // front-channel request, so it is not pushed.
+        s.extra_toml =
+            "authorize_params = { prompt = \"consent\", ui_locales = \"de\" }\npar = \"off\"\n"
+                .into();
     })
     .await;
     let mut browser = Browser::new();
