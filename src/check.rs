@@ -13,7 +13,7 @@ use openidconnect::JsonWebKeySet;
 use openidconnect::core::CoreJsonWebKey;
 use serde_json::Value;
 
-use crate::config::{Config, ProviderConfig, TokenMode};
+use crate::config::{ClientAuth, Config, ParMode, ProviderConfig, TokenMode};
 use crate::oidc::registry::{Metadata, error_chain};
 
 /// The exit code for a configuration that `serve` would refuse or could not use.
@@ -217,12 +217,16 @@ async fn inspect(
     );
     let par = endpoint("pushed_authorization_request_endpoint");
     let par_required = flag("require_pushed_authorization_requests");
+    let par_mode = provider.par();
     report.line(
         "PAR (RFC 9126)",
-        match (&par, par_required) {
-            (Some(url), true) => format!("required, {url}"),
-            (Some(url), false) => format!("supported, {url}"),
-            (None, _) => "no".into(),
+        match (&par, par_required, par_mode) {
+            (Some(url), true, _) => format!("required, {url}"),
+            (Some(url), false, ParMode::Off) => {
+                format!("supported, {url} (par = \"off\": not used)")
+            }
+            (Some(url), false, _) => format!("supported, {url} (logins push their requests)"),
+            (None, _, _) => "no".into(),
         },
     );
     let iss_parameter = flag("authorization_response_iss_parameter_supported");
@@ -323,20 +327,44 @@ async fn inspect(
     {
         report.warn("code_challenge_methods_supported lacks S256, which courier always sends");
     }
-    if par_required {
-        report.warn(
-            "the provider requires pushed authorization requests (PAR), which courier does not \
-             send: logins will be refused",
-        );
+    match (&par, par_required, par_mode) {
+        (None, _, ParMode::Required) => report.error(
+            "par = \"required\", but the metadata has no pushed_authorization_request_endpoint: \
+             no login can start",
+        ),
+        (Some(_), true, ParMode::Off) => report.error(
+            "the provider requires pushed authorization requests, but par = \"off\": logins \
+             will be refused",
+        ),
+        _ => {}
     }
-    if provider.client_secret.is_some()
+    let client_auth = provider.client_auth(true);
+    let method = match client_auth {
+        ClientAuth::ClientSecretBasic => "client_secret_basic",
+        ClientAuth::ClientSecretPost => "client_secret_post",
+        ClientAuth::PrivateKeyJwt => "private_key_jwt",
+    };
+    if (provider.client_secret.is_some() || client_auth == ClientAuth::PrivateKeyJwt)
         && auth_methods
             .as_ref()
-            .is_some_and(|m| !m.iter().any(|x| x == "client_secret_basic"))
+            .is_some_and(|m| !m.iter().any(|x| x == method))
     {
-        report.warn(
-            "token_endpoint_auth_methods_supported lacks client_secret_basic, which courier \
-             uses for OpenID Connect providers",
+        report.warn(format!(
+            "token_endpoint_auth_methods_supported lacks {method}, which courier uses for this \
+             provider (client_auth)"
+        ));
+    }
+    if let Some(key) = provider.signing_key() {
+        let ps256 = list("token_endpoint_auth_signing_alg_values_supported")
+            .is_some_and(|a| a.iter().any(|x| x == "PS256"));
+        report.line(
+            "client assertions (private_key_jwt)",
+            format!(
+                "{:?}, kid {}; keys at {}/.well-known/jwks.json",
+                key.algorithm(ps256),
+                key.kid(),
+                config.public_origin()
+            ),
         );
     }
     const ASYMMETRIC: &[&str] = &[

@@ -152,8 +152,9 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused_without_quoting_it() {
-        let e = ClientKey::from_pem("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----")
-            .unwrap_err();
+        let e =
+            ClientKey::from_pem("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----")
+                .unwrap_err();
         assert!(!e.contains("c2VjcmV0"));
         assert!(ClientKey::from_pem("").is_err());
     }

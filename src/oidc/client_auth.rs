@@ -48,7 +48,9 @@ fn audience(provider: &Provider) -> Result<String, AssertionError> {
         return Ok(metadata.issuer().as_str().to_owned());
     }
     if provider.is_oidc() {
-        return Err(AssertionError("the provider's metadata is not loaded".into()));
+        return Err(AssertionError(
+            "the provider's metadata is not loaded".into(),
+        ));
     }
     provider
         .config

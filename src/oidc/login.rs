@@ -482,10 +482,7 @@ pub async fn complete(
     for (name, value) in client_assertion(provider)? {
         request = request.add_extra_param(name, value);
     }
-    let response = request
-        .request_async(http)
-        .await
-        .map_err(exchange_error)?;
+    let response = request.request_async(http).await.map_err(exchange_error)?;
 
     let id_token = response.id_token().ok_or(LoginError::MissingIdToken)?;
     let nonce = pending
@@ -537,10 +534,7 @@ pub async fn complete_connect(
         for (name, value) in client_assertion(provider)? {
             request = request.add_extra_param(name, value);
         }
-        let response = request
-            .request_async(http)
-            .await
-            .map_err(exchange_error)?;
+        let response = request.request_async(http).await.map_err(exchange_error)?;
         (
             grants::token_set(&response, None, None, requested_scopes, now),
             None,
@@ -557,10 +551,7 @@ pub async fn complete_connect(
         for (name, value) in client_assertion(provider)? {
             request = request.add_extra_param(name, value);
         }
-        let response = request
-            .request_async(http)
-            .await
-            .map_err(exchange_error)?;
+        let response = request.request_async(http).await.map_err(exchange_error)?;
         let verified = match (response.id_token(), &pending.nonce) {
             (Some(id_token), Some(nonce)) => Some(
                 id_token::verify(

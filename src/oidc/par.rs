@@ -18,7 +18,9 @@ use crate::oidc::token_endpoint::{self, GrantError};
 #[derive(Debug, thiserror::Error)]
 pub enum ParError {
     /// `par = "required"`, and the provider's metadata names no PAR endpoint.
-    #[error("par = \"required\", but the provider advertises no pushed_authorization_request_endpoint")]
+    #[error(
+        "par = \"required\", but the provider advertises no pushed_authorization_request_endpoint"
+    )]
     NotSupported,
     /// The provider could not be reached or failed (5xx, timeout).
     #[error("the pushed authorization request failed: {0}")]
@@ -121,12 +123,8 @@ pub async fn authorization_url(
     let error = serde_json::from_slice::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-    Err(
-        match token_endpoint::classify(status, error.as_deref()) {
-            GrantError::Unavailable(detail) => ParError::Unavailable(detail),
-            GrantError::Dead(detail) | GrantError::Misconfigured(detail) => {
-                ParError::Refused(detail)
-            }
-        },
-    )
+    Err(match token_endpoint::classify(status, error.as_deref()) {
+        GrantError::Unavailable(detail) => ParError::Unavailable(detail),
+        GrantError::Dead(detail) | GrantError::Misconfigured(detail) => ParError::Refused(detail),
+    })
 }

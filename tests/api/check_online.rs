@@ -240,3 +240,48 @@ async fn check_config_online_takes_an_issuer_with_a_trailing_slash_as_the_same()
     let out = check_online(&config(&server.uri(), r#""openid""#, "")).await;
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
 }
+
+#[tokio::test]
+async fn check_config_online_refuses_par_required_at_a_provider_without_par() {
+    let provider = NodeProvider::start(json!({ "par": false })).await;
+    let scopes = r#""openid""#;
+    let out = check_online(&config(&provider.issuer, scopes, "par = \"required\"")).await;
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("providers[0] (main)")
+            && out.stderr.contains("pushed_authorization_request_endpoint"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn check_config_online_reports_par_and_the_client_assertion_algorithm() {
+    let provider = NodeProvider::start(json!({})).await;
+    let key =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/api/keys/client_rsa.pem");
+    let text = config(
+        &provider.issuer,
+        r#""openid""#,
+        &format!(
+            "client_auth = \"private_key_jwt\"\nclient_key = \"{}\"",
+            key.display()
+        ),
+    )
+    .replace("client_secret = \"courier-secret\"\n", "");
+    let out = check_online(&text).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for expected in [
+        "PAR (RFC 9126)",
+        "(logins push their requests)",
+        "client assertions (private_key_jwt)",
+        "PS256, kid ",
+        "/.well-known/jwks.json",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "{expected} in:\n{}",
+            out.stdout
+        );
+    }
+}

@@ -486,7 +486,9 @@ fn a_client_key_is_read_from_a_path_inline_pem_or_an_array_without_a_secret() {
 fn a_bad_client_key_is_refused_naming_the_key_and_never_printing_it() {
     let cases = [
         (
-            with_client_key("'''-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----'''"),
+            with_client_key(
+                "'''-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----'''",
+            ),
             "providers[0].client_key",
         ),
         (

@@ -315,14 +315,19 @@ async fn in_a_key_rollover_the_first_key_signs_and_both_are_published() {
     );
     let app = TestApp::spawn(listener, settings).await;
 
-    let response = reqwest::get(app.url("/.well-known/jwks.json")).await.unwrap();
+    let response = reqwest::get(app.url("/.well-known/jwks.json"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let cache = response.headers()["cache-control"].to_str().unwrap();
     assert!(cache.starts_with("public, max-age="), "{cache}");
     let jwks: Value = response.json().await.unwrap();
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
-    assert_eq!(keys[0]["kid"], public_jwk("client_rsa_next.pem", "PS256")["kid"]);
+    assert_eq!(
+        keys[0]["kid"],
+        public_jwk("client_rsa_next.pem", "PS256")["kid"]
+    );
     assert_eq!(keys[1]["kid"], public_jwk("client_rsa.pem", "PS256")["kid"]);
     for key in keys {
         assert_eq!(key["use"], "sig");
@@ -378,6 +383,8 @@ async fn a_key_the_provider_does_not_know_fails_the_pushed_request() {
 async fn jwks_json_is_404_without_client_keys() {
     // Discovery of an unreachable provider is retried in the background; courier serves.
     let app = TestApp::spawn(TestApp::bind(), AppSettings::new("http://127.0.0.1:1")).await;
-    let response = reqwest::get(app.url("/.well-known/jwks.json")).await.unwrap();
+    let response = reqwest::get(app.url("/.well-known/jwks.json"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
