@@ -68,13 +68,25 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
-/// Builds the client for services: no redirects, bounded connection set-up. Each call sets its
+/// The client for service calls on this thread: one per actix worker. reqwest runs each pooled
+/// connection on the runtime that opened it, so one client shared by the workers has a request
+/// on one worker wake its connection's task on another (a cross-thread wake-up, a system call,
+/// per request); a worker's own client keeps its connections on its thread (bench/: rows (g)
+/// and (gw), about 60% more requests per second for the bare stack).
+pub fn client() -> reqwest::Client {
+    thread_local! {
+        static CLIENT: reqwest::Client = build_client();
+    }
+    CLIENT.with(reqwest::Client::clone)
+}
+
+/// Builds a client for services: no redirects, bounded connection set-up. Each call sets its
 /// service's own timeout.
 #[allow(
     clippy::expect_used,
     reason = "start-up only; fails only without a TLS backend"
 )]
-pub fn build_client() -> reqwest::Client {
+fn build_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))

@@ -204,23 +204,16 @@ async fn send_measured(
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let started = std::time::Instant::now();
     let token = token.map(|t| &t.secret);
-    let response = proxy::send(
-        &state.services_http,
-        &incoming,
-        target,
-        body,
-        token,
-        timeout,
-    )
-    .await
-    // A streamed body that stopped arriving failed the call: the client was slow (408).
-    .map_err(|e| {
-        if BodyDeadline::client_is_late(req) {
-            ApiError::RequestTimeout
-        } else {
-            e
-        }
-    });
+    let response = proxy::send(&proxy::client(), &incoming, target, body, token, timeout)
+        .await
+        // A streamed body that stopped arriving failed the call: the client was slow (408).
+        .map_err(|e| {
+            if BodyDeadline::client_is_late(req) {
+                ApiError::RequestTimeout
+            } else {
+                e
+            }
+        });
     let answered = response.as_ref().map(|r| r.status());
     let status = match (&answered, &response) {
         (Ok(status), _) => status.as_str(),
@@ -249,7 +242,7 @@ async fn send_retry(
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let body = OutgoingBody::Buffered(body);
     proxy::send(
-        &state.services_http,
+        &proxy::client(),
         &incoming,
         target,
         body,
