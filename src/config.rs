@@ -239,10 +239,12 @@ pub struct ServiceConfig {
     /// larger ones stream through once.
     #[serde(default = "default_retry_buffer_bytes")]
     pub retry_buffer_bytes: usize,
-    // The SPEC's keys for token exchange, resource indicators and live connections, still
-    // being built: see `not_yet_supported`.
-    pub audience: Option<String>,
+    /// RFC 8707: the resource indicator sent for this service's tokens (on the authorization
+    /// request, refresh and client-credentials grants), sent exactly as written.
     pub resource: Option<String>,
+    // The SPEC's keys for token exchange and live connections, still being built: see
+    // `not_yet_supported`.
+    pub audience: Option<String>,
     #[serde(default)]
     pub websocket: bool,
     pub stream_idle_timeout_secs: Option<u64>,
@@ -491,7 +493,7 @@ impl Config {
     }
 
     /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
-    /// FAPI 2.0, token exchange, resource indicators, live connections). A setting that asks
+    /// FAPI 2.0, token exchange, live connections). A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
     /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
     /// `par = "off"`, `websocket = false`) are accepted. The harmless rest is warned about in
@@ -581,13 +583,6 @@ impl Config {
                 warn(
                     format!("services[{i}].audience"),
                     "only applies to token = \"exchange\", which this version does not have yet",
-                );
-            }
-            if s.resource.is_some() {
-                warn(
-                    format!("services[{i}].resource"),
-                    "is not sent by this version yet (RFC 8707): the provider issues its usual \
-                     tokens, not ones restricted to this resource",
                 );
             }
             if s.stream_idle_timeout_secs.is_some() {
@@ -770,6 +765,23 @@ impl Config {
             if s.timeout_secs == 0 {
                 return Err((key("timeout_secs"), "must be at least 1".into()));
             }
+            if let Some(resource) = &s.resource {
+                // RFC 8707 §2: an absolute URI without a fragment.
+                let valid = Url::parse(resource).is_ok_and(|u| u.fragment().is_none());
+                if !valid {
+                    return Err((
+                        key("resource"),
+                        "must be an absolute URI without a fragment (RFC 8707)".into(),
+                    ));
+                }
+                if s.token == TokenMode::None {
+                    return Err((
+                        key("resource"),
+                        "needs a token: a service with token = \"none\" gets none to restrict"
+                            .into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -848,6 +860,8 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "nonce",
     "code_challenge",
     "code_challenge_method",
+    // From the services' `resource` (RFC 8707).
+    "resource",
 ];
 
 fn is_identifier(s: &str) -> bool {

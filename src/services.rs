@@ -62,6 +62,11 @@ impl Service {
         &self.config.name
     }
 
+    /// The RFC 8707 resource indicator its tokens are restricted to, if any.
+    pub fn resource(&self) -> Option<&str> {
+        self.config.resource.as_deref()
+    }
+
     /// The provider of a linked service's account, `None` for other services.
     pub fn linked_provider(&self) -> Option<&str> {
         match &self.token {
@@ -224,6 +229,22 @@ impl ServiceRegistry {
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
         Ok(ServiceRegistry { services, by_name })
+    }
+
+    /// The RFC 8707 resource indicators a login or connection at `provider` asks for: those of
+    /// the services that use the user's own token from it, each once.
+    pub fn user_resources(&self, provider: &str) -> Vec<String> {
+        let mut resources: Vec<String> = Vec::new();
+        for s in &self.services {
+            if s.config.token == TokenMode::User
+                && s.config.provider.as_deref() == Some(provider)
+                && let Some(resource) = &s.config.resource
+                && !resources.contains(resource)
+            {
+                resources.push(resource.clone());
+            }
+        }
+        resources
     }
 
     pub fn get(&self, name: &str) -> Option<&Service> {

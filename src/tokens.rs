@@ -77,6 +77,10 @@ pub enum TokenError {
     /// The provider failed, or refused courier's own request; retry after this many seconds.
     #[error("the provider cannot issue a token now")]
     ProviderUnavailable { retry_after_secs: u64 },
+    /// The provider will not issue a token for this service's resource or audience
+    /// (`invalid_target`).
+    #[error("the provider refused to issue a token for this service")]
+    NotAllowed,
     #[error(transparent)]
     Storage(#[from] DbError),
     #[error(transparent)]
@@ -188,8 +192,27 @@ impl Stored {
     }
 }
 
-/// A client-credentials token is cached per provider and scope list.
-type ClientTokenKey = (String, Vec<String>);
+/// A token made for one target from an owner's grant, as the cache keeps it. It carries the
+/// owner's `needs_reauth`, so a linked account waiting to be connected again is never used
+/// through it.
+fn service_access(token: db::service_tokens::ServiceToken, needs_reauth: bool) -> CachedAccess {
+    CachedAccess {
+        access_token: token.access_token,
+        expires_at: token.expires_at,
+        obtained_at: token.obtained_at,
+        generation: token.generation,
+        after_rejection: token.after_rejection,
+        needs_reauth,
+    }
+}
+
+/// The target under which a resource's token is kept in `service_tokens`.
+fn resource_target(resource: &str) -> String {
+    format!("resource:{resource}")
+}
+
+/// A client-credentials token is cached per provider, scope list and resource.
+type ClientTokenKey = (String, Vec<String>, Option<String>);
 
 /// courier's own client token at one provider, and the pause after a failed grant.
 #[derive(Default)]
@@ -283,9 +306,37 @@ impl TokenService {
         Ok(access)
     }
 
-    /// A fresh access token of the session's login provider.
-    pub async fn session_access_token(&self, session_id: Uuid) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Session(session_id), None).await
+    /// The owner's token for `target` as the cache has it, else as Postgres has it; `None`
+    /// when there is none yet.
+    async fn current_service_token(
+        &self,
+        owner: Owner<'_>,
+        key: &OwnerKey,
+        target: &str,
+    ) -> Result<Option<CachedAccess>, TokenError> {
+        if let Some(access) = self.cache.service_token(key, target) {
+            return Ok(Some(access));
+        }
+        let epoch = self.cache.epoch();
+        let needs_reauth = self.current(owner, key).await?.needs_reauth;
+        let Some(token) = db::service_tokens::get(&self.pool, &self.keys, key, target).await?
+        else {
+            return Ok(None);
+        };
+        let access = service_access(token, needs_reauth);
+        self.cache
+            .put_service_token(epoch, key.clone(), target.to_owned(), access.clone());
+        Ok(Some(access))
+    }
+
+    /// A fresh access token of the session's login provider, restricted to `resource` when one
+    /// is given (RFC 8707).
+    pub async fn session_access_token(
+        &self,
+        session_id: Uuid,
+        resource: Option<&str>,
+    ) -> Result<AccessToken, TokenError> {
+        self.fresh(Owner::Session(session_id), resource, None).await
     }
 
     /// A new access token after a service rejected `rejected`: refreshes unless another request
@@ -293,21 +344,36 @@ impl TokenService {
     pub async fn session_access_token_after_rejection(
         &self,
         session_id: Uuid,
+        resource: Option<&str>,
         rejected: &SecretString,
     ) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Session(session_id), Some(rejected))
+        self.fresh(Owner::Session(session_id), resource, Some(rejected))
             .await
     }
 
-    /// A fresh access token of the user's linked account at `provider`.
+    /// A fresh access token of the user's linked account at `provider` (for `resource`, when
+    /// one is given).
     pub async fn linked_access_token(
         &self,
         user_id: Uuid,
         provider: &str,
+        resource: Option<&str>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Linked { user_id, provider }, rejected)
+        self.fresh(Owner::Linked { user_id, provider }, resource, rejected)
             .await
+    }
+
+    async fn fresh(
+        &self,
+        owner: Owner<'_>,
+        resource: Option<&str>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        match resource {
+            None => self.fresh_token(owner, rejected).await,
+            Some(resource) => self.fresh_resource_token(owner, resource, rejected).await,
+        }
     }
 
     async fn load(&self, owner: Owner<'_>) -> Result<Option<Stored>, TokenError> {
@@ -378,7 +444,7 @@ impl TokenService {
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
                     return self
-                        .refresh_under_lease(owner, &key, stored, rejected)
+                        .refresh_under_lease(owner, &key, stored, None, rejected)
                         .await;
                 }
                 Some(Blocked::BackingOff { retry_at }) => {
@@ -391,6 +457,86 @@ impl TokenService {
                 Some(Blocked::Held) => {
                     // Another instance is refreshing: wait for its result or for its lease to
                     // free (it renews it while it works; a dead holder's lapses in 10 s).
+                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                        return Err(TokenError::ProviderUnavailable {
+                            retry_after_secs: 1,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// A fresh token of the owner restricted to `resource` (RFC 8707): got with the owner's
+    /// refresh token and kept per (owner, resource). Single flight is the owner's, as for its
+    /// own token: one in-process lock and one lease across all its resources, since a refresh
+    /// rotates the one refresh token they share. A request that waited reads its own
+    /// resource's token again and uses it when someone got one meanwhile.
+    #[tracing::instrument(skip(self, rejected), fields(forced = rejected.is_some()))]
+    async fn fresh_resource_token(
+        &self,
+        owner: Owner<'_>,
+        resource: &str,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let key = owner.key();
+        let target = resource_target(resource);
+        let seen = self.current_service_token(owner, &key, &target).await?;
+        if let Some(seen) = &seen
+            && let Some(token) = self.usable(seen, rejected)?
+        {
+            return Ok(token);
+        }
+
+        let _in_process = self.locks.lock(&key).await;
+        let waiting_since = Instant::now();
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            let stored = self.load(owner).await?.ok_or(owner.missing())?;
+            let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                .await?
+                .map(|t| service_access(t, stored.needs_reauth));
+            if let Some(access) = &mine {
+                if let Some(token) = self.usable(access, rejected)? {
+                    return Ok(token);
+                }
+                // Someone got a token for this resource since this request looked.
+                if Some(access.generation) != seen.as_ref().map(|s| s.generation)
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+            } else if stored.needs_reauth {
+                return Err(TokenError::ConnectionNeedsReauth);
+            }
+            if stored.tokens.refresh_token.is_none() {
+                // Without a refresh token no token can be asked for the resource: the
+                // owner's own serves while it lasts, then the grant ends with it.
+                let own = stored.access();
+                if !own.is(rejected) && self.is_unexpired(own.expires_at) {
+                    return Ok(own.token());
+                }
+                return Err(self.end_grant(owner, &key, stored.generation).await);
+            }
+            match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
+                None => {
+                    return self
+                        .refresh_under_lease(owner, &key, stored, Some((resource, mine)), rejected)
+                        .await;
+                }
+                Some(Blocked::BackingOff { retry_at }) => {
+                    if let Some(access) = &mine
+                        && !access.is(rejected)
+                        && self.is_unexpired(access.expires_at)
+                    {
+                        return Ok(access.token());
+                    }
+                    return Err(self.retry_after(retry_at));
+                }
+                Some(Blocked::Held) => {
                     if waiting_since.elapsed() > WAIT_FOR_OTHERS {
                         return Err(TokenError::ProviderUnavailable {
                             retry_after_secs: 1,
@@ -424,14 +570,19 @@ impl TokenService {
     }
 
     /// Sends the one refresh grant of `stored`, holding the owner's lease, and stores what it
-    /// gives. No database connection is held while the provider answers.
+    /// gives. With `for_resource` (the resource and its current token), the grant asks for a
+    /// token restricted to that resource: it is stored for the resource, while the owner's row
+    /// takes only the rotated refresh token (and a new ID token). No database connection is
+    /// held while the provider answers.
     async fn refresh_under_lease(
         &self,
         owner: Owner<'_>,
         key: &OwnerKey,
         stored: Stored,
+        for_resource: Option<(&str, Option<CachedAccess>)>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
+        let resource = for_resource.as_ref().map(|(r, _)| *r);
         let Some(provider) = self.providers.get(&stored.provider) else {
             // A rolling deploy removed the provider: nothing to refresh with, nothing to delete.
             tracing::error!(provider = %stored.provider, "tokens name a provider that is not configured");
@@ -449,6 +600,7 @@ impl TokenService {
                     &self.providers.http,
                     &stored.tokens,
                     &stored.subject,
+                    resource,
                     self.clock.now(),
                 ),
             )
@@ -459,14 +611,36 @@ impl TokenService {
             "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "refreshed")
         )
         .increment(1);
-        let access = stored.access();
+        // What still serves this request when the grant fails: the token it was made for.
+        let access = match &for_resource {
+            None => Some(stored.access()),
+            Some((_, current)) => current.clone(),
+        };
         match outcome {
             Ok(refreshed) => {
                 fault::point("refresh:after_grant").await;
                 let forced = rejected.is_some();
                 fault::point("refresh:before_commit").await;
+                let (own, for_target) = match resource {
+                    None => ((refreshed.clone(), forced), None),
+                    // The owner keeps its own access token; the new one is the resource's.
+                    Some(resource) => (
+                        (
+                            TokenSet {
+                                access_token: stored.tokens.access_token.clone(),
+                                expires_at: stored.tokens.expires_at,
+                                obtained_at: stored.tokens.obtained_at,
+                                scopes: stored.tokens.scopes.clone(),
+                                refresh_token: refreshed.refresh_token.clone(),
+                                id_token: refreshed.id_token.clone(),
+                            },
+                            stored.after_rejection,
+                        ),
+                        Some((resource_target(resource), &refreshed, forced)),
+                    ),
+                };
                 let result = self
-                    .store_refreshed(owner, stored.generation, &refreshed, forced)
+                    .store_refreshed(owner, stored.generation, &own.0, own.1, for_target)
                     .await;
                 fault::point("refresh:after_commit").await;
                 self.release(key).await;
@@ -493,6 +667,11 @@ impl TokenService {
                 self.release(key).await;
                 Err(ended)
             }
+            Err(GrantError::InvalidTarget) => {
+                tracing::warn!(provider = %provider.id(), resource, "the provider will not issue a token for this resource");
+                self.release(key).await;
+                Err(TokenError::NotAllowed)
+            }
             Err(failure) => {
                 log_kept_failure(provider.id(), "refresh", &failure);
                 let retry_at =
@@ -501,7 +680,10 @@ impl TokenService {
                         .ok()
                         .flatten()
                         .unwrap_or_else(|| self.clock.now() + backoff(0));
-                if !access.is(rejected) && self.is_unexpired(access.expires_at) {
+                if let Some(access) = access
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
                     return Ok(access.token());
                 }
                 Err(self.retry_after(retry_at))
@@ -518,24 +700,14 @@ impl TokenService {
         generation: i64,
         tokens: &TokenSet,
         forced: bool,
+        for_target: Option<(String, &TokenSet, bool)>,
     ) -> Result<bool, TokenError> {
         let mut pause = std::time::Duration::from_millis(100);
         let mut attempts = 0;
         loop {
-            let result = match owner {
-                Owner::Session(id) => {
-                    db::session_tokens::store_refreshed(
-                        &self.pool, &self.keys, id, generation, tokens, forced,
-                    )
-                    .await
-                }
-                Owner::Linked { user_id, provider } => {
-                    db::linked_accounts::store_refreshed(
-                        &self.pool, &self.keys, user_id, provider, generation, tokens, forced,
-                    )
-                    .await
-                }
-            };
+            let result = self
+                .store_once(owner, generation, tokens, forced, for_target.as_ref())
+                .await;
             match result {
                 Err(e) if e.is_unavailable() && attempts < 5 => {
                     attempts += 1;
@@ -545,6 +717,39 @@ impl TokenService {
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// One attempt of `store_refreshed`: the owner's row (compare-and-swap on `generation`) and,
+    /// when the grant was for a target, that target's token, in one transaction.
+    async fn store_once(
+        &self,
+        owner: Owner<'_>,
+        generation: i64,
+        tokens: &TokenSet,
+        forced: bool,
+        for_target: Option<&(String, &TokenSet, bool)>,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = match owner {
+            Owner::Session(id) => {
+                db::session_tokens::store_refreshed(
+                    &mut tx, &self.keys, id, generation, tokens, forced,
+                )
+                .await?
+            }
+            Owner::Linked { user_id, provider } => {
+                db::linked_accounts::store_refreshed(
+                    &mut tx, &self.keys, user_id, provider, generation, tokens, forced,
+                )
+                .await?
+            }
+        };
+        if stored && let Some((target, token, forced)) = for_target {
+            db::service_tokens::upsert(&mut tx, &self.keys, &owner.key(), target, token, *forced)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// The provider ended the grant. A session ends with it (on every instance before this
@@ -582,8 +787,13 @@ impl TokenService {
         &self,
         provider_id: &str,
         scopes: &[String],
+        resource: Option<&str>,
     ) -> Result<AccessToken, TokenError> {
-        let key = (provider_id.to_owned(), scopes.to_vec());
+        let key = (
+            provider_id.to_owned(),
+            scopes.to_vec(),
+            resource.map(str::to_owned),
+        );
         let cached = |this: &Self| -> Result<Option<AccessToken>, TokenError> {
             let states = this
                 .client_cache
@@ -625,9 +835,14 @@ impl TokenService {
                 retry_after_secs: 60,
             });
         };
-        let outcome =
-            grants::client_credentials(provider, &self.providers.http, scopes, self.clock.now())
-                .await;
+        let outcome = grants::client_credentials(
+            provider,
+            &self.providers.http,
+            scopes,
+            resource,
+            self.clock.now(),
+        )
+        .await;
         metrics::counter!(
             "courier_client_token_grants_total",
             "provider" => provider.id().to_owned(),
@@ -652,6 +867,7 @@ impl TokenService {
                     after_rejection: false,
                 })
             }
+            Err(GrantError::InvalidTarget) => Err(TokenError::NotAllowed),
             Err(failure) => {
                 log_kept_failure(provider.id(), "client-credentials", &failure);
                 let retry_at = self.clock.now() + backoff(state.failures);

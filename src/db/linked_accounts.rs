@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::crypto::KeyRing;
 use crate::db::DbError;
 use crate::db::session_tokens::LoadError;
-use crate::domain::tokens::TokenSet;
+use crate::domain::tokens::{OwnerKey, TokenSet};
 
 /// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
 pub(crate) fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
@@ -87,15 +87,15 @@ pub async fn upsert(
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    crate::db::service_tokens::delete_for_owner(conn, &OwnerKey::linked(user_id, provider)).await
 }
 
 /// Replaces the tokens after a refresh if the row is still at `generation` (see
 /// `session_tokens::store_refreshed`). False when it is gone or was changed meanwhile.
 pub async fn store_refreshed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     keys: &KeyRing,
     user_id: Uuid,
     provider: &str,
@@ -120,7 +120,7 @@ pub async fn store_refreshed(
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
     .bind(after_rejection)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(stored == 1)

@@ -10,6 +10,7 @@ pub mod logout_tokens;
 pub mod refresh_leases;
 pub mod sealed;
 pub mod secrets;
+pub mod service_tokens;
 pub mod session_tokens;
 pub mod sessions;
 pub mod users;

@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use crate::crypto::{CryptoError, KeyRing};
-use crate::db::{linked_accounts, secrets, session_tokens};
+use crate::db::{linked_accounts, secrets, service_tokens, session_tokens};
 
 /// A table with sealed columns.
 pub struct SealedTable {
@@ -45,6 +45,12 @@ pub static SEALED_TABLES: &[SealedTable] = &[
                 id.get(1)?,
             ))
         },
+    },
+    SealedTable {
+        table: "service_tokens",
+        key: &[("owner_key", "text"), ("target", "text")],
+        columns: &["access_token"],
+        aad: |_, id| Some(service_tokens::aad(id.first()?, id.get(1)?)),
     },
     SealedTable {
         table: "shared_secrets",

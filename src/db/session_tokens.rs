@@ -63,7 +63,7 @@ pub async fn insert(
 /// tokens it started from). `after_rejection` records that a service's 401 caused it. False
 /// when the row is gone or was changed meanwhile.
 pub async fn store_refreshed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     keys: &KeyRing,
     session_id: Uuid,
     generation: i64,
@@ -87,7 +87,7 @@ pub async fn store_refreshed(
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
     .bind(after_rejection)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(stored == 1)

@@ -93,13 +93,15 @@ fn token_set_of(
     }
 }
 
-/// Redeems `previous`'s refresh token. The result keeps what the provider did not replace:
-/// the refresh token when it does not rotate, the ID token and scopes when it sends none.
+/// Redeems `previous`'s refresh token, for an access token restricted to `resource` when one is
+/// given (RFC 8707). The result keeps what the provider did not replace: the refresh token
+/// when it does not rotate, the ID token and scopes when it sends none.
 pub async fn refresh(
     provider: &Provider,
     http: &ProviderHttp,
     previous: &TokenSet,
     subject: &str,
+    resource: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     // A token set without a refresh token cannot be renewed: the grant ends with the token.
@@ -107,15 +109,14 @@ pub async fn refresh(
         .refresh_token
         .as_ref()
         .ok_or_else(|| GrantError::Dead("no refresh token".into()))?;
-    let response = token_endpoint::grant(
-        provider,
-        http,
-        vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose_secret().to_owned()),
-        ],
-    )
-    .await?;
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.expose_secret().to_owned()),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource.to_owned()));
+    }
+    let response = token_endpoint::grant(provider, http, form).await?;
 
     let mut id_token = previous.id_token.clone();
     if provider.is_oidc()
@@ -153,17 +154,21 @@ pub async fn refresh(
     ))
 }
 
-/// A client-credentials token for courier itself at `provider`: the token, when it expires,
-/// and when it was obtained.
+/// A client-credentials token for courier itself at `provider` (restricted to `resource` when
+/// one is given, RFC 8707): the token, when it expires, and when it was obtained.
 pub async fn client_credentials(
     provider: &Provider,
     http: &ProviderHttp,
     scopes: &[String],
+    resource: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     let mut form = vec![("grant_type", "client_credentials".to_owned())];
     if !scopes.is_empty() {
         form.push(("scope", scopes.join(" ")));
+    }
+    if let Some(resource) = resource {
+        form.push(("resource", resource.to_owned()));
     }
     let response = token_endpoint::grant(provider, http, form)
         .await

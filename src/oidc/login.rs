@@ -74,11 +74,13 @@ impl PendingLogin {
 }
 
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
-/// OpenID Connect providers always get): returns the authorization URL and the pending login.
-/// `None` when the provider's metadata is not loaded yet.
+/// OpenID Connect providers always get) and, with RFC 8707 resource indicators, for tokens
+/// usable at `resources`: returns the authorization URL and the pending login. `None` when the
+/// provider's metadata is not loaded yet.
 pub fn start(
     provider: &Provider,
     scopes: &[String],
+    resources: &[String],
     purpose: Purpose,
     return_to: String,
     now: DateTime<Utc>,
@@ -89,14 +91,21 @@ pub fn start(
         .iter()
         .filter(|s| *s != "openid")
         .map(|s| Scope::new(s.clone()));
-    let extra = provider.config.authorize_params.iter();
+    // The provider's own extra parameters, then `resource` once per indicator.
+    let extra: Vec<(String, String)> = provider
+        .config
+        .authorize_params
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .chain(resources.iter().map(|r| ("resource".to_owned(), r.clone())))
+        .collect();
     let (url, nonce) = if let Some(client) = provider.plain_client() {
         let state = state.clone();
         let mut request = client
             .authorize_url(move || CsrfToken::new(state))
             .add_scopes(scopes)
             .set_pkce_challenge(challenge);
-        for (name, value) in extra {
+        for (name, value) in &extra {
             request = request.add_extra_param(name.clone(), value.clone());
         }
         (request.url().0, None)
@@ -118,7 +127,7 @@ pub fn start(
             )
             .add_scopes(scopes)
             .set_pkce_challenge(challenge);
-        for (name, value) in extra {
+        for (name, value) in &extra {
             request = request.add_extra_param(name.clone(), value.clone());
         }
         (request.url().0, Some(nonce))

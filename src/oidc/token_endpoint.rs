@@ -31,6 +31,11 @@ pub enum GrantError {
     /// The provider failed or could not be reached: try again later, keep everything.
     #[error("the provider is unavailable ({0})")]
     Unavailable(String),
+    /// `invalid_target` (RFC 8707 §2, RFC 8693 §2.2.2): the provider will not issue a token for
+    /// the resource or audience asked for. The grant itself is fine; this service's call is
+    /// refused (403 `not_allowed`), and nothing pauses the owner's other grants.
+    #[error("the provider refused to issue a token for this target")]
+    InvalidTarget,
 }
 
 impl GrantError {
@@ -40,6 +45,7 @@ impl GrantError {
             GrantError::Dead(_) => "dead",
             GrantError::Misconfigured(_) => "misconfigured",
             GrantError::Unavailable(_) => "unavailable",
+            GrantError::InvalidTarget => "invalid_target",
         }
     }
 }
@@ -98,7 +104,6 @@ const MISCONFIGURED: &[&str] = &[
     "unsupported_grant_type",
     "invalid_request",
     "invalid_scope",
-    "invalid_target",
     "invalid_dpop_proof",
     // A provider asking for a DPoP nonce wants DPoP proofs, which courier does not send yet:
     // nothing to retry with, and nothing dead.
@@ -124,6 +129,9 @@ pub fn classify(status: StatusCode, error: Option<&str>) -> GrantError {
         };
         if DEAD.contains(&code) {
             return GrantError::Dead(quoted);
+        }
+        if code == "invalid_target" {
+            return GrantError::InvalidTarget;
         }
         if MISCONFIGURED.contains(&code) {
             return GrantError::Misconfigured(quoted);
@@ -333,6 +341,10 @@ mod tests {
         assert!(matches!(
             answer(400, r#"{"error":"temporarily_unavailable"}"#),
             Err(GrantError::Unavailable(_))
+        ));
+        assert!(matches!(
+            answer(400, r#"{"error":"invalid_target"}"#),
+            Err(GrantError::InvalidTarget)
         ));
     }
 

@@ -92,6 +92,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     let (url, pending) = login::start(
         provider,
         &provider.config.scopes,
+        &state.services.user_resources(provider.id()),
         Purpose::Login,
         return_to,
         state.clock.now(),
@@ -131,8 +132,17 @@ pub async fn connect(
         service: service.name().to_owned(),
         user_id: current.user_id,
     };
-    let (url, pending) = login::start(provider, &scopes, purpose, return_to, state.clock.now())
-        .ok_or_else(|| provider_not_ready(provider.id()))?;
+    // Only this service's resource: the connection is made for it.
+    let resources: Vec<String> = service.resource().map(str::to_owned).into_iter().collect();
+    let (url, pending) = login::start(
+        provider,
+        &scopes,
+        &resources,
+        purpose,
+        return_to,
+        state.clock.now(),
+    )
+    .ok_or_else(|| provider_not_ready(provider.id()))?;
     Ok(to_provider(&req, &state, url, &pending))
 }
 

@@ -101,25 +101,31 @@ async fn token_for(
     current: CurrentSession,
     rejected: Option<&SecretString>,
 ) -> Result<Option<AccessToken>, ApiError> {
+    let resource = service.resource();
     let token = match &service.token {
         TokenSource::None => return Ok(None),
         TokenSource::Client { provider } => {
             state
                 .tokens
-                .client_access_token(provider, &service.config.scopes)
+                .client_access_token(provider, &service.config.scopes, resource)
                 .await?
         }
         TokenSource::Linked { provider } => state
             .tokens
-            .linked_access_token(current.user_id, provider, rejected)
+            .linked_access_token(current.user_id, provider, resource, rejected)
             .await
             .map_err(|e| linked_error(service, e))?,
         TokenSource::Session => match rejected {
-            None => state.tokens.session_access_token(current.id).await?,
+            None => {
+                state
+                    .tokens
+                    .session_access_token(current.id, resource)
+                    .await?
+            }
             Some(rejected) => {
                 state
                     .tokens
-                    .session_access_token_after_rejection(current.id, rejected)
+                    .session_access_token_after_rejection(current.id, resource, rejected)
                     .await?
             }
         },

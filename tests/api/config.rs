@@ -408,10 +408,30 @@ fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
     for key in [
         "providers[0].par",
         "services[0].audience",
-        "services[0].resource",
         "services[0].stream_idle_timeout_secs",
     ] {
         assert!(out.contains(key), "{key} is warned about: {out}");
+    }
+    // Resource indicators are built: the key is used, not warned about.
+    assert!(!out.contains("services[0].resource"), "{out}");
+}
+
+#[test]
+fn a_resource_must_be_an_absolute_uri_for_a_service_with_a_token() {
+    for (resource, token) in [
+        ("orders-api", "user"),
+        ("https://orders.example/#x", "user"),
+        ("https://orders.example/", "none"),
+    ] {
+        let text = SPEC_EXAMPLE
+            .replace(
+                "resource = \"https://orders.example/\"",
+                &format!("resource = \"{resource}\""),
+            )
+            .replace("token = \"user\"", &format!("token = \"{token}\""));
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{resource} with token {token} is refused: {out}");
+        assert!(out.contains("services[0].resource"), "{out}");
     }
 }
 

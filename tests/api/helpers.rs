@@ -571,6 +571,24 @@ pub fn spawn_demo_api(issuer: Option<&str>) -> String {
             client_id: CLIENT_ID.to_owned(),
             client_secret: CLIENT_SECRET.to_owned(),
         }),
+        ..Default::default()
+    };
+    tokio::spawn(demo_api::run(listener, config).unwrap());
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The demo API checking tokens at `issuer`'s introspection endpoint with `config`'s other
+/// settings (an audience to require, say). Returns its base URL.
+pub fn spawn_demo_api_with(issuer: &str, config: demo_api::DemoConfig) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = demo_api::DemoConfig {
+        introspection: Some(demo_api::Introspection {
+            endpoint: Url::parse(&format!("{issuer}/token/introspection")).unwrap(),
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+        }),
+        ..config
     };
     tokio::spawn(demo_api::run(listener, config).unwrap());
     format!("http://127.0.0.1:{port}")

@@ -28,6 +28,7 @@ mod refresh;
 mod request_bodies;
 mod reseal;
 mod review_gaps;
+mod service_tokens;
 mod services;
 mod session;
 mod shutdown;

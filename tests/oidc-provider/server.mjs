@@ -61,6 +61,9 @@ const cfg = {
     response_types: ['code'],
   }],
   jwks: input.jwks,
+  // RFC 8707 resource servers this provider issues tokens for: indicator -> { scope } (the
+  // space-separated scopes a token for it may carry). Any other indicator is invalid_target.
+  resource_servers: input.resource_servers ?? {},
 };
 
 
@@ -221,6 +224,21 @@ function buildConfiguration() {
         },
       },
       userinfo: { enabled: true },
+      // RFC 8707: tokens restricted to one resource server, opaque so that the demo API can
+      // introspect them (their `aud` is the indicator).
+      resourceIndicators: {
+        enabled: true,
+        async getResourceServerInfo(ctx, indicator) {
+          const server = cfg.resource_servers[indicator];
+          if (!server) throw new errors.InvalidTarget();
+          return {
+            scope: server.scope ?? '',
+            audience: indicator,
+            accessTokenFormat: 'opaque',
+            accessTokenTTL: cfg.access_token_ttl,
+          };
+        },
+      },
       backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
       rpInitiatedLogout: {
@@ -322,6 +340,14 @@ function grantEverything(grant, params, details = {}) {
       const claims = [...Object.keys(userinfo ?? {}), ...Object.keys(idToken ?? {})];
       if (claims.length) grant.addOIDCClaims(claims);
     } catch { /* the provider already validated it */ }
+  }
+  // Every requested resource indicator with all of its scopes (the provider already refused
+  // unknown ones with invalid_target).
+  const resources = params.resource === undefined ? []
+    : (Array.isArray(params.resource) ? params.resource : [params.resource]);
+  for (const indicator of resources) {
+    const server = cfg.resource_servers[indicator];
+    if (server) grant.addResourceScope(indicator, server.scope ?? '');
   }
   if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
   if (details.missingOIDCClaims) grant.addOIDCClaims(details.missingOIDCClaims);

@@ -1,6 +1,8 @@
 //! A dependent service for courier's tests, benchmarks and dev stack. Every request's bearer
 //! token is checked at the provider's introspection endpoint (when one is configured), and the
-//! answer echoes what arrived: method, path, query, headers, body and the token's owner.
+//! answer echoes what arrived: method, path, query, headers, body and the token's owner. With
+//! `audience` set, a token must be made for it (its introspected `aud` names it): a token made
+//! for another service is refused.
 //!
 //! Paths under `/_demo/` misbehave on purpose: `status/{code}`, `slow?ms=`, `cookie`,
 //! `redirect`, `stream?chunks=&size=`.
@@ -25,6 +27,9 @@ pub struct Introspection {
 #[derive(Clone, Default)]
 pub struct DemoConfig {
     pub introspection: Option<Introspection>,
+    /// The audience a token must have (RFC 8707 resource / RFC 8693 audience); needs
+    /// `introspection`.
+    pub audience: Option<String>,
 }
 
 struct State {
@@ -79,11 +84,22 @@ async fn introspect(state: &State, req: &HttpRequest) -> Result<Value, HttpRespo
     if answer["active"] != true {
         return Err(unauthorized("the token is not active"));
     }
+    if let Some(audience) = &state.config.audience {
+        let made_for_us = match &answer["aud"] {
+            Value::String(aud) => aud == audience,
+            Value::Array(auds) => auds.iter().any(|a| a == audience),
+            _ => false,
+        };
+        if !made_for_us {
+            return Err(unauthorized("the token is not made for this service"));
+        }
+    }
     Ok(json!({
         "active": true,
         "sub": answer["sub"],
         "client_id": answer["client_id"],
         "scope": answer["scope"],
+        "aud": answer["aud"],
     }))
 }
 

@@ -16,6 +16,9 @@ struct Args {
     client_id: String,
     #[arg(long, env = "DEMO_API_CLIENT_SECRET", default_value = "")]
     client_secret: String,
+    /// Refuse tokens not made for this audience (their introspected `aud`).
+    #[arg(long)]
+    audience: Option<String>,
 }
 
 #[actix_web::main]
@@ -27,6 +30,7 @@ async fn main() -> std::io::Result<()> {
             client_id: args.client_id,
             client_secret: args.client_secret,
         }),
+        audience: args.audience,
     };
     let listener = TcpListener::bind(&args.listen)?;
     eprintln!("demo-api listening on http://{}", args.listen);
