@@ -264,6 +264,16 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         });
     }
 
+    /// Drops the owner's token for `target` on this instance (a new one was stored; other
+    /// instances still hold the old one, which works until it is due).
+    pub fn forget_service_token(&self, owner_key: &OwnerKey, target: &str) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        if let Some(table) = inner.service_tokens.get_mut(owner_key) {
+            table.remove(target);
+        }
+    }
+
     /// Drops the session under a cookie key (its cookie was purged).
     pub fn forget_session_key(&self, key_hash: &[u8; 32]) {
         let mut inner = self.lock();

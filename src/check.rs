@@ -312,6 +312,21 @@ async fn inspect(
             client_services.join(", ")
         ));
     }
+    let exchange_services: Vec<&str> = config
+        .services
+        .iter()
+        .filter(|s| {
+            s.token == TokenMode::Exchange && s.provider.as_deref() == Some(provider.id.as_str())
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if !exchange_services.is_empty() && !supports_grant(crate::oidc::grants::TOKEN_EXCHANGE) {
+        report.warn(format!(
+            "services {} exchange tokens but grant_types_supported lacks {} (RFC 8693)",
+            exchange_services.join(", "),
+            crate::oidc::grants::TOKEN_EXCHANGE
+        ));
+    }
     if list("response_types_supported").is_some_and(|r| !r.iter().any(|t| t == "code")) {
         report.warn("response_types_supported lacks `code`: courier uses the code flow");
     }

@@ -218,6 +218,8 @@ impl ProviderConfig {
 pub enum TokenMode {
     User,
     Client,
+    /// The user's token exchanged (RFC 8693) for one made for this service.
+    Exchange,
     None,
 }
 
@@ -242,9 +244,10 @@ pub struct ServiceConfig {
     /// RFC 8707: the resource indicator sent for this service's tokens (on the authorization
     /// request, refresh and client-credentials grants), sent exactly as written.
     pub resource: Option<String>,
-    // The SPEC's keys for token exchange and live connections, still being built: see
-    // `not_yet_supported`.
+    /// RFC 8693: the audience asked for when the user's token is exchanged (`token =
+    /// "exchange"`).
     pub audience: Option<String>,
+    // The SPEC's keys for live connections, still being built: see `not_yet_supported`.
     #[serde(default)]
     pub websocket: bool,
     pub stream_idle_timeout_secs: Option<u64>,
@@ -493,7 +496,7 @@ impl Config {
     }
 
     /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
-    /// FAPI 2.0, token exchange, live connections). A setting that asks
+    /// FAPI 2.0, live connections). A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
     /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
     /// `par = "off"`, `websocket = false`) are accepted. The harmless rest is warned about in
@@ -579,10 +582,11 @@ impl Config {
             }
         }
         for (i, s) in self.services.iter().enumerate() {
-            if s.audience.is_some() {
+            if s.audience.is_some() && s.token != TokenMode::Exchange {
                 warn(
                     format!("services[{i}].audience"),
-                    "only applies to token = \"exchange\", which this version does not have yet",
+                    "applies only to token = \"exchange\" and is ignored here; tokens \
+                     restricted to this service otherwise come with `resource`",
                 );
             }
             if s.stream_idle_timeout_secs.is_some() {
@@ -732,7 +736,7 @@ impl Config {
                 (Some(p), _) if !self.providers.iter().any(|q| &q.id == p) => {
                     return Err((key("provider"), format!("no provider has id `{p}`")));
                 }
-                (None, TokenMode::User | TokenMode::Client) => {
+                (None, TokenMode::User | TokenMode::Client | TokenMode::Exchange) => {
                     return Err((
                         key("provider"),
                         "is required unless token = \"none\"".into(),
@@ -764,6 +768,12 @@ impl Config {
             }
             if s.timeout_secs == 0 {
                 return Err((key("timeout_secs"), "must be at least 1".into()));
+            }
+            if s.token == TokenMode::Exchange && s.audience.is_none() && s.resource.is_none() {
+                return Err((
+                    key("token"),
+                    "\"exchange\" needs `audience` or `resource`: the token to exchange for".into(),
+                ));
             }
             if let Some(resource) = &s.resource {
                 // RFC 8707 §2: an absolute URI without a fragment.

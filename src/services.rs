@@ -44,6 +44,9 @@ pub enum TokenSource {
     Session,
     /// The user's linked account at `provider`, connected with `/auth/connect/{service}`.
     Linked { provider: String },
+    /// The user's token at `provider` (the session's when it is the login provider, else the
+    /// linked account's) exchanged there for one made for this service (RFC 8693).
+    Exchange { provider: String, linked: bool },
 }
 
 /// Whether the session user can call a service now, as `GET /api/services` reports it.
@@ -67,10 +70,22 @@ impl Service {
         self.config.resource.as_deref()
     }
 
+    /// The resource its connection asks the provider for: a `user` service's (an exchange
+    /// names its own at the exchange).
+    pub fn connect_resource(&self) -> Option<&str> {
+        (self.config.token == TokenMode::User)
+            .then_some(self.resource())
+            .flatten()
+    }
+
     /// The provider of a linked service's account, `None` for other services.
     pub fn linked_provider(&self) -> Option<&str> {
         match &self.token {
-            TokenSource::Linked { provider } => Some(provider),
+            TokenSource::Linked { provider }
+            | TokenSource::Exchange {
+                provider,
+                linked: true,
+            } => Some(provider),
             _ => None,
         }
     }
@@ -198,6 +213,13 @@ impl ServiceRegistry {
                         p if &p == login => TokenSource::Session,
                         p => TokenSource::Linked { provider: p },
                     },
+                    TokenMode::Exchange => {
+                        let provider = provider()?;
+                        TokenSource::Exchange {
+                            linked: &provider != login,
+                            provider,
+                        }
+                    }
                 };
                 let mut base = s.base_url.clone();
                 if !base.path().ends_with('/') {
@@ -215,7 +237,10 @@ impl ServiceRegistry {
                     set.build().expect("validated globs build")
                 });
                 Ok(Service {
-                    linked: matches!(token, TokenSource::Linked { .. }),
+                    linked: matches!(
+                        token,
+                        TokenSource::Linked { .. } | TokenSource::Exchange { linked: true, .. }
+                    ),
                     token,
                     config: s.clone(),
                     base,

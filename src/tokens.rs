@@ -38,7 +38,7 @@ use crate::db::DbError;
 use crate::db::refresh_leases::{self, Blocked};
 use crate::domain::tokens::{CachedAccess, OwnerKey};
 use crate::oidc::ProviderRegistry;
-use crate::oidc::grants::{self, GrantError};
+use crate::oidc::grants::{self, ExchangeTarget, GrantError};
 use crate::{db, fault};
 
 // Where they lived before `domain::tokens`; callers may name them here still.
@@ -211,6 +211,22 @@ fn resource_target(resource: &str) -> String {
     format!("resource:{resource}")
 }
 
+/// The target under which a service's exchanged token is kept in `service_tokens`.
+fn exchange_target(service: &str) -> String {
+    format!("exchange:{service}")
+}
+
+/// A service whose calls carry the user's token exchanged for one made for it (RFC 8693).
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeFor<'a> {
+    /// The service's name: its token is kept under it, and never given to another.
+    pub service: &'a str,
+    /// Where the user's token comes from and is exchanged: the session's provider, or a
+    /// linked account's.
+    pub linked_provider: Option<&'a str>,
+    pub target: ExchangeTarget<'a>,
+}
+
 /// A client-credentials token is cached per provider, scope list and resource.
 type ClientTokenKey = (String, Vec<String>, Option<String>);
 
@@ -231,6 +247,9 @@ pub struct TokenService {
     /// This instance, as the holder of refresh leases.
     instance: Uuid,
     locks: KeyedLocks<OwnerKey>,
+    /// Per owner and exchange service: exchanges of different services do not wait for
+    /// each other.
+    exchange_locks: KeyedLocks<String>,
     client_tokens: KeyedLocks<ClientTokenKey>,
     client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
 }
@@ -270,6 +289,7 @@ impl TokenService {
             clock,
             instance: Uuid::new_v4(),
             locks: KeyedLocks::default(),
+            exchange_locks: KeyedLocks::default(),
             client_tokens: KeyedLocks::default(),
             client_cache: Mutex::new(HashMap::new()),
         }
@@ -549,9 +569,202 @@ impl TokenService {
         }
     }
 
+    /// The user's token exchanged for one made for `exchange.service` (RFC 8693), kept per
+    /// owner and service until it is due. Single flight across instances like a refresh: an
+    /// in-process lock and a lease per (owner, service); a request that waited uses the token
+    /// the one before it got. A subject token the provider no longer accepts is refreshed
+    /// once (the refresh path: a dead grant ends the session) and the exchange sent again.
+    #[tracing::instrument(skip(self, exchange, rejected), fields(service = exchange.service, forced = rejected.is_some()))]
+    pub async fn exchanged_token(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        exchange: ExchangeFor<'_>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let owner = match exchange.linked_provider {
+            None => Owner::Session(session_id),
+            Some(provider) => Owner::Linked { user_id, provider },
+        };
+        let key = owner.key();
+        let target = exchange_target(exchange.service);
+        let seen = self.current_service_token(owner, &key, &target).await?;
+        if let Some(seen) = &seen
+            && let Some(token) = self.usable(seen, rejected)?
+        {
+            return Ok(token);
+        }
+
+        let lease = format!("{key}#{target}");
+        let _in_process = self.exchange_locks.lock(&lease).await;
+        let waiting_since = Instant::now();
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            let needs_reauth = self.current(owner, &key).await?.needs_reauth;
+            let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                .await?
+                .map(|t| service_access(t, needs_reauth));
+            if let Some(access) = &mine {
+                if let Some(token) = self.usable(access, rejected)? {
+                    return Ok(token);
+                }
+                if Some(access.generation) != seen.as_ref().map(|s| s.generation)
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+            }
+            // The user's own token, refreshed first when due (the owner's own single flight).
+            let subject = self.fresh_token(owner, None).await?;
+            match refresh_leases::acquire(&self.pool, &lease, self.instance).await? {
+                None => {
+                    return self
+                        .exchange_under_lease(
+                            owner, &key, &lease, &target, exchange, subject, mine, rejected,
+                        )
+                        .await;
+                }
+                Some(Blocked::BackingOff { retry_at }) => {
+                    if let Some(access) = &mine
+                        && !access.is(rejected)
+                        && self.is_unexpired(access.expires_at)
+                    {
+                        return Ok(access.token());
+                    }
+                    return Err(self.retry_after(retry_at));
+                }
+                Some(Blocked::Held) => {
+                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                        return Err(TokenError::ProviderUnavailable {
+                            retry_after_secs: 1,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// Sends the exchange, holding its lease, and stores what it gives for the service.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private step of `exchanged_token`"
+    )]
+    async fn exchange_under_lease(
+        &self,
+        owner: Owner<'_>,
+        key: &OwnerKey,
+        lease: &str,
+        target: &str,
+        exchange: ExchangeFor<'_>,
+        mut subject: AccessToken,
+        current: Option<CachedAccess>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let provider_id = exchange
+            .linked_provider
+            .map_or_else(|| self.providers.login().id().to_owned(), str::to_owned);
+        let Some(provider) = self.providers.get(&provider_id) else {
+            tracing::error!(provider = %provider_id, "a service names a provider that is not configured");
+            self.release_lease(lease).await;
+            return Err(TokenError::ProviderUnavailable {
+                retry_after_secs: 60,
+            });
+        };
+        let mut refreshed_subject = false;
+        let outcome = loop {
+            let outcome = self
+                .renewing_lease(
+                    lease,
+                    grants::exchange(
+                        provider,
+                        &self.providers.http,
+                        &subject.secret,
+                        exchange.target,
+                        self.clock.now(),
+                    ),
+                )
+                .await;
+            match outcome {
+                // The provider no longer takes the user's token: the refresh path, once.
+                Err(GrantError::Dead(_)) if !refreshed_subject => {
+                    refreshed_subject = true;
+                    match self.fresh_token(owner, Some(&subject.secret)).await {
+                        Ok(fresh) => subject = fresh,
+                        Err(e) => {
+                            self.release_lease(lease).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                other => break other,
+            }
+        };
+        metrics::counter!(
+            "courier_token_exchanges_total",
+            "provider" => provider.id().to_owned(),
+            "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "exchanged")
+        )
+        .increment(1);
+        match outcome {
+            Ok(tokens) => {
+                let forced = rejected.is_some();
+                let stored = async {
+                    let mut conn = self.pool.acquire().await?;
+                    db::service_tokens::upsert(&mut conn, &self.keys, key, target, &tokens, forced)
+                        .await
+                }
+                .await;
+                self.release_lease(lease).await;
+                self.cache.forget_service_token(key, target);
+                if let Err(e) = stored {
+                    // The token serves this request; the next one exchanges again.
+                    tracing::warn!(error = %e, "an exchanged token could not be stored");
+                }
+                Ok(AccessToken {
+                    secret: tokens.access_token,
+                    after_rejection: forced,
+                })
+            }
+            Err(GrantError::InvalidTarget) => {
+                tracing::warn!(provider = %provider.id(), service = exchange.service, "the provider will not issue a token for this service");
+                self.release_lease(lease).await;
+                Err(TokenError::NotAllowed)
+            }
+            Err(GrantError::Dead(reason)) => {
+                // Refused again with a token just refreshed: the provider will not exchange
+                // this user's tokens. Nothing of the session is wrong; the call cannot be made.
+                tracing::warn!(provider = %provider.id(), service = exchange.service, %reason, "the provider refused to exchange a fresh token");
+                self.release_lease(lease).await;
+                Err(TokenError::NotAllowed)
+            }
+            Err(failure) => {
+                log_kept_failure(provider.id(), "token-exchange", &failure);
+                let retry_at = refresh_leases::back_off(&self.pool, lease, self.instance)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| self.clock.now() + backoff(0));
+                if let Some(access) = current
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+                Err(self.retry_after(retry_at))
+            }
+        }
+    }
+
     /// Renews this instance's lease on `key` while `work` runs.
     async fn renewing<T>(&self, key: &OwnerKey, work: impl Future<Output = T>) -> T {
-        let key = key.to_string();
+        self.renewing_lease(&key.to_string(), work).await
+    }
+
+    /// Renews this instance's lease named `key` while `work` runs.
+    async fn renewing_lease<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.tick().await;
@@ -559,7 +772,7 @@ impl TokenService {
             tokio::select! {
                 done = &mut work => return done,
                 _ = ticker.tick() => {
-                    match refresh_leases::renew(&self.pool, &key, self.instance).await {
+                    match refresh_leases::renew(&self.pool, key, self.instance).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!("refresh lease lost while the provider answered"),
                         Err(e) => tracing::warn!(error = %e, "refresh lease could not be renewed"),
@@ -774,7 +987,11 @@ impl TokenService {
     }
 
     async fn release(&self, key: &OwnerKey) {
-        if let Err(e) = refresh_leases::release(&self.pool, &key.to_string(), self.instance).await {
+        self.release_lease(&key.to_string()).await
+    }
+
+    async fn release_lease(&self, key: &str) {
+        if let Err(e) = refresh_leases::release(&self.pool, key, self.instance).await {
             // It lapses by itself within seconds.
             tracing::warn!(error = %e, "refresh lease could not be released");
         }

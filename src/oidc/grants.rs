@@ -179,3 +179,48 @@ pub async fn client_credentials(
         })?;
     Ok(token_set_of(&response, None, None, scopes, now))
 }
+
+/// What an RFC 8693 exchange asks for: a token for `audience` and/or `resource`, with `scopes`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeTarget<'a> {
+    pub audience: Option<&'a str>,
+    pub resource: Option<&'a str>,
+    pub scopes: &'a [String],
+}
+
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: an OAuth 2.0 access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Exchanges the user's access token (`subject`) at `provider` for an access token made for
+/// `target` (RFC 8693). `GrantError::Dead` means the subject token is no longer accepted;
+/// `InvalidTarget` that the provider will not issue one for the target. A refresh token the
+/// provider may add is not kept: the exchange is repeated with the user's token when due.
+pub async fn exchange(
+    provider: &Provider,
+    http: &ProviderHttp,
+    subject: &SecretString,
+    target: ExchangeTarget<'_>,
+    now: DateTime<Utc>,
+) -> Result<TokenSet, GrantError> {
+    let mut form = vec![
+        ("grant_type", TOKEN_EXCHANGE.to_owned()),
+        ("subject_token", subject.expose_secret().to_owned()),
+        ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ("requested_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+    ];
+    if let Some(audience) = target.audience {
+        form.push(("audience", audience.to_owned()));
+    }
+    if let Some(resource) = target.resource {
+        form.push(("resource", resource.to_owned()));
+    }
+    if !target.scopes.is_empty() {
+        form.push(("scope", target.scopes.join(" ")));
+    }
+    let response = token_endpoint::grant(provider, http, form).await?;
+    let mut tokens = token_set_of(&response, None, None, target.scopes, now);
+    tokens.refresh_token = None;
+    Ok(tokens)
+}

@@ -133,7 +133,11 @@ pub async fn connect(
         user_id: current.user_id,
     };
     // Only this service's resource: the connection is made for it.
-    let resources: Vec<String> = service.resource().map(str::to_owned).into_iter().collect();
+    let resources: Vec<String> = service
+        .connect_resource()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
     let (url, pending) = login::start(
         provider,
         &scopes,

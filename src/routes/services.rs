@@ -11,11 +11,12 @@ use url::Url;
 
 use crate::connections;
 use crate::error::ApiError;
+use crate::oidc::grants::ExchangeTarget;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{Service, ServiceStatus, TokenSource};
 use crate::session::CurrentSession;
 use crate::state::AppState;
-use crate::tokens::{AccessToken, TokenError};
+use crate::tokens::{AccessToken, ExchangeFor, TokenError};
 
 fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
@@ -115,6 +116,22 @@ async fn token_for(
             .linked_access_token(current.user_id, provider, resource, rejected)
             .await
             .map_err(|e| linked_error(service, e))?,
+        TokenSource::Exchange { provider, linked } => {
+            let exchange = ExchangeFor {
+                service: service.name(),
+                linked_provider: linked.then_some(provider.as_str()),
+                target: ExchangeTarget {
+                    audience: service.config.audience.as_deref(),
+                    resource,
+                    scopes: &service.config.scopes,
+                },
+            };
+            state
+                .tokens
+                .exchanged_token(current.id, current.user_id, exchange, rejected)
+                .await
+                .map_err(|e| linked_error(service, e))?
+        }
         TokenSource::Session => match rejected {
             None => {
                 state
@@ -279,7 +296,7 @@ pub async fn call(
     if response.status() == reqwest::StatusCode::UNAUTHORIZED
         && matches!(
             service.token,
-            TokenSource::Session | TokenSource::Linked { .. }
+            TokenSource::Session | TokenSource::Linked { .. } | TokenSource::Exchange { .. }
         )
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
         && !rejected.after_rejection

@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 pub const CLIENT_ID: &str = "courier";
 pub const CLIENT_SECRET: &str = "courier-secret";
+/// The RFC 8693 grant type, which the test provider registers.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")
@@ -153,7 +155,12 @@ impl NodeProvider {
                 "client_secret": CLIENT_SECRET,
                 "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback/{provider_id}")],
                 "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
-                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                "grant_types": [
+                    "authorization_code",
+                    "refresh_token",
+                    "client_credentials",
+                    TOKEN_EXCHANGE,
+                ],
                 "response_types": ["code"],
             }]
         });

@@ -32,4 +32,5 @@ mod service_tokens;
 mod services;
 mod session;
 mod shutdown;
+mod token_exchange;
 mod trace;

@@ -22,6 +22,11 @@ const log = (...args) => console.error('[oidc-provider]', ...args);
 // configuration
 // ---------------------------------------------------------------------------------------------
 
+// RFC 8693 token exchange, registered below: an access token of the client's user exchanged for
+// one made for a resource server of `resource_servers` (named by `resource` or `audience`).
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
 let input = {};
 // OIDC_CONFIG_FILE names a JSON file (the dev stack's providers); OIDC_CONFIG holds the JSON.
 const configText = process.env.OIDC_CONFIG_FILE
@@ -57,12 +62,14 @@ const cfg = {
     // default client gets a placeholder (overridable with the top-level `redirect_uris`).
     redirect_uris: input.redirect_uris ?? ['http://127.0.0.1/callback'],
     post_logout_redirect_uris: input.post_logout_redirect_uris ?? [],
-    grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+    grant_types: ['authorization_code', 'refresh_token', 'client_credentials', TOKEN_EXCHANGE],
     response_types: ['code'],
   }],
   jwks: input.jwks,
-  // RFC 8707 resource servers this provider issues tokens for: indicator -> { scope } (the
-  // space-separated scopes a token for it may carry). Any other indicator is invalid_target.
+  // RFC 8707 resource servers this provider issues tokens for: indicator -> { scope, audience }
+  // (the space-separated scopes a token for it may carry; the audience of its tokens, by
+  // default the indicator). Any other indicator is invalid_target. Token exchange finds them
+  // by `resource` or by `audience` (the indicator).
   resource_servers: input.resource_servers ?? {},
 };
 
@@ -233,7 +240,7 @@ function buildConfiguration() {
           if (!server) throw new errors.InvalidTarget();
           return {
             scope: server.scope ?? '',
-            audience: indicator,
+            audience: server.audience ?? indicator,
             accessTokenFormat: 'opaque',
             accessTokenTTL: cfg.access_token_ttl,
           };
@@ -309,6 +316,64 @@ function buildConfiguration() {
   ${Object.entries(out).map(([k, v]) => `<p><strong>${htmlSafe(k)}</strong>: <span id="${htmlSafe(k)}">${htmlSafe(v)}</span></p>`).join('\n')}`);
       log('rendered error page', ctx.method, ctx.path, out, error?.error_detail ?? '');
     },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 8693 token exchange
+// ---------------------------------------------------------------------------------------------
+
+const list = (value) => (value === undefined ? [] : [].concat(value));
+
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are issued');
+  }
+  if (params.actor_token) throw new errors.InvalidRequest('delegation is not supported');
+  const subject = await provider.AccessToken.find(String(params.subject_token ?? ''));
+  if (!subject?.isValid || subject.clientId !== client.clientId) {
+    throw new errors.InvalidGrant('the subject token is not active');
+  }
+  const resources = list(params.resource);
+  const audiences = list(params.audience);
+  if (resources.length + audiences.length === 0 || resources.length > 1 || audiences.length > 1) {
+    throw new errors.InvalidTarget('name one resource and/or one audience');
+  }
+  const indicator = resources[0] ?? audiences[0];
+  const server = cfg.resource_servers[indicator];
+  if (!server || (resources[0] && audiences[0] && (server.audience ?? indicator) !== audiences[0])) {
+    throw new errors.InvalidTarget();
+  }
+  const at = new provider.AccessToken({
+    accountId: subject.accountId,
+    client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    sid: subject.sid,
+    sessionUid: subject.sessionUid,
+    expiresWithSession: subject.expiresWithSession,
+  });
+  at.resourceServer = new provider.ResourceServer(indicator, {
+    scope: server.scope ?? '',
+    audience: server.audience ?? indicator,
+    accessTokenFormat: 'opaque',
+    accessTokenTTL: cfg.access_token_ttl,
+  });
+  const allowed = new Set((server.scope ?? '').split(' ').filter(Boolean));
+  const requested = String(params.scope ?? '').split(' ').filter(Boolean);
+  at.scope = requested.filter((s) => allowed.has(s)).join(' ') || undefined;
+  ctx.oidc.entity('AccessToken', at);
+  const value = await at.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    scope: at.scope,
   };
 }
 
@@ -533,6 +598,16 @@ server.listen(cfg.port, '127.0.0.1', () => {
   provider.on('backchannel.success', (ctx, client, accountId, sid) => {
     log(`backchannel logout delivered client=${client.clientId} sub=${accountId} sid=${sid}`);
   });
+
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    tokenExchange,
+    new Set([
+      'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource',
+      'scope', 'actor_token', 'actor_token_type',
+    ]),
+    new Set(['resource', 'audience']),
+  );
 
   callback = provider.callback();
   process.stdout.write(`READY ${issuer}\n`);
