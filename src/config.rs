@@ -173,12 +173,14 @@ pub struct ProviderConfig {
     pub client_auth: Option<ClientAuth>,
     /// The sign-in button's text (the SPEC's `/auth/providers`).
     pub display_name: Option<String>,
-    // The SPEC's keys for features still being built (PAR, DPoP, private_key_jwt, FAPI 2.0):
-    // read so that a configuration written from the SPEC loads, and refused or warned about
-    // in `not_yet_supported` so that nothing is silently ignored.
-    pub par: Option<ParMode>,
+    /// DPoP (RFC 9449): tokens from this provider are bound to a key per token owner, and
+    /// every grant and service call carries a proof signed with it.
     #[serde(default)]
     pub dpop: bool,
+    // The SPEC's keys for features still being built (PAR, private_key_jwt, FAPI 2.0): read
+    // so that a configuration written from the SPEC loads, and refused or warned about in
+    // `not_yet_supported` so that nothing is silently ignored.
+    pub par: Option<ParMode>,
     pub client_key: Option<toml::Value>,
     pub profile: Option<String>,
 }
@@ -495,7 +497,7 @@ impl Config {
         Ok(())
     }
 
-    /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
+    /// The SPEC's keys for features courier does not have yet (PAR, private_key_jwt,
     /// FAPI 2.0, live connections). A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
     /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
@@ -517,9 +519,6 @@ impl Config {
             let key = |field: &str| format!("providers[{i}].{field}");
             if p.par == Some(ParMode::Required) {
                 return refuse(key("par"), "`required` (pushed authorization requests)");
-            }
-            if p.dpop {
-                return refuse(key("dpop"), "DPoP");
             }
             if p.client_key.is_some() {
                 return refuse(key("client_key"), "private_key_jwt client authentication");

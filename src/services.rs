@@ -30,6 +30,8 @@ pub struct Service {
     /// The token a call carries, resolved once from the configuration.
     pub token: TokenSource,
     allowed_paths: Option<GlobSet>,
+    /// The last DPoP nonce the service sent (RFC 9449 §9), sent up front with the next proof.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
 }
 
 /// Which token a call to a service carries. The provider is part of the variants that need
@@ -63,6 +65,26 @@ pub enum ServiceStatus {
 impl Service {
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The DPoP nonce to put in the next proof to this service, if it gave one.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps the `DPoP-Nonce` a service's answer carried, if any; true when it was one.
+    pub fn keep_dpop_nonce(&self, nonce: Option<&str>) -> bool {
+        let Some(nonce) = nonce.filter(|n| !n.is_empty() && n.len() <= 512) else {
+            return false;
+        };
+        *self
+            .dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.to_owned());
+        true
     }
 
     /// The RFC 8707 resource indicator its tokens are restricted to, if any.
@@ -245,6 +267,7 @@ impl ServiceRegistry {
                     config: s.clone(),
                     base,
                     allowed_paths,
+                    dpop_nonce: std::sync::Mutex::new(None),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -315,6 +338,7 @@ mod tests {
             linked: false,
             token: TokenSource::Session,
             allowed_paths,
+            dpop_nonce: std::sync::Mutex::new(None),
         }
     }
 

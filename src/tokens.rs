@@ -37,6 +37,7 @@ use crate::crypto::KeyRing;
 use crate::db::DbError;
 use crate::db::refresh_leases::{self, Blocked};
 use crate::domain::tokens::{CachedAccess, OwnerKey};
+use crate::dpop::DpopKey;
 use crate::oidc::ProviderRegistry;
 use crate::oidc::grants::{self, ExchangeTarget, GrantError};
 use crate::{db, fault};
@@ -155,6 +156,7 @@ struct Stored {
     generation: i64,
     after_rejection: bool,
     needs_reauth: bool,
+    dpop: Option<Arc<DpopKey>>,
 }
 
 impl Stored {
@@ -166,6 +168,7 @@ impl Stored {
             generation: self.generation,
             after_rejection: self.after_rejection,
             needs_reauth: self.needs_reauth,
+            dpop: self.dpop.clone(),
         }
     }
 
@@ -177,6 +180,7 @@ impl Stored {
             generation: s.generation,
             after_rejection: s.after_rejection,
             needs_reauth: false,
+            dpop: s.dpop_key.map(Arc::new),
         }
     }
 
@@ -188,21 +192,23 @@ impl Stored {
             generation: a.generation,
             after_rejection: a.after_rejection,
             needs_reauth: a.status == db::linked_accounts::Status::ReauthRequired,
+            dpop: a.dpop_key.map(Arc::new),
         }
     }
 }
 
 /// A token made for one target from an owner's grant, as the cache keeps it. It carries the
 /// owner's `needs_reauth`, so a linked account waiting to be connected again is never used
-/// through it.
-fn service_access(token: db::service_tokens::ServiceToken, needs_reauth: bool) -> CachedAccess {
+/// through it, and the owner's DPoP key, which it is bound to.
+fn service_access(token: db::service_tokens::ServiceToken, owner: &CachedAccess) -> CachedAccess {
     CachedAccess {
         access_token: token.access_token,
         expires_at: token.expires_at,
         obtained_at: token.obtained_at,
         generation: token.generation,
         after_rejection: token.after_rejection,
-        needs_reauth,
+        needs_reauth: owner.needs_reauth,
+        dpop: owner.dpop.clone(),
     }
 }
 
@@ -252,6 +258,8 @@ pub struct TokenService {
     exchange_locks: KeyedLocks<String>,
     client_tokens: KeyedLocks<ClientTokenKey>,
     client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
+    /// courier's own DPoP key per provider, as read from `client_dpop_keys`.
+    client_dpop: Mutex<HashMap<String, Arc<DpopKey>>>,
 }
 
 /// Logs a failed grant that kept the tokens: courier's own misconfiguration as an ERROR naming
@@ -292,6 +300,7 @@ impl TokenService {
             exchange_locks: KeyedLocks::default(),
             client_tokens: KeyedLocks::default(),
             client_cache: Mutex::new(HashMap::new()),
+            client_dpop: Mutex::new(HashMap::new()),
         }
     }
 
@@ -338,12 +347,12 @@ impl TokenService {
             return Ok(Some(access));
         }
         let epoch = self.cache.epoch();
-        let needs_reauth = self.current(owner, key).await?.needs_reauth;
+        let own = self.current(owner, key).await?;
         let Some(token) = db::service_tokens::get(&self.pool, &self.keys, key, target).await?
         else {
             return Ok(None);
         };
-        let access = service_access(token, needs_reauth);
+        let access = service_access(token, &own);
         self.cache
             .put_service_token(epoch, key.clone(), target.to_owned(), access.clone());
         Ok(Some(access))
@@ -515,9 +524,10 @@ impl TokenService {
         let mut pause = std::time::Duration::from_millis(25);
         loop {
             let stored = self.load(owner).await?.ok_or(owner.missing())?;
+            let own = stored.access();
             let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
                 .await?
-                .map(|t| service_access(t, stored.needs_reauth));
+                .map(|t| service_access(t, &own));
             if let Some(access) = &mine {
                 if let Some(token) = self.usable(access, rejected)? {
                     return Ok(token);
@@ -600,10 +610,10 @@ impl TokenService {
         let waiting_since = Instant::now();
         let mut pause = std::time::Duration::from_millis(25);
         loop {
-            let needs_reauth = self.current(owner, &key).await?.needs_reauth;
+            let own = self.current(owner, &key).await?;
             let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
                 .await?
-                .map(|t| service_access(t, needs_reauth));
+                .map(|t| service_access(t, &own));
             if let Some(access) = &mine {
                 if let Some(token) = self.usable(access, rejected)? {
                     return Ok(token);
@@ -683,6 +693,7 @@ impl TokenService {
                         &self.providers.http,
                         &subject.secret,
                         exchange.target,
+                        subject.dpop.as_deref(),
                         self.clock.now(),
                     ),
                 )
@@ -726,6 +737,7 @@ impl TokenService {
                 Ok(AccessToken {
                     secret: tokens.access_token,
                     after_rejection: forced,
+                    dpop: subject.dpop.clone(),
                 })
             }
             Err(GrantError::InvalidTarget) => {
@@ -814,6 +826,7 @@ impl TokenService {
                     &stored.tokens,
                     &stored.subject,
                     resource,
+                    stored.dpop.as_deref(),
                     self.clock.now(),
                 ),
             )
@@ -872,6 +885,7 @@ impl TokenService {
                 Ok(AccessToken {
                     secret: refreshed.access_token,
                     after_rejection: forced,
+                    dpop: stored.dpop.clone(),
                 })
             }
             Err(GrantError::Dead(reason)) => {
@@ -997,6 +1011,44 @@ impl TokenService {
         }
     }
 
+    /// courier's own DPoP key at `provider_id` when the provider uses DPoP: one per provider,
+    /// shared by every instance through Postgres (the first to need it makes it), kept here
+    /// once read.
+    async fn client_dpop_key(&self, provider_id: &str) -> Result<Option<Arc<DpopKey>>, TokenError> {
+        if !self
+            .providers
+            .get(provider_id)
+            .is_some_and(|p| p.config.dpop)
+        {
+            return Ok(None);
+        }
+        let known = |this: &Self| {
+            this.client_dpop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(provider_id)
+                .cloned()
+        };
+        if let Some(key) = known(self) {
+            return Ok(Some(key));
+        }
+        let candidate = DpopKey::generate().map_err(|e| {
+            tracing::error!(error = %e, "no DPoP key could be made");
+            TokenError::ProviderUnavailable {
+                retry_after_secs: 5,
+            }
+        })?;
+        let key = Arc::new(
+            db::client_dpop_keys::get_or_insert(&self.pool, &self.keys, provider_id, &candidate)
+                .await?,
+        );
+        self.client_dpop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(provider_id.to_owned(), key.clone());
+        Ok(Some(key))
+    }
+
     /// courier's own client-credentials token at `provider` for `scopes`, cached until it is
     /// due and shared by all users of this instance. A failed grant pauses new ones for 5 s,
     /// doubling up to 60 s, while a token that has not expired is still used.
@@ -1011,6 +1063,7 @@ impl TokenService {
             scopes.to_vec(),
             resource.map(str::to_owned),
         );
+        let dpop = self.client_dpop_key(provider_id).await?;
         let cached = |this: &Self| -> Result<Option<AccessToken>, TokenError> {
             let states = this
                 .client_cache
@@ -1024,6 +1077,7 @@ impl TokenService {
                 return Ok(Some(AccessToken {
                     secret: t.access_token.clone(),
                     after_rejection: false,
+                    dpop: dpop.clone(),
                 }));
             }
             match state.retry_at {
@@ -1032,6 +1086,7 @@ impl TokenService {
                         Some(t) => Ok(Some(AccessToken {
                             secret: t.access_token.clone(),
                             after_rejection: false,
+                            dpop: dpop.clone(),
                         })),
                         None => Err(this.retry_after(at)),
                     }
@@ -1057,6 +1112,7 @@ impl TokenService {
             &self.providers.http,
             scopes,
             resource,
+            dpop.as_deref(),
             self.clock.now(),
         )
         .await;
@@ -1082,6 +1138,7 @@ impl TokenService {
                 Ok(AccessToken {
                     secret,
                     after_rejection: false,
+                    dpop: dpop.clone(),
                 })
             }
             Err(GrantError::InvalidTarget) => Err(TokenError::NotAllowed),
@@ -1098,6 +1155,7 @@ impl TokenService {
                     Some(t) => Ok(AccessToken {
                         secret: t.access_token.clone(),
                         after_rejection: false,
+                        dpop: dpop.clone(),
                     }),
                     None => Err(self.retry_after(retry_at)),
                 }

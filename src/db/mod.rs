@@ -2,6 +2,7 @@
 //! cache's LISTEN/NOTIFY statements are still in `crate::cache`).
 
 pub mod cache_acks;
+pub mod client_dpop_keys;
 mod error;
 pub mod health;
 pub mod linked_accounts;

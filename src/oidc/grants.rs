@@ -9,6 +9,7 @@ use openidconnect::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::tokens::TokenSet;
+use crate::dpop::DpopKey;
 use crate::oidc::http::{HttpError, ProviderHttp};
 use crate::oidc::id_token;
 use crate::oidc::registry::Provider;
@@ -102,6 +103,7 @@ pub async fn refresh(
     previous: &TokenSet,
     subject: &str,
     resource: Option<&str>,
+    dpop: Option<&DpopKey>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     // A token set without a refresh token cannot be renewed: the grant ends with the token.
@@ -116,7 +118,7 @@ pub async fn refresh(
     if let Some(resource) = resource {
         form.push(("resource", resource.to_owned()));
     }
-    let response = token_endpoint::grant(provider, http, form).await?;
+    let response = token_endpoint::grant(provider, http, form, dpop).await?;
 
     let mut id_token = previous.id_token.clone();
     if provider.is_oidc()
@@ -161,6 +163,7 @@ pub async fn client_credentials(
     http: &ProviderHttp,
     scopes: &[String],
     resource: Option<&str>,
+    dpop: Option<&DpopKey>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     let mut form = vec![("grant_type", "client_credentials".to_owned())];
@@ -170,7 +173,7 @@ pub async fn client_credentials(
     if let Some(resource) = resource {
         form.push(("resource", resource.to_owned()));
     }
-    let response = token_endpoint::grant(provider, http, form)
+    let response = token_endpoint::grant(provider, http, form, dpop)
         .await
         .map_err(|e| match e {
             // There is no user grant to lose: a refusal is courier's configuration.
@@ -202,6 +205,7 @@ pub async fn exchange(
     http: &ProviderHttp,
     subject: &SecretString,
     target: ExchangeTarget<'_>,
+    dpop: Option<&DpopKey>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     let mut form = vec![
@@ -219,7 +223,7 @@ pub async fn exchange(
     if !target.scopes.is_empty() {
         form.push(("scope", target.scopes.join(" ")));
     }
-    let response = token_endpoint::grant(provider, http, form).await?;
+    let response = token_endpoint::grant(provider, http, form, dpop).await?;
     let mut tokens = token_set_of(&response, None, None, target.scopes, now);
     tokens.refresh_token = None;
     Ok(tokens)

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::ClientAuth;
+use crate::dpop::DpopKey;
 use crate::oidc::http::{HttpError, ProviderHttp, read_limited};
 use crate::oidc::registry::Provider;
 
@@ -105,8 +106,8 @@ const MISCONFIGURED: &[&str] = &[
     "invalid_request",
     "invalid_scope",
     "invalid_dpop_proof",
-    // A provider asking for a DPoP nonce wants DPoP proofs, which courier does not send yet:
-    // nothing to retry with, and nothing dead.
+    // Asked for again after the retry with the nonce it sent (or without DPoP at all): the
+    // provider and courier disagree about DPoP; nothing is dead.
     "use_dpop_nonce",
     "incorrect_client_credentials",
     "redirect_uri_mismatch",
@@ -230,18 +231,70 @@ pub fn authenticate(
 }
 
 /// Sends one grant (`form` holds `grant_type` and its parameters) with the client's
-/// authentication, and reads the answer.
+/// authentication, and reads the answer. With a DPoP key, the request carries a proof (RFC
+/// 9449 §5) with the provider's last nonce; a `use_dpop_nonce` answer is retried once with
+/// the nonce it brought.
 pub async fn grant(
     provider: &Provider,
     http: &ProviderHttp,
-    mut form: Vec<(&'static str, String)>,
+    form: Vec<(&'static str, String)>,
+    dpop: Option<&DpopKey>,
 ) -> Result<TokenResponse, GrantError> {
     let endpoint = endpoint(provider)?;
-    let request = authenticate(
+    let mut retried = false;
+    loop {
+        let (status, headers, body) =
+            send_once(provider, http, &endpoint, form.clone(), dpop).await?;
+        let new_nonce = dpop.is_some() && provider.keep_dpop_nonce(&headers);
+        let form_encoded = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
+            });
+        if new_nonce && !retried && error_code(&body).as_deref() == Some("use_dpop_nonce") {
+            retried = true;
+            continue;
+        }
+        return read_answer(status, &body, form_encoded);
+    }
+}
+
+/// The `error` member of a JSON error answer.
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("error")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn send_once(
+    provider: &Provider,
+    http: &ProviderHttp,
+    endpoint: &url::Url,
+    mut form: Vec<(&'static str, String)>,
+    dpop: Option<&DpopKey>,
+) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), GrantError> {
+    let mut request = authenticate(
         provider,
-        http.0.post(endpoint).header(ACCEPT, "application/json"),
+        http.0
+            .post(endpoint.clone())
+            .header(ACCEPT, "application/json"),
         &mut form,
     );
+    if let Some(key) = dpop {
+        let proof = key
+            .proof(
+                "POST",
+                endpoint,
+                None,
+                provider.dpop_nonce().as_deref(),
+                chrono::Utc::now().timestamp(),
+            )
+            .map_err(|e| GrantError::Misconfigured(e.to_string()))?;
+        request = request.header("dpop", proof);
+    }
     let mut request = request
         .form(&form)
         .build()
@@ -257,17 +310,11 @@ pub async fn grant(
         .await
         .map_err(|e| request_error(&HttpError::Request(e)))?;
     let status = response.status();
-    let form_encoded = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
-        });
+    let headers = response.headers().clone();
     let body = read_limited(response)
         .await
         .map_err(|e| request_error(&e))?;
-    read_answer(status, &body, form_encoded)
+    Ok((status, headers, body))
 }
 
 /// Reads a token-endpoint answer: an `error` member wins whatever the status (GitHub sends its

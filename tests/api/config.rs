@@ -466,10 +466,6 @@ fn settings_asking_for_protection_not_built_yet_are_refused() {
             "providers[0].par",
         ),
         (
-            SPEC_EXAMPLE.replace("dpop = false", "dpop = true"),
-            "providers[0].dpop",
-        ),
-        (
             SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
             "providers[0].profile",
         ),

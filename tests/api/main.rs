@@ -6,6 +6,7 @@ mod config;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod dot;
+mod dpop;
 mod fake_provider;
 mod faults;
 mod fuzz;

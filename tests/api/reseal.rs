@@ -178,7 +178,7 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
     );
     let (ok, out, err) = reseal(&db.url, &[&b, &a]).await;
     assert!(ok, "a second run succeeds: {out}{err}");
-    assert_eq!(out.matches(" 0 re-sealed").count(), 4, "{out}");
+    assert_eq!(out.matches(" 0 re-sealed").count(), 5, "{out}");
     everything_works(&courier.app, &mut browser, "after reseal").await;
     courier.stop().await;
 
@@ -190,6 +190,7 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
         "session_tokens",
         "linked_accounts",
         "service_tokens",
+        "client_dpop_keys",
         "shared_secrets",
     ] {
         wait_for_gauge(&courier.app, table, 0).await;

@@ -10,6 +10,8 @@ import * as http from 'node:http';
 import { inspect } from 'node:util';
 
 import Provider, { errors, interactionPolicy } from 'oidc-provider';
+// DPoP proofs at the registered token-exchange grant are checked with the provider's own helper.
+import validateDpop, { checkDpopReplay } from 'oidc-provider/lib/helpers/validate_dpop.js';
 
 // node-oidc-provider prints its "default X function called" notices with console.info, which
 // writes to stdout. Keep stdout reserved for the READY line.
@@ -71,6 +73,8 @@ const cfg = {
   // default the indicator). Any other indicator is invalid_target. Token exchange finds them
   // by `resource` or by `audience` (the indicator).
   resource_servers: input.resource_servers ?? {},
+  // RFC 9449: demand a server nonce in every DPoP proof (the client must retry once with it).
+  dpop_require_nonce: input.dpop_require_nonce ?? false,
 };
 
 
@@ -231,6 +235,12 @@ function buildConfiguration() {
         },
       },
       userinfo: { enabled: true },
+      // RFC 9449: tokens requested with a DPoP proof are bound to its key (cnf.jkt).
+      dPoP: {
+        enabled: true,
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: () => cfg.dpop_require_nonce,
+      },
       // RFC 8707: tokens restricted to one resource server, opaque so that the demo API can
       // introspect them (their `aud` is the indicator).
       resourceIndicators: {
@@ -338,6 +348,13 @@ async function tokenExchange(ctx) {
   if (!subject?.isValid || subject.clientId !== client.clientId) {
     throw new errors.InvalidGrant('the subject token is not active');
   }
+  // A DPoP-bound subject token is exchanged only with a proof of its key; the new token is
+  // bound to that key too.
+  const dPoP = await validateDpop(provider, ctx);
+  if (dPoP) await checkDpopReplay(provider, ctx, dPoP, client.clientId);
+  if (subject.jkt && subject.jkt !== dPoP?.thumbprint) {
+    throw new errors.InvalidGrant('the subject token is bound to another DPoP key');
+  }
   const resources = list(params.resource);
   const audiences = list(params.audience);
   if (resources.length + audiences.length === 0 || resources.length > 1 || audiences.length > 1) {
@@ -366,6 +383,7 @@ async function tokenExchange(ctx) {
   const allowed = new Set((server.scope ?? '').split(' ').filter(Boolean));
   const requested = String(params.scope ?? '').split(' ').filter(Boolean);
   at.scope = requested.filter((s) => allowed.has(s)).join(' ') || undefined;
+  if (dPoP) at.setThumbprint('jkt', dPoP.thumbprint);
   ctx.oidc.entity('AccessToken', at);
   const value = await at.save();
   ctx.body = {
