@@ -19,6 +19,12 @@
 //!
 //! Opened access tokens are cached in memory (`crate::cache`) so that a request with a fresh
 //! token costs no database round trip; a refresh always works from the row in Postgres.
+//!
+//! A service may get a token made for it (docs/tokens.md, "The token each service gets"): one
+//! restricted to its RFC 8707 `resource`, got with the owner's refresh token under the owner's
+//! single flight, or the user's token exchanged for it (RFC 8693) under a lease of its own.
+//! Both are kept per owner and target in `service_tokens`. With DPoP, each token carries the
+//! key of its owner, which every grant and call proves possession of.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -9,6 +9,7 @@ use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
+use openidconnect::OAuth2TokenResponse;
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
@@ -293,6 +294,24 @@ fn new_dpop_key(provider: &Provider) -> Result<Option<Arc<DpopKey>>, LoginError>
         .map_err(|e| LoginError::Exchange(e.to_string()))
 }
 
+/// The key the tokens are bound to: `None` when the provider answered a DPoP request with a
+/// bearer token (it does not do DPoP; its tokens are then used as bearer tokens).
+fn bound_key(
+    provider: &Provider,
+    key: Option<Arc<DpopKey>>,
+    token_type: &str,
+) -> Option<Arc<DpopKey>> {
+    let key = key?;
+    if token_type.eq_ignore_ascii_case("dpop") {
+        return Some(key);
+    }
+    tracing::warn!(
+        provider = %provider.id(),
+        "the provider answered a DPoP request with a bearer token; its tokens are used as bearer tokens"
+    );
+    None
+}
+
 /// openidconnect's HTTP client for a code exchange at a provider that binds tokens with DPoP
 /// (RFC 9449 §5): each request carries a proof with the provider's last nonce, and a
 /// `use_dpop_nonce` answer is sent again once with the nonce it brought.
@@ -397,6 +416,7 @@ pub async fn complete(
         .ok_or(LoginError::MissingIdToken)?;
     let verified = id_token::verify(provider, http, id_token, Some(&nonce), now).await?;
 
+    let dpop_key = bound_key(provider, dpop_key, response.token_type().as_ref());
     let tokens = grants::token_set(
         &response,
         Some(SecretString::from(id_token.to_string())),
@@ -444,7 +464,7 @@ pub async fn complete_connect(
     let code = AuthorizationCode::new(code);
     let verifier = PkceCodeVerifier::new(pending.pkce_verifier);
     let dpop_key = new_dpop_key(provider)?;
-    let (tokens, verified) = if let Some(client) = provider.plain_client() {
+    let (tokens, verified, token_type) = if let Some(client) = provider.plain_client() {
         let request = client.exchange_code(code).set_pkce_verifier(verifier);
         let response = match &dpop_key {
             Some(key) => {
@@ -462,6 +482,7 @@ pub async fn complete_connect(
         (
             grants::token_set(&response, None, None, requested_scopes, now),
             None,
+            response.token_type().as_ref().to_owned(),
         )
     } else {
         let metadata = provider
@@ -501,8 +522,10 @@ pub async fn complete_connect(
         (
             grants::token_set(&response, None, None, requested_scopes, now),
             verified,
+            response.token_type().as_ref().to_owned(),
         )
     };
+    let dpop_key = bound_key(provider, dpop_key, &token_type);
 
     let mut claims = verified
         .as_ref()
