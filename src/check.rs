@@ -223,6 +223,18 @@ async fn inspect(
             (None, _) => "no".into(),
         },
     );
+    let dpop_algs = list("dpop_signing_alg_values_supported");
+    report.line("DPoP (RFC 9449)", shown(&dpop_algs, "not listed"));
+    if provider.dpop
+        && !dpop_algs
+            .as_ref()
+            .is_some_and(|algs| algs.iter().any(|a| a == "ES256"))
+    {
+        report.warn(
+            "dpop = true, but dpop_signing_alg_values_supported does not list ES256, the \
+             algorithm of courier's proofs",
+        );
+    }
     let iss_parameter = flag("authorization_response_iss_parameter_supported");
     report.line(
         "iss parameter (RFC 9207)",
