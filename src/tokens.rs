@@ -559,6 +559,18 @@ impl TokenService {
             }
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
+                    // A grant may have been stored between the reads above and the lease:
+                    // look again now that no one else can.
+                    let now_stored = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                        .await?
+                        .map(|t| t.generation);
+                    let owner_now = self.load(owner).await?.map(|s| s.generation);
+                    if now_stored != mine.as_ref().map(|m| m.generation)
+                        || owner_now != Some(stored.generation)
+                    {
+                        self.release(&key).await;
+                        continue;
+                    }
                     return self
                         .refresh_under_lease(owner, &key, stored, Some((resource, mine)), rejected)
                         .await;
@@ -635,6 +647,15 @@ impl TokenService {
             let subject = self.fresh_token(owner, None).await?;
             match refresh_leases::acquire(&self.pool, &lease, self.instance).await? {
                 None => {
+                    // Another instance may have stored an exchange while this one got the
+                    // subject token: look again now that no one else can.
+                    let now_stored = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                        .await?
+                        .map(|t| t.generation);
+                    if now_stored != mine.as_ref().map(|m| m.generation) {
+                        self.release_lease(&lease).await;
+                        continue;
+                    }
                     return self
                         .exchange_under_lease(
                             owner, &key, &lease, &target, exchange, subject, mine, rejected,

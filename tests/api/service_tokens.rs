@@ -38,6 +38,8 @@ struct World {
     app: TestApp,
     provider: NodeProvider,
     browser: Browser,
+    /// The encryption key, for a second instance.
+    key: String,
 }
 
 /// courier with `orders` and `calendar` (each restricted to its resource, each API accepting
@@ -50,10 +52,26 @@ async fn world(ttl: u64) -> World {
         json!({ "access_token_ttl": ttl }),
     )
     .await;
-    let orders = demo_for(&provider, Some(ORDERS));
-    let calendar = demo_for(&provider, Some(CALENDAR));
-    let plain = demo_for(&provider, None);
-    let settings = AppSettings::new(&provider.issuer)
+    let settings = settings(&provider);
+    let key = settings.encryption_keys[0].clone();
+    let app = TestApp::spawn(listener, settings).await;
+    let mut browser = Browser::new();
+    let response = app.login(&mut browser, "alice").await;
+    assert_eq!(response.status(), StatusCode::FOUND, "the login completes");
+    World {
+        app,
+        provider,
+        browser,
+        key,
+    }
+}
+
+/// The services of `world`, each behind a demo API of its own.
+fn settings(provider: &NodeProvider) -> AppSettings {
+    let orders = demo_for(provider, Some(ORDERS));
+    let calendar = demo_for(provider, Some(CALENDAR));
+    let plain = demo_for(provider, None);
+    AppSettings::new(&provider.issuer)
         .service(
             "orders",
             &format!("{orders}/"),
@@ -69,16 +87,7 @@ async fn world(ttl: u64) -> World {
             "misdirected",
             &format!("{calendar}/"),
             &format!("provider = \"main\"\nresource = \"{ORDERS}\""),
-        );
-    let app = TestApp::spawn(listener, settings).await;
-    let mut browser = Browser::new();
-    let response = app.login(&mut browser, "alice").await;
-    assert_eq!(response.status(), StatusCode::FOUND, "the login completes");
-    World {
-        app,
-        provider,
-        browser,
-    }
+        )
 }
 
 async fn call(w: &mut World, service: &str) -> reqwest::Response {
@@ -210,8 +219,11 @@ async fn each_service_gets_a_token_for_its_resource_and_another_service_refuses_
 }
 
 #[tokio::test]
-async fn a_storm_of_first_calls_for_two_resources_costs_one_grant_each() {
+async fn a_storm_of_first_calls_for_two_resources_on_two_instances_costs_one_grant_each() {
     let w = world(3600).await;
+    let mut sibling_settings = settings(&w.provider);
+    sibling_settings.encryption_keys = vec![w.key.clone()];
+    let sibling = w.app.spawn_sibling(sibling_settings).await;
     let cookie = format!(
         "__Host-courier={}",
         w.browser.cookie(&w.app.address, "__Host-courier").unwrap()
@@ -219,8 +231,9 @@ async fn a_storm_of_first_calls_for_two_resources_costs_one_grant_each() {
     let client = reqwest::Client::new();
     let calls = (0..16).map(|i| {
         let service = if i % 2 == 0 { "orders" } else { "calendar" };
+        let app = if i % 4 < 2 { &w.app } else { &sibling };
         client
-            .get(w.app.url(&format!("/api/services/{service}/x")))
+            .get(app.url(&format!("/api/services/{service}/x")))
             .header("x-csrf", "1")
             .header("cookie", cookie.clone())
             .send()
@@ -233,8 +246,8 @@ async fn a_storm_of_first_calls_for_two_resources_costs_one_grant_each() {
         let expected = if i % 2 == 0 { ORDERS } else { CALENDAR };
         assert_eq!(echo["token"]["aud"], expected, "call {i}: {echo}");
     }
-    // One lease for the owner across both resources: two grants in a row, each with the
-    // refresh token the one before it got (a reused one would have ended the grant).
+    // One lease for the owner across both resources and instances: two grants in a row, each
+    // with the refresh token the one before it got (a reused one would have ended the grant).
     assert_eq!(w.provider.grants("refresh_token").await, 2);
 }
 

@@ -240,3 +240,62 @@ async fn a_target_the_provider_refuses_is_403_not_allowed_and_a_provider_down_is
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "upstream_unavailable");
 }
+
+#[tokio::test]
+async fn an_exchange_at_another_provider_uses_the_linked_account_and_needs_it_connected() {
+    let listener = TestApp::bind();
+    let port = listener.local_addr().unwrap().port();
+    let main = NodeProvider::for_courier(port, json!({})).await;
+    let other = NodeProvider::for_courier_as(
+        port,
+        "other",
+        json!({ "resource_servers": { "reports-api": { "scope": "reports:read" } } }),
+    )
+    .await;
+    let reports = demo_for(&other, "reports-api");
+    let mut settings = AppSettings::new(&main.issuer);
+    settings.extra_toml = format!(
+        "\n[[providers]]\nid = \"other\"\nissuer = \"{}\"\nclient_id = \"courier\"\n\
+         client_secret = \"courier-secret\"\nscopes = [\"openid\", \"offline_access\"]\n",
+        other.issuer
+    );
+    let app = TestApp::spawn(
+        listener,
+        settings.service(
+            "reports",
+            &format!("{reports}/"),
+            "provider = \"other\"\ntoken = \"exchange\"\naudience = \"reports-api\"",
+        ),
+    )
+    .await;
+    let mut browser = Browser::new();
+    app.login(&mut browser, "alice").await;
+
+    let response = app
+        .api(
+            &mut browser,
+            reqwest::Method::GET,
+            "/api/services/reports/x",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "connect_required");
+    assert_eq!(body["connect_url"], "/auth/connect/reports");
+
+    let response = app.connect(&mut browser, "reports", "alice-at-other").await;
+    assert_eq!(response.headers()["location"], "/settings");
+    let response = app
+        .api(
+            &mut browser,
+            reqwest::Method::GET,
+            "/api/services/reports/x",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["token"]["sub"], "alice-at-other", "{echo}");
+    assert_eq!(echo["token"]["aud"], "reports-api", "{echo}");
+    assert_eq!(other.grants(TOKEN_EXCHANGE).await, 1);
+    assert_eq!(main.grants(TOKEN_EXCHANGE).await, 0);
+}
