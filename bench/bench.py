@@ -14,13 +14,18 @@ runs wrk (-t2) against:
   (d) courier's /api/me, same sessions;
   (e) courier's /healthz;
   (c) once more at 256 connections, for courier's RSS there;
+  (c) once more with courier's per-request INFO log line on (RUST_LOG=info, written to a file;
+      every other row runs with RUST_LOG=error, so without it);
+  (g) the floor of courier's stack: a bare actix-web + reqwest pass-through (bench/floor);
+  (h) the floor of the stack below: a bare hyper + hyper-util pass-through (bench/floor);
   (f) (c) and (d) again after 1,000,000 more sessions (with users, identities and tokens) are
       inserted by SQL and the tables analyzed, on a restarted courier (its in-memory cache
       starts empty, so every session is first looked up among the million).
 
 Every row runs the same wrk Lua script, so wrk's own cost is the same in all of them. Prints a
 Markdown table (req/s, p50, p99, non-2xx and socket errors, and the CPU time — utime + stime
-from /proc over the row — that courier, nginx and the demo API spent per request), the ratios and courier's peak RSS
+from /proc over the row — that the row's proxy (nginx, courier or a floor binary) and the demo
+API spent per request), the ratios and courier's peak RSS
 against the operations issue's targets; --write replaces the "## Latest run" section of the
 given Markdown file.
 """
@@ -164,7 +169,9 @@ class RssSampler(threading.Thread):
             try:
                 rss = status_kib(self.pid, "VmRSS")
             except (OSError, AttributeError):
-                return
+                # Between a courier stopped and the next one started (`pid` is then updated).
+                time.sleep(0.2)
+                continue
             self.max[self.phase] = max(self.max.get(self.phase, 0), rss)
             time.sleep(1)
 
@@ -185,13 +192,19 @@ def measure(args, db, tmp, procs):
         f.write(NGINX.format(dir=tmp, upstream=demo_port, port=nginx_port))
     nginx = start(procs, ["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
                           "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
+    floors = {}
+    for key, name in (("g", "floor-actix"), ("h", "floor-hyper")):
+        floor_port = free_port()
+        floors[key] = (start(procs, [os.path.join(ROOT, "bench/floor/target/release", name),
+                                     f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}"]),
+                       f"http://127.0.0.1:{floor_port}{PATH}")
     config = os.path.join(tmp, "courier.toml")
     with open(config, "w") as f:
         f.write(demo_config(port, db, issuer, demo_port, base64.b64encode(os.urandom(32)).decode()))
     courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
                     env={**os.environ, "RUST_LOG": "error"})
     for url in (f"http://127.0.0.1:{demo_port}/v1/x", f"http://127.0.0.1:{nginx_port}/v1/x",
-                f"{app}/readyz"):
+                f"{app}/readyz", *(url for _, url in floors.values())):
         wait_ready(url)
 
     cookies = []
@@ -203,29 +216,42 @@ def measure(args, db, tmp, procs):
     with open(script, "w") as f:
         f.write(LUA % ", ".join(json.dumps(c) for c in cookies))
 
+    hwm = 0
     sampler = RssSampler(courier.pid)
     sampler.start()
     results = {}
 
-    # CPU per request of each process that serves a row, read from /proc over the row:
-    # courier's, nginx's (master and workers) and the demo API's (the downstream of every row).
-    serving = {"courier": lambda: courier.pid, "nginx": lambda: nginx.pid, "demo": lambda: demo.pid}
-
-    def row(key, url, bare=False, connections=args.connections):
+    # CPU per request, read from /proc over the row, of the process that proxies it (nginx's
+    # master and workers, courier, or a floor binary) and of the demo API (the downstream of
+    # every row).
+    def row(key, url, proxy, bare=False, connections=args.connections):
         print(f"{key}: {url} ({connections} connections)", file=sys.stderr)
         sampler.phase = key
-        before = {name: cpu_seconds(pid()) for name, pid in serving.items()}
+        pids = {"proxy": proxy.pid if proxy else None, "demo": demo.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items() if pid}
         results[key] = wrk(url, script, args.duration, connections, bare)
         n = max(results[key]["requests"], 1)
-        for name, pid in serving.items():
-            results[key][f"cpu_{name}"] = (cpu_seconds(pid()) - before[name]) / n * 1e6
+        for name, pid in pids.items():
+            results[key][f"cpu_{name}"] = (cpu_seconds(pid) - before[name]) / n * 1e6 if pid else None
 
-    row("a", f"http://127.0.0.1:{demo_port}{PATH}", bare=True)
-    row("b", f"http://127.0.0.1:{nginx_port}{PATH}", bare=True)
-    row("c", f"{app}/api/services/demo{PATH}")
-    row("d", f"{app}/api/me")
-    row("e", f"{app}/healthz", bare=True)
-    row("c256", f"{app}/api/services/demo{PATH}", connections=256)
+    row("a", f"http://127.0.0.1:{demo_port}{PATH}", None, bare=True)
+    row("b", f"http://127.0.0.1:{nginx_port}{PATH}", nginx, bare=True)
+    row("g", floors["g"][1], floors["g"][0], bare=True)
+    row("h", floors["h"][1], floors["h"][0], bare=True)
+    row("c", f"{app}/api/services/demo{PATH}", courier)
+    row("d", f"{app}/api/me", courier)
+    row("e", f"{app}/healthz", courier, bare=True)
+    row("c256", f"{app}/api/services/demo{PATH}", courier, connections=256)
+    # The same courier again, with its INFO log line per request written to a file.
+    hwm = status_kib(courier.pid, "VmHWM")
+    courier.terminate()
+    courier.wait()
+    with open(os.path.join(tmp, "courier-info.log"), "w") as log:
+        courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
+                        env={**os.environ, "RUST_LOG": "info"}, stderr=log)
+    wait_ready(f"{app}/readyz")
+    sampler.pid = courier.pid
+    row("clog", f"{app}/api/services/demo{PATH}", courier)
     print(f"inserting {MILLION:,} sessions", file=sys.stderr)
     sampler.phase = "insert"
     started = time.monotonic()
@@ -233,46 +259,57 @@ def measure(args, db, tmp, procs):
     print(f"inserted in {time.monotonic() - started:.0f} s", file=sys.stderr)
     # A new process, so that (f) starts with nothing in courier's in-memory cache and every
     # session is first looked up among the million.
-    hwm = status_kib(courier.pid, "VmHWM")
+    hwm = max(hwm, status_kib(courier.pid, "VmHWM"))
     courier.terminate()
     courier.wait()
     courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
                     env={**os.environ, "RUST_LOG": "error"})
     wait_ready(f"{app}/readyz")
-    row("fc", f"{app}/api/services/demo{PATH}")
-    row("fd", f"{app}/api/me")
+    sampler.pid = courier.pid
+    row("fc", f"{app}/api/services/demo{PATH}", courier)
+    row("fd", f"{app}/api/me", courier)
     hwm = max(hwm, status_kib(courier.pid, "VmHWM"))
     return results, hwm, sampler.max.get("c256", 0)
 
 
 def report(args, r, hwm_kib, rss256_kib):
     labels = {"a": "(a) demo API directly", "b": "(b) nginx proxy_pass",
+              "g": "(g) floor: actix-web + reqwest pass-through",
+              "h": "(h) floor: hyper + hyper-util pass-through",
               "c": f"(c) courier proxy path, {args.users} sessions", "d": "(d) courier /api/me",
               "e": "(e) courier /healthz", "c256": "(c) at 256 connections",
+              "clog": "(c) with the INFO log line per request on",
               "fc": f"(f) (c) with {MILLION:,} more sessions",
               "fd": f"(f) (d) with {MILLION:,} more sessions"}
-    lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors | CPU µs/req: courier | nginx | demo API |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors | CPU µs/req: proxy | demo API |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for key, label in labels.items():
         x = r[key]
+        proxy = "–" if x["cpu_proxy"] is None else f"{x['cpu_proxy']:.1f}"
         lines.append(f"| {label} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
-                     f"{x['non2xx']}/{x['errors']} | {x['cpu_courier']:.1f} | {x['cpu_nginx']:.1f} | "
-                     f"{x['cpu_demo']:.1f} |")
+                     f"{x['non2xx']}/{x['errors']} | {proxy} | {x['cpu_demo']:.1f} |")
 
     def target(met):
         return "met" if met else "**not met**"
+
+    def cpu(key):
+        return r[key]["cpu_proxy"]
 
     cb, ca, de = r["c"]["rps"] / r["b"]["rps"], r["c"]["rps"] / r["a"]["rps"], r["d"]["rps"] / r["e"]["rps"]
     added = r["c"]["p50"] - r["a"]["p50"]
     cost_c, cost_d = 1 - r["fc"]["rps"] / r["c"]["rps"], 1 - r["fd"]["rps"] / r["d"]["rps"]
     hwm, rss256 = hwm_kib / 1024, rss256_kib / 1024
     lines += ["", "| measure | value | target | |", "|---|---:|---|---|",
-              f"| c/b | {cb:.3f} | ≥ 0.8 | {target(cb >= 0.8)} |",
-              f"| c/a | {ca:.3f} | | |",
-              f"| courier's CPU per proxied request / nginx's (c / b) | "
-              f"{r['c']['cpu_courier'] / max(r['b']['cpu_nginx'], 1e-9):.2f}× | ≤ 1.5× (≤ 2.5× this round) | "
-              f"{target(r['c']['cpu_courier'] <= 2.5 * r['b']['cpu_nginx'])} |",
-              f"| d/e | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
+              f"| c/b (req/s) | {cb:.3f} | ≥ 0.8 | {target(cb >= 0.8)} |",
+              f"| c/a (req/s) | {ca:.3f} | | |",
+              f"| g/b, h/b (req/s of the floors against nginx) | {r['g']['rps'] / r['b']['rps']:.3f}, "
+              f"{r['h']['rps'] / r['b']['rps']:.3f} | | |",
+              f"| courier's CPU per proxied request / nginx's (c / b) | {cpu('c') / cpu('b'):.2f}× | "
+              f"≤ 1.5× (≤ 2.5× this round) | {target(cpu('c') <= 2.5 * cpu('b'))} |",
+              f"| courier's CPU per proxied request above its stack's floor (c − g), above hyper's (c − h) "
+              f"| {cpu('c') - cpu('g'):.1f} µs, {cpu('c') - cpu('h'):.1f} µs | | |",
+              f"| the INFO log line's CPU per request (clog − c) | {cpu('clog') - cpu('c'):.1f} µs | | |",
+              f"| d/e (req/s) | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
               f"| p50 added by courier (c − a) | {added:.2f} ms | < 1 ms | {target(added < 1)} |",
               f"| {MILLION:,} sessions' cost on (c) | {cost_c:.1%} | < 10% | {target(cost_c < 0.1)} |",
               f"| {MILLION:,} sessions' cost on (d) | {cost_d:.1%} | < 10% | {target(cost_d < 0.1)} |",

@@ -164,9 +164,22 @@ impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
 }
 
 fn count(table: &'static str, hit: bool) {
-    metrics::counter!("courier_cache_lookups_total", "table" => table,
-        "outcome" => if hit { "hit" } else { "miss" })
-    .increment(1);
+    // The handles of the few label sets, registered once per thread: asking the recorder by
+    // label set on every lookup costs a hash and a lock, twice per request.
+    thread_local! {
+        static COUNTERS: std::cell::RefCell<Vec<(&'static str, bool, metrics::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    COUNTERS.with_borrow_mut(|counters| {
+        if let Some((_, _, counter)) = counters.iter().find(|(t, h, _)| *t == table && *h == hit) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!("courier_cache_lookups_total", "table" => table,
+            "outcome" => if hit { "hit" } else { "miss" });
+        counter.increment(1);
+        counters.push((table, hit, counter));
+    });
 }
 
 impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
@@ -312,7 +325,10 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
             return;
         }
         for a in announced {
-            self.invalidate(&a.key);
+            match &a.key {
+                Some(key) => self.invalidate(key),
+                None => clear(&mut self.lock()),
+            }
         }
         let nonces: Vec<Uuid> = announced.iter().map(|a| a.nonce).collect();
         let started = Instant::now();
@@ -442,7 +458,8 @@ const ACK_PREFIX: &str = "ack:";
 /// A change announced inside its transaction, for `Cache::confirm` after the commit.
 pub struct Announcement {
     nonce: Uuid,
-    key: OwnerKey,
+    /// `None`: everything (see `announce_everything`).
+    key: Option<OwnerKey>,
 }
 
 /// Announces, inside the writer's transaction, a change to `owner_key` that every instance
@@ -455,8 +472,21 @@ pub async fn announce(
     cache_acks::notify(conn, &format!("{ACK_PREFIX}{nonce}:{owner_key}")).await?;
     Ok(Announcement {
         nonce,
-        key: owner_key.clone(),
+        key: Some(owner_key.clone()),
     })
+}
+
+/// The payload of an announcement that names no owner: every instance empties its cache.
+const EVERYTHING: &str = "*";
+
+/// Like `announce`, for a change too large to name owner by owner (ending thousands of
+/// sessions at once): every instance empties its cache, then confirms. Costs every instance
+/// a few database reads, where one announcement per owner would cost one acknowledgement
+/// write per owner and instance.
+pub async fn announce_everything(conn: &mut PgConnection) -> Result<Announcement, sqlx::Error> {
+    let nonce = Uuid::new_v4();
+    cache_acks::notify(conn, &format!("{ACK_PREFIX}{nonce}:{EVERYTHING}")).await?;
+    Ok(Announcement { nonce, key: None })
 }
 
 fn clear<S: Clone, T: Clone, V: Clone>(inner: &mut Inner<S, T, V>) {
@@ -563,5 +593,19 @@ mod tests {
         cache.set_live(false);
         assert_eq!(cache.token(&key), None);
         assert!(cache.epoch().is_none());
+    }
+
+    #[test]
+    fn an_announcement_of_everything_empties_every_table() {
+        let cache = live();
+        let (id, user) = (Uuid::new_v4(), Uuid::new_v4());
+        let epoch = cache.epoch();
+        cache.put_session(epoch, [1; 32], id, 1);
+        cache.put_view(epoch, id, 1);
+        cache.put_token(epoch, linked_key(user, "github"), 1);
+        cache.invalidate_payload(EVERYTHING);
+        assert_eq!(cache.session(&[1; 32]), None);
+        assert_eq!(cache.view(id), None);
+        assert_eq!(cache.token(&linked_key(user, "github")), None);
     }
 }

@@ -132,7 +132,9 @@ async fn inspect(
     http: &reqwest::Client,
 ) -> ProviderReport {
     let mut report = ProviderReport::default();
-    let role = if provider.login {
+    let role = if provider.login && config.default_login_provider().id == provider.id {
+        "login provider, the default"
+    } else if provider.login {
         "login provider"
     } else {
         "linked-account provider"

@@ -700,20 +700,17 @@ impl Config {
             if p.login && p.issuer.is_none() {
                 return Err((
                     key("login"),
-                    "the login provider must speak OpenID Connect (set `issuer`)".into(),
+                    "a login provider must speak OpenID Connect (set `issuer`)".into(),
                 ));
             }
         }
-        match self.providers.iter().filter(|p| p.login).count() {
-            1 => Ok(()),
-            0 => Err((
+        if self.providers.iter().any(|p| p.login) {
+            Ok(())
+        } else {
+            Err((
                 "providers".into(),
-                "exactly one provider must have login = true; none has".into(),
-            )),
-            _ => Err((
-                "providers".into(),
-                "exactly one provider must have login = true; several have".into(),
-            )),
+                "at least one provider must have login = true; none has".into(),
+            ))
         }
     }
 
@@ -795,15 +792,20 @@ impl Config {
         Ok(())
     }
 
+    /// The providers users can sign in with, in the configuration's order.
+    pub fn login_providers(&self) -> impl Iterator<Item = &ProviderConfig> {
+        self.providers.iter().filter(|p| p.login)
+    }
+
+    /// The default login provider: the first one listed with `login = true`.
     #[allow(
         clippy::expect_used,
-        reason = "`Config::load` refuses a configuration without exactly one default login provider"
+        reason = "`Config::load` refuses a configuration without a login provider"
     )]
-    pub fn login_provider(&self) -> &ProviderConfig {
-        self.providers
-            .iter()
-            .find(|p| p.login)
-            .expect("validated: exactly one login provider")
+    pub fn default_login_provider(&self) -> &ProviderConfig {
+        self.login_providers()
+            .next()
+            .expect("validated: at least one login provider")
     }
 
     /// The callback URL registered at the provider for `provider_id`.
@@ -1018,12 +1020,36 @@ login = true
     }
 
     #[test]
-    fn two_login_providers_are_refused() {
+    fn several_login_providers_load_and_the_first_is_the_default() {
         let text = format!(
             "{MINIMAL}\n[[providers]]\nid = \"b\"\nissuer = \"http://x\"\nclient_id = \"c\"\nlogin = true\n"
         );
+        let config = parse(&text).unwrap();
+        let ids: Vec<&str> = config.login_providers().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["main", "b"]);
+        assert_eq!(config.default_login_provider().id, "main");
+    }
+
+    #[test]
+    fn a_configuration_without_a_login_provider_is_refused() {
+        let text = MINIMAL.replace("login = true", "login = false");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("exactly one provider"), "{e}");
+        assert!(
+            e.contains("at least one provider must have login = true"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_plain_oauth_login_provider_is_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[providers]]\nid = \"gh\"\nauthorization_endpoint = \"http://x/a\"\ntoken_endpoint = \"http://x/t\"\nclient_id = \"c\"\nlogin = true\n"
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("providers[1].login") && e.contains("issuer"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -59,12 +59,13 @@ pub async fn link(
     Ok(())
 }
 
-/// Each configured service with whether the user can call it now. A linked account is
-/// connected once per user; the login provider's token and courier's own come with the
-/// session.
+/// Each configured service with whether the user can call it now, in a session that logged
+/// in with `session_provider`. A linked account is connected once per user; the session's own
+/// provider's token and courier's own come with the session.
 pub async fn service_statuses<'a>(
     pool: &PgPool,
     user_id: Uuid,
+    session_provider: &str,
     services: &'a ServiceRegistry,
 ) -> Result<Vec<(&'a Service, ServiceStatus)>, DbError> {
     let linked = db::linked_accounts::statuses(pool, user_id).await?;
@@ -72,7 +73,7 @@ pub async fn service_statuses<'a>(
         .all()
         .iter()
         .map(|s| {
-            let status = match s.linked_provider() {
+            let status = match s.linked_provider(session_provider) {
                 None => ServiceStatus::Connected,
                 Some(provider) => match linked.iter().find(|(p, _)| p == provider) {
                     Some((_, Status::Connected)) => ServiceStatus::Connected,

@@ -152,6 +152,37 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// Random bytes for ids that must be unique but protect nothing (request ids, trace and span
+/// ids): the OS's CSPRNG read 4 KiB at a time into a per-thread buffer, so that a request does
+/// not pay three `getrandom` calls for its ids. Never use it for keys, tokens, states or nonces:
+/// those take `random_bytes`, straight from the OS.
+pub fn id_bytes<const N: usize>() -> [u8; N] {
+    const BUFFER: usize = 4096;
+    struct Pool {
+        bytes: [u8; BUFFER],
+        used: usize,
+    }
+    thread_local! {
+        static POOL: std::cell::RefCell<Pool> =
+            const { std::cell::RefCell::new(Pool { bytes: [0; BUFFER], used: BUFFER }) };
+    }
+    POOL.with_borrow_mut(|pool| {
+        if N > BUFFER {
+            return random_bytes::<N>();
+        }
+        if pool.used + N > BUFFER {
+            pool.bytes = random_bytes::<BUFFER>();
+            pool.used = 0;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&pool.bytes[pool.used..pool.used + N]);
+        // Each byte is handed out once.
+        pool.bytes[pool.used..pool.used + N].fill(0);
+        pool.used += N;
+        out
+    })
+}
+
 /// A new URL-safe random string carrying 256 bits.
 pub fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
@@ -179,6 +210,16 @@ mod tests {
     fn ring(keys: &[&str]) -> KeyRing {
         let keys: Vec<SecretString> = keys.iter().map(|k| SecretString::from(*k)).collect();
         KeyRing::from_config(&keys).unwrap()
+    }
+
+    #[test]
+    fn id_bytes_are_not_repeated_across_refills() {
+        let mut seen = std::collections::HashSet::new();
+        // 600 × 16 bytes crosses two refills of the 4 KiB buffer.
+        for _ in 0..600 {
+            assert!(seen.insert(id_bytes::<16>()), "an id came out twice");
+        }
+        assert_ne!(id_bytes::<8>(), [0; 8]);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum ApiError {
     ConnectRequired { connect_url: String },
     #[error("the provider no longer accepts this session's grant; sign in again")]
     ReauthRequired,
+    /// What was asked needs a more recent sign-in (`reauth_required`); the session stays.
+    #[error("{0}")]
+    RecentLoginRequired(String),
     #[error("too many requests")]
     RateLimited,
     #[error("{0}")]
@@ -63,7 +66,7 @@ impl ApiError {
             ApiError::ServiceNotFound(_) => "service_not_found",
             ApiError::NotAllowed(_) => "not_allowed",
             ApiError::ConnectRequired { .. } => "connect_required",
-            ApiError::ReauthRequired => "reauth_required",
+            ApiError::ReauthRequired | ApiError::RecentLoginRequired(_) => "reauth_required",
             ApiError::RateLimited => "rate_limited",
             ApiError::UpstreamUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
@@ -102,7 +105,9 @@ impl From<sqlx::Error> for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::LoginRequired | ApiError::ReauthRequired => StatusCode::UNAUTHORIZED,
+            ApiError::LoginRequired
+            | ApiError::ReauthRequired
+            | ApiError::RecentLoginRequired(_) => StatusCode::UNAUTHORIZED,
             ApiError::CsrfRequired | ApiError::NotAllowed(_) | ApiError::ConnectRequired { .. } => {
                 StatusCode::FORBIDDEN
             }

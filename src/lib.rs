@@ -28,6 +28,7 @@ pub mod reseal;
 pub mod routes;
 pub mod services;
 pub mod session;
+pub mod sessions_command;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

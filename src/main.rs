@@ -45,6 +45,11 @@ enum Command {
     GenKey,
     /// Re-encrypt every stored secret under the first key, so that older keys can be removed.
     Reseal,
+    /// List or end users' sessions (incident response), on every running instance at once.
+    Sessions {
+        #[command(subcommand)]
+        command: courier::sessions_command::SessionsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,18 +84,20 @@ fn main() -> ExitCode {
         match command {
             Command::Migrate => migrate(&config).await,
             Command::Reseal => courier::reseal::run(&config).await,
+            Command::Sessions { command } => courier::sessions_command::run(&config, command).await,
             _ => serve(config).await,
         }
     });
-    telemetry.shutdown();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "courier stopped");
             eprintln!("courier: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

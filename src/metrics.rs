@@ -9,9 +9,12 @@
 //! bound. Methods outside the standard set are `other`, routes are the matched pattern or
 //! `unmatched`, services are configured names, statuses are numbers or fixed error codes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use actix_web::{HttpResponse, web};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
@@ -30,6 +33,83 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
         .into_iter()
         .find(|m| *m == method.as_str())
         .unwrap_or("other")
+}
+
+/// A counter and a latency histogram sharing one label set.
+#[derive(Clone)]
+struct Pair {
+    count: Counter,
+    seconds: Histogram,
+}
+
+/// The handles of each label set, registered once per worker thread: asking the recorder by
+/// label set costs label strings, a hash and a lookup under a lock on every request. The sets are
+/// bounded as the module says (patterns, configured names, numeric statuses, fixed codes).
+/// Keyed by the one free-text label first, so that a lookup borrows it instead of allocating.
+type Handles<K> = RefCell<HashMap<Box<str>, HashMap<K, Pair>>>;
+
+thread_local! {
+    static HTTP: Handles<(&'static str, u16)> = RefCell::new(HashMap::new());
+    static SERVICE_CALLS: Handles<String> = RefCell::new(HashMap::new());
+}
+
+fn pair<K: std::hash::Hash + Eq>(
+    handles: &'static std::thread::LocalKey<Handles<K>>,
+    first: &str,
+    key: K,
+    register: impl FnOnce() -> Pair,
+) -> Pair {
+    handles.with_borrow_mut(|by_first| {
+        if let Some(pair) = by_first.get(first).and_then(|m| m.get(&key)) {
+            return pair.clone();
+        }
+        let pair = register();
+        by_first
+            .entry(first.into())
+            .or_default()
+            .insert(key, pair.clone());
+        pair
+    })
+}
+
+/// Counts a served request and its latency (`courier_http_requests_total`,
+/// `courier_http_request_duration_seconds`).
+pub fn record_http_request(method: &'static str, route: &str, status: u16, seconds: f64) {
+    pair(&HTTP, route, (method, status), || {
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        Pair {
+            count: metrics::counter!("courier_http_requests_total", &labels),
+            seconds: metrics::histogram!("courier_http_request_duration_seconds", &labels),
+        }
+    })
+    .record(seconds);
+}
+
+/// Counts a call to a service by its answer's status or courier's error code, and its latency
+/// (`courier_service_calls_total`, `courier_service_call_duration_seconds`).
+pub fn record_service_call(service: &str, status: &str, seconds: f64) {
+    pair(&SERVICE_CALLS, service, status.to_owned(), || {
+        let labels = [
+            ("service", service.to_owned()),
+            ("status", status.to_owned()),
+        ];
+        Pair {
+            count: metrics::counter!("courier_service_calls_total", &labels),
+            seconds: metrics::histogram!("courier_service_call_duration_seconds", &labels),
+        }
+    })
+    .record(seconds);
+}
+
+impl Pair {
+    fn record(&self, seconds: f64) {
+        self.count.increment(1);
+        self.seconds.record(seconds);
+    }
 }
 
 /// The recorder, installed once per process (tests run several instances in one).

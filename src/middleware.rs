@@ -22,7 +22,7 @@ pub async fn response_policy(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let path = req.path().to_owned();
+    let path = req.path();
     let is_api = path.starts_with("/api/") || path == "/api";
     let is_auth = path.starts_with("/auth/");
     let is_callback = path.starts_with("/auth/callback/");
@@ -122,12 +122,12 @@ pub async fn request_log(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().clone();
     // Span names and metric labels must not take any value a client makes up.
-    let method_label = crate::metrics::method_label(&method);
-    let path = req.path().to_owned();
+    let method_label = crate::metrics::method_label(req.method());
+    // The line's fields, copied only when the line will be written.
+    let line = tracing::enabled!(tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.path().to_owned()));
     let request_id = RequestId::for_request(&req);
-    req.extensions_mut().insert(request_id.clone());
     // Every log line made while handling the request carries its id.
     let span = tracing::info_span!(
         "request",
@@ -142,7 +142,11 @@ pub async fn request_log(
             .and_then(|v| v.to_str().ok()),
         &span,
     );
-    span.record("trace_id", trace.trace_id());
+    if !span.is_disabled() {
+        span.record("trace_id", trace.trace_id());
+    }
+    let header = HeaderValue::from_str(&request_id.0).ok();
+    req.extensions_mut().insert(request_id);
     req.extensions_mut().insert(trace);
     let mut res = trace.scope(next.call(req).instrument(span.clone())).await;
     let (status, route) = match &res {
@@ -150,29 +154,28 @@ pub async fn request_log(
         Err(e) => (e.as_response_error().status_code(), None),
     };
     if let Ok(r) = &mut res
-        && let Ok(value) = HeaderValue::from_str(&request_id.0)
+        && let Some(value) = header
     {
         r.headers_mut().insert(X_REQUEST_ID, value);
     }
     // The route pattern, never the path: paths are unbounded and would flood the metrics.
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    let labels = [
-        ("method", method_label.to_owned()),
-        ("route", route),
-        ("status", status.as_u16().to_string()),
-    ];
-    metrics::counter!("courier_http_requests_total", &labels).increment(1);
-    metrics::histogram!("courier_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    span.in_scope(|| {
-        tracing::info!(
-            %method,
-            path = %path,
-            status = status.as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        )
-    });
+    crate::metrics::record_http_request(
+        method_label,
+        route.as_deref().unwrap_or("unmatched"),
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some((method, path)) = line {
+        span.in_scope(|| {
+            tracing::info!(
+                %method,
+                path = %path,
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            )
+        });
+    }
     res
 }
 

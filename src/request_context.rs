@@ -11,7 +11,7 @@ use actix_web::http::header::HeaderName;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::crypto::random_bytes;
+use crate::crypto::id_bytes;
 
 /// Whether spans are exported: then courier's span ids are OpenTelemetry's.
 static EXPORTING: OnceLock<bool> = OnceLock::new();
@@ -47,7 +47,7 @@ impl RequestId {
             });
         RequestId(match given {
             Some(id) => id.to_owned(),
-            None => uuid::Uuid::new_v4().simple().to_string(),
+            None => hex::encode(id_bytes::<16>()),
         })
     }
 }
@@ -97,8 +97,8 @@ impl TraceContext {
             }
         }
         TraceContext {
-            trace_id: parent.map_or_else(random_bytes::<16>, |p| p.trace_id),
-            span_id: random_bytes::<8>(),
+            trace_id: parent.map_or_else(id_bytes::<16>, |p| p.trace_id),
+            span_id: id_bytes::<8>(),
             sampled: parent.is_none_or(|p| p.sampled),
         }
     }

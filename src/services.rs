@@ -25,8 +25,6 @@ pub struct Service {
     pub config: ServiceConfig,
     /// `base_url` with a trailing slash, so that joining keeps its path.
     pub base: Url,
-    /// Whether the service needs a linked account (a provider other than the login one).
-    pub linked: bool,
     /// The token a call carries, resolved once from the configuration.
     pub token: TokenSource,
     allowed_paths: Option<GlobSet>,
@@ -34,21 +32,37 @@ pub struct Service {
     dpop_nonce: std::sync::Mutex<Option<String>>,
 }
 
-/// Which token a call to a service carries. The provider is part of the variants that need
-/// one, so that no request path has to ask "which provider?" and cope with "none".
+/// Which token a call to a service carries, as the configuration says. The provider is part
+/// of the variants that need one, so that no request path has to ask "which provider?" and
+/// cope with "none".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// `token = "none"`: the call carries no `Authorization`.
     None,
     /// courier's own token at `provider` (client credentials).
     Client { provider: String },
-    /// The session's login token.
+    /// The user's token at `provider`: the session's own when the session logged in with
+    /// `provider`, else the user's linked account there.
+    User { provider: String },
+    /// The user's token at `provider`, as for `User`, exchanged there for one made for this
+    /// service (RFC 8693).
+    Exchange { provider: String },
+}
+
+/// The token of one call: the service's `TokenSource` for the session that makes the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallToken<'a> {
+    /// No `Authorization`.
+    None,
+    /// courier's own token at `provider` (client credentials).
+    Client { provider: &'a str },
+    /// The session's own token: the service's provider is the one the session logged in with.
     Session,
     /// The user's linked account at `provider`, connected with `/auth/connect/{service}`.
-    Linked { provider: String },
-    /// The user's token at `provider` (the session's when it is the login provider, else the
+    Linked { provider: &'a str },
+    /// The user's token at `provider` (the session's own when `linked` is false, else the
     /// linked account's) exchanged there for one made for this service (RFC 8693).
-    Exchange { provider: String, linked: bool },
+    Exchange { provider: &'a str, linked: bool },
 }
 
 /// Whether the session user can call a service now, as `GET /api/services` reports it.
@@ -100,11 +114,35 @@ impl Service {
             .flatten()
     }
 
-    /// The provider of a linked service's account, `None` for other services.
-    pub fn linked_provider(&self) -> Option<&str> {
+    /// The provider whose user token the service takes (`token = "user"` or `"exchange"`),
+    /// `None` for others.
+    pub fn user_provider(&self) -> Option<&str> {
         match &self.token {
-            TokenSource::Linked { provider }
-            | TokenSource::Exchange {
+            TokenSource::User { provider } | TokenSource::Exchange { provider } => Some(provider),
+            _ => None,
+        }
+    }
+
+    /// The token a call carries for a session that logged in with `session_provider`.
+    pub fn call_token(&self, session_provider: &str) -> CallToken<'_> {
+        match &self.token {
+            TokenSource::None => CallToken::None,
+            TokenSource::Client { provider } => CallToken::Client { provider },
+            TokenSource::User { provider } if provider == session_provider => CallToken::Session,
+            TokenSource::User { provider } => CallToken::Linked { provider },
+            TokenSource::Exchange { provider } => CallToken::Exchange {
+                provider,
+                linked: provider != session_provider,
+            },
+        }
+    }
+
+    /// The provider of the linked account the service needs in a session that logged in with
+    /// `session_provider`; `None` when it needs none there (no user token, or the session's).
+    pub fn linked_provider(&self, session_provider: &str) -> Option<&str> {
+        match self.call_token(session_provider) {
+            CallToken::Linked { provider }
+            | CallToken::Exchange {
                 provider,
                 linked: true,
             } => Some(provider),
@@ -216,7 +254,6 @@ impl ServiceRegistry {
     /// Fails on a service whose token needs a provider and names none (the configuration's
     /// validation refuses it first).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let login = &config.login_provider().id;
         let services: Vec<Service> = config
             .services
             .iter()
@@ -231,17 +268,12 @@ impl ServiceRegistry {
                     TokenMode::Client => TokenSource::Client {
                         provider: provider()?,
                     },
-                    TokenMode::User => match provider()? {
-                        p if &p == login => TokenSource::Session,
-                        p => TokenSource::Linked { provider: p },
+                    TokenMode::User => TokenSource::User {
+                        provider: provider()?,
                     },
-                    TokenMode::Exchange => {
-                        let provider = provider()?;
-                        TokenSource::Exchange {
-                            linked: &provider != login,
-                            provider,
-                        }
-                    }
+                    TokenMode::Exchange => TokenSource::Exchange {
+                        provider: provider()?,
+                    },
                 };
                 let mut base = s.base_url.clone();
                 if !base.path().ends_with('/') {
@@ -259,10 +291,6 @@ impl ServiceRegistry {
                     set.build().expect("validated globs build")
                 });
                 Ok(Service {
-                    linked: matches!(
-                        token,
-                        TokenSource::Linked { .. } | TokenSource::Exchange { linked: true, .. }
-                    ),
                     token,
                     config: s.clone(),
                     base,
@@ -335,11 +363,49 @@ mod tests {
         Service {
             base: config.base_url.clone(),
             config,
-            linked: false,
-            token: TokenSource::Session,
+            token: TokenSource::User {
+                provider: "main".into(),
+            },
             allowed_paths,
             dpop_nonce: std::sync::Mutex::new(None),
         }
+    }
+
+    #[test]
+    fn a_user_token_is_the_sessions_own_only_in_a_session_of_its_provider() {
+        let s = service("http://127.0.0.1:9100/", None);
+        assert_eq!(s.call_token("main"), CallToken::Session);
+        assert_eq!(s.linked_provider("main"), None);
+        assert_eq!(
+            s.call_token("other"),
+            CallToken::Linked { provider: "main" }
+        );
+        assert_eq!(s.linked_provider("other"), Some("main"));
+    }
+
+    #[test]
+    fn an_exchange_takes_the_sessions_token_at_its_provider_and_a_linked_one_elsewhere() {
+        let mut s = service("http://127.0.0.1:9100/", None);
+        s.token = TokenSource::Exchange {
+            provider: "main".into(),
+        };
+        assert_eq!(
+            s.call_token("main"),
+            CallToken::Exchange {
+                provider: "main",
+                linked: false
+            }
+        );
+        assert_eq!(s.linked_provider("main"), None);
+        assert_eq!(
+            s.call_token("other"),
+            CallToken::Exchange {
+                provider: "main",
+                linked: true
+            }
+        );
+        assert_eq!(s.linked_provider("other"), Some("main"));
+        assert_eq!(s.user_provider(), Some("main"));
     }
 
     #[test]

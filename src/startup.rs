@@ -159,6 +159,9 @@ impl Application {
                                 .route(web::get().to(routes::auth::login)),
                         )
                         .service(
+                            resource("/providers").route(web::get().to(routes::auth::providers)),
+                        )
+                        .service(
                             resource("/connect/{service}")
                                 .wrap(from_fn(login_rate_limit))
                                 .route(web::get().to(routes::auth::connect)),
@@ -183,6 +186,15 @@ impl Application {
                         .wrap(from_fn(require_csrf_header))
                         .service(resource("/me").route(web::get().to(routes::me::me)))
                         .service(resource("/services").route(web::get().to(routes::services::list)))
+                        .service(
+                            resource("/sessions")
+                                .route(web::get().to(routes::sessions::list))
+                                .route(web::delete().to(routes::sessions::end_others)),
+                        )
+                        .service(
+                            resource("/sessions/{id}")
+                                .route(web::delete().to(routes::sessions::end_one)),
+                        )
                         .service(
                             resource("/connections/{service}")
                                 .route(web::delete().to(routes::services::disconnect)),

@@ -1,10 +1,21 @@
 //! Logging and tracing: text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`),
 //! and, when configured, the spans exported by OpenTelemetry (OTLP over HTTP). Each request's
 //! W3C trace context, passed on to services and providers, is in `request_context`.
+//!
+//! Lines go to stderr through one shared 64 KiB buffer, written out when it fills and at least
+//! every 50 ms by a thread of its own, and at shutdown: a request pays a lock and a copy for its
+//! line instead of a `write` system call (bench/: that call cost more than the rest of the line).
+//! Nothing is dropped; the price is that a line can reach stderr up to 50 ms late, and that a
+//! process killed with SIGKILL loses the last 50 ms of lines.
+
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -17,16 +28,83 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the exporter; `shutdown` flushes what is still buffered.
-pub struct Telemetry(Option<SdkTracerProvider>);
+/// Keeps the exporter and the log buffer; `shutdown` flushes what is still buffered.
+pub struct Telemetry {
+    spans: Option<SdkTracerProvider>,
+    lines: BufferedStderr,
+}
+
+/// stderr behind a shared buffer (see the module's comment).
+#[derive(Clone)]
+pub struct BufferedStderr(Arc<Mutex<BufWriter<std::io::Stderr>>>);
+
+/// How often the buffer is written out at the latest.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+impl BufferedStderr {
+    fn start() -> BufferedStderr {
+        let buffer = BufferedStderr(Arc::new(Mutex::new(BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ))));
+        let flusher = buffer.clone();
+        // A thread, not a task: it must keep flushing whatever the runtimes are doing.
+        let _ = std::thread::Builder::new()
+            .name("courier-log".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flusher.flush();
+                }
+            });
+        buffer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<std::io::Stderr>> {
+        // A panic while writing leaves at worst a torn line; keep logging.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn flush(&self) {
+        let mut buffer = self.lock();
+        if !buffer.buffer().is_empty() {
+            let _ = buffer.flush();
+        }
+    }
+}
+
+/// One formatted line at a time (tracing-subscriber writes each event with one `write_all`).
+pub struct LineWriter<'a>(std::sync::MutexGuard<'a, BufWriter<std::io::Stderr>>);
+
+impl Write for LineWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Written out by the flusher, not per line.
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStderr {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> LineWriter<'a> {
+        LineWriter(self.lock())
+    }
+}
 
 impl Telemetry {
     pub fn shutdown(self) {
-        if let Some(provider) = self.0
+        if let Some(provider) = self.spans
             && let Err(e) = provider.shutdown()
         {
             eprintln!("courier: flushing spans failed: {e}");
         }
+        self.lines.flush();
     }
 }
 
@@ -34,7 +112,8 @@ impl Telemetry {
 /// Call outside any async runtime: the exporter's HTTP client runs its own.
 pub fn init(format: LogFormat, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let buffer = BufferedStderr::start();
+    let lines = tracing_subscriber::fmt::layer().with_writer(buffer.clone());
     let lines = match format {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),
@@ -51,7 +130,10 @@ pub fn init(format: LogFormat, config: &TelemetryConfig) -> anyhow::Result<Telem
         .with(lines)
         .with(spans)
         .init();
-    Ok(Telemetry(provider))
+    Ok(Telemetry {
+        spans: provider,
+        lines: buffer,
+    })
 }
 
 fn exporter(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProvider>> {

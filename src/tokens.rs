@@ -233,9 +233,11 @@ fn exchange_target(service: &str) -> String {
 pub struct ExchangeFor<'a> {
     /// The service's name: its token is kept under it, and never given to another.
     pub service: &'a str,
-    /// Where the user's token comes from and is exchanged: the session's provider, or a
-    /// linked account's.
-    pub linked_provider: Option<&'a str>,
+    /// The provider the user's token comes from and is exchanged at.
+    pub provider: &'a str,
+    /// Whether the user's token there is a linked account's (the session logged in with
+    /// another provider) rather than the session's own.
+    pub linked: bool,
     pub target: ExchangeTarget<'a>,
 }
 
@@ -610,9 +612,13 @@ impl TokenService {
         exchange: ExchangeFor<'_>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
-        let owner = match exchange.linked_provider {
-            None => Owner::Session(session_id),
-            Some(provider) => Owner::Linked { user_id, provider },
+        let owner = if exchange.linked {
+            Owner::Linked {
+                user_id,
+                provider: exchange.provider,
+            }
+        } else {
+            Owner::Session(session_id)
         };
         let key = owner.key();
         let target = exchange_target(exchange.service);
@@ -700,11 +706,8 @@ impl TokenService {
         current: Option<CachedAccess>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
-        let provider_id = exchange
-            .linked_provider
-            .map_or_else(|| self.providers.login().id().to_owned(), str::to_owned);
-        let Some(provider) = self.providers.get(&provider_id) else {
-            tracing::error!(provider = %provider_id, "a service names a provider that is not configured");
+        let Some(provider) = self.providers.get(exchange.provider) else {
+            tracing::error!(provider = %exchange.provider, "a service names a provider that is not configured");
             self.release_lease(lease).await;
             return Err(TokenError::ProviderUnavailable {
                 retry_after_secs: 60,

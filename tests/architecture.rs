@@ -53,7 +53,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("wiring", &["startup", "telemetry", "housekeeping"]),
-    ("entry", &["", "main", "check", "reseal"]),
+    (
+        "entry",
+        &["", "main", "check", "reseal", "sessions_command"],
+    ),
 ];
 
 /// References that are forbidden whatever the layers say: (from, to, why). `from` and `to`

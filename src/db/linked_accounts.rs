@@ -252,10 +252,15 @@ pub async fn statuses(pool: &PgPool, user_id: Uuid) -> Result<Vec<(String, Statu
 
 /// Removes the account and the identity it recorded, so the external account is free again.
 pub async fn delete(conn: &mut PgConnection, user_id: Uuid, provider: &str) -> Result<(), DbError> {
+    // The identity stays while a session signed in with it (several login providers: the
+    // linked account can be the one a session of the user logged in with).
     sqlx::query(
         "DELETE FROM identities i USING linked_accounts l
          WHERE l.user_id = $1 AND l.provider = $2
-           AND i.provider = l.provider AND i.subject = l.subject AND i.user_id = l.user_id",
+           AND i.provider = l.provider AND i.subject = l.subject AND i.user_id = l.user_id
+           AND NOT EXISTS (SELECT 1 FROM sessions s
+                           WHERE s.user_id = i.user_id AND s.provider = i.provider
+                             AND s.subject = i.subject)",
     )
     .bind(user_id)
     .bind(provider)

@@ -1,4 +1,4 @@
-//! The login provider's token set of each session, sealed column by column.
+//! The token set of each session, from the provider it logged in with, sealed column by column.
 
 use crate::db::DbError;
 use chrono::{DateTime, Utc};
@@ -195,4 +195,38 @@ fn open_row(keys: &KeyRing, session_id: Uuid, row: Row) -> Result<SessionTokens,
             scopes: row.scopes,
         },
     })
+}
+
+/// The refresh tokens of sessions about to end, read under the rows' locks in the caller's
+/// transaction: a refresh that stores a rotated token meanwhile waits for the caller and then
+/// finds the row gone, so the token read here is the last one. A token that opens under no
+/// configured key is left out (with a warning): the session still ends.
+pub async fn lock_refresh_tokens(
+    conn: &mut PgConnection,
+    keys: &KeyRing,
+    session_ids: &[Uuid],
+) -> Result<Vec<(Uuid, SecretString)>, DbError> {
+    let rows: Vec<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT session_id, refresh_token FROM session_tokens
+         WHERE session_id = ANY($1) ORDER BY session_id FOR UPDATE",
+    )
+    .bind(session_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, sealed)| {
+            let plain = match keys.open(&sealed?, &aad("refresh_token", id)) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "a refresh token to revoke does not open");
+                    return None;
+                }
+            };
+            Some((
+                id,
+                SecretString::from(String::from_utf8_lossy(&plain).into_owned()),
+            ))
+        })
+        .collect())
 }

@@ -2,15 +2,21 @@
 
 use crate::db::DbError;
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 pub struct NewSession<'a> {
     pub id: Uuid,
+    /// The id its user sees (`/api/sessions`); random, unrelated to `id`.
+    pub public_id: Uuid,
     pub user_id: Uuid,
     pub provider: &'a str,
     pub subject: &'a str,
     pub provider_sid: Option<&'a str>,
+    /// A summary of the login request's User-Agent (`domain::user_agent`), never the header.
+    pub user_agent: Option<&'a str>,
+    /// When the user authenticated at the provider (the ID token's `auth_time`, else `now`).
+    pub auth_time: DateTime<Utc>,
     pub now: DateTime<Utc>,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
@@ -20,8 +26,9 @@ pub struct NewSession<'a> {
 pub async fn insert_unbound(conn: &mut PgConnection, s: &NewSession<'_>) -> Result<(), DbError> {
     sqlx::query(
         "INSERT INTO sessions (id, user_id, provider, subject, provider_sid, created_at,
-                               last_seen_at, idle_expires_at, absolute_expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
+                               last_seen_at, idle_expires_at, absolute_expires_at, public_id,
+                               user_agent, auth_time)
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11)",
     )
     .bind(s.id)
     .bind(s.user_id)
@@ -31,6 +38,9 @@ pub async fn insert_unbound(conn: &mut PgConnection, s: &NewSession<'_>) -> Resu
     .bind(s.now)
     .bind(s.now + s.idle_timeout.min(s.absolute_timeout))
     .bind(s.now + s.absolute_timeout)
+    .bind(s.public_id)
+    .bind(s.user_agent)
+    .bind(s.auth_time)
     .execute(conn)
     .await?;
     Ok(())
@@ -63,40 +73,57 @@ pub fn touch_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).min(Duration::seconds(60))
 }
 
-/// A live session as `touch` left it.
+/// A session as `touch` found it: live, or just ended with its grant (`grant_ended`).
 #[derive(Debug, sqlx::FromRow)]
 pub struct Touched {
     pub id: Uuid,
+    /// The login provider the session came from.
+    pub provider: String,
     pub state: serde_json::Value,
     pub last_seen_at: DateTime<Utc>,
     pub idle_expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
+    /// The session got no refresh token and its access token has expired: the session ended
+    /// with its grant (at login its expiry was set to the access token's), not by a timeout.
+    pub grant_ended: bool,
 }
 
 /// Loads a live session and, when it was last extended over `touch_interval` ago, extends its
-/// idle expiry, in one round trip. A session past either expiry is not returned.
+/// idle expiry, in one round trip. A session past either expiry is not returned, except one
+/// that ended with its grant (`Touched::grant_ended`): its cookie then learns why.
 pub async fn touch(
     pool: &PgPool,
     key_hash: &[u8],
     now: DateTime<Utc>,
     idle_timeout: Duration,
 ) -> Result<Option<Touched>, DbError> {
+    // A session's expiry equals its access token's only when `session::start` capped it there
+    // because no refresh token came; its idle expiry is then capped there too unless the
+    // session went idle first (which is a timeout like any other).
     sqlx::query_as(
         "WITH live AS (
-             SELECT id, state, last_seen_at, idle_expires_at, absolute_expires_at,
-                    last_seen_at < $4 AS stale
-             FROM sessions
-             WHERE key_hash = $1 AND idle_expires_at > $2 AND absolute_expires_at > $2
+             SELECT s.id, s.provider, s.state, s.last_seen_at, s.idle_expires_at,
+                    s.absolute_expires_at, s.last_seen_at < $4 AS stale,
+                    s.absolute_expires_at <= $2 AS grant_ended
+             FROM sessions s
+             WHERE s.key_hash = $1
+               AND ((s.idle_expires_at > $2 AND s.absolute_expires_at > $2)
+                    OR (s.idle_expires_at = s.absolute_expires_at
+                        AND s.absolute_expires_at <= $2
+                        AND EXISTS (SELECT 1 FROM session_tokens t
+                                    WHERE t.session_id = s.id AND t.refresh_token IS NULL
+                                      AND t.expires_at = s.absolute_expires_at)))
          ), extended AS (
              UPDATE sessions
              SET last_seen_at = $2, idle_expires_at = LEAST($3, absolute_expires_at)
-             WHERE id = (SELECT id FROM live WHERE stale)
+             WHERE id = (SELECT id FROM live WHERE stale AND NOT grant_ended)
          )
-         SELECT id, state,
-                CASE WHEN stale THEN $2 ELSE last_seen_at END AS last_seen_at,
-                CASE WHEN stale THEN LEAST($3, absolute_expires_at) ELSE idle_expires_at END
-                    AS idle_expires_at,
-                absolute_expires_at
+         SELECT id, provider, state,
+                CASE WHEN stale AND NOT grant_ended THEN $2 ELSE last_seen_at END
+                    AS last_seen_at,
+                CASE WHEN stale AND NOT grant_ended THEN LEAST($3, absolute_expires_at)
+                     ELSE idle_expires_at END AS idle_expires_at,
+                absolute_expires_at, grant_ended
          FROM live",
     )
     .bind(key_hash)
@@ -227,4 +254,135 @@ pub async fn count_live(pool: &PgPool, now: DateTime<Utc>) -> Result<i64, super:
     .bind(now)
     .fetch_one(pool)
     .await?)
+}
+
+/// Which sessions a listing or an ending names: every condition that is set must hold (none
+/// set: every session).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection<'a> {
+    pub user_id: Option<Uuid>,
+    /// The login provider the sessions came from.
+    pub provider: Option<&'a str>,
+    /// The user's subject at that provider.
+    pub subject: Option<&'a str>,
+    /// One session, by the id its user sees.
+    pub public_id: Option<Uuid>,
+    /// Leaves this session (by its internal id) out.
+    pub except: Option<Uuid>,
+    /// Only sessions that are live at this time: bound to a cookie, neither timeout passed.
+    pub live_at: Option<DateTime<Utc>>,
+}
+
+impl Selection<'_> {
+    /// `WHERE …` with the conditions that are set. Only those are in the SQL, so that each
+    /// shape gets a plan that uses its index.
+    fn push_where(&self, query: &mut QueryBuilder<Postgres>) {
+        query.push(" WHERE true");
+        if let Some(user_id) = self.user_id {
+            query.push(" AND user_id = ").push_bind(user_id);
+        }
+        if let Some(provider) = self.provider {
+            query
+                .push(" AND provider = ")
+                .push_bind(provider.to_owned());
+        }
+        if let Some(subject) = self.subject {
+            query.push(" AND subject = ").push_bind(subject.to_owned());
+        }
+        if let Some(public_id) = self.public_id {
+            query.push(" AND public_id = ").push_bind(public_id);
+        }
+        if let Some(except) = self.except {
+            query.push(" AND id <> ").push_bind(except);
+        }
+        if let Some(now) = self.live_at {
+            query
+                .push(" AND key_hash IS NOT NULL AND idle_expires_at > ")
+                .push_bind(now)
+                .push(" AND absolute_expires_at > ")
+                .push_bind(now);
+        }
+    }
+}
+
+/// A session as `/api/sessions` and `courier sessions list` show it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SessionSummary {
+    /// Internal: never shown to users.
+    pub id: Uuid,
+    pub public_id: Uuid,
+    pub user_id: Uuid,
+    pub provider: String,
+    pub subject: String,
+    pub user_agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub idle_expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+}
+
+/// The sessions `selection` names, newest first.
+pub async fn list(
+    pool: &PgPool,
+    selection: &Selection<'_>,
+) -> Result<Vec<SessionSummary>, DbError> {
+    let mut query = QueryBuilder::new(
+        "SELECT id, public_id, user_id, provider, subject, user_agent, created_at,
+                last_seen_at, idle_expires_at, absolute_expires_at
+         FROM sessions",
+    );
+    selection.push_where(&mut query);
+    query.push(" ORDER BY created_at DESC, id");
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// A session about to end, locked by `lock_for_ending`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Ending {
+    pub id: Uuid,
+    pub provider: String,
+    /// Whether it was live (bound and within both timeouts) at the time given.
+    pub live: bool,
+}
+
+/// Locks up to `limit` sessions that `selection` names, in id order, for the caller's
+/// transaction to delete.
+pub async fn lock_for_ending(
+    conn: &mut PgConnection,
+    selection: &Selection<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Ending>, DbError> {
+    let mut query =
+        QueryBuilder::new("SELECT id, provider, (key_hash IS NOT NULL AND idle_expires_at > ");
+    query
+        .push_bind(now)
+        .push(" AND absolute_expires_at > ")
+        .push_bind(now)
+        .push(") AS live FROM sessions");
+    selection.push_where(&mut query);
+    query
+        .push(" ORDER BY id LIMIT ")
+        .push_bind(limit)
+        .push(" FOR UPDATE");
+    Ok(query.build_query_as().fetch_all(conn).await?)
+}
+
+/// Ends the sessions `ids` (their tokens go with them).
+pub async fn delete_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64, DbError> {
+    Ok(sqlx::query("DELETE FROM sessions WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+/// When the session's user last authenticated at the provider (`None`: no such session).
+pub async fn auth_time(pool: &PgPool, id: Uuid) -> Result<Option<DateTime<Utc>>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT auth_time FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }

@@ -102,18 +102,26 @@ pub async fn link_identity(
 }
 
 /// Frees the user's identities at `provider` other than `subject` (reconnecting with a
-/// different account).
+/// different account), except those a session signed in with: with several login providers
+/// an identity at `provider` can be the one a live session of the user came from, and that
+/// session keeps its user.
 pub async fn unlink_other_identities(
     conn: &mut PgConnection,
     provider: &str,
     user_id: Uuid,
     subject: &str,
 ) -> Result<(), DbError> {
-    sqlx::query("DELETE FROM identities WHERE provider = $1 AND user_id = $2 AND subject <> $3")
-        .bind(provider)
-        .bind(user_id)
-        .bind(subject)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "DELETE FROM identities i
+         WHERE i.provider = $1 AND i.user_id = $2 AND i.subject <> $3
+           AND NOT EXISTS (SELECT 1 FROM sessions s
+                           WHERE s.user_id = i.user_id AND s.provider = i.provider
+                             AND s.subject = i.subject)",
+    )
+    .bind(provider)
+    .bind(user_id)
+    .bind(subject)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -4,3 +4,4 @@
 
 pub mod session;
 pub mod tokens;
+pub mod user_agent;

@@ -45,7 +45,7 @@ pub const MAX_PENDING_LOGINS: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Purpose {
-    /// Signing in with the login provider.
+    /// Signing in with a login provider (the pending login names which).
     Login,
     /// Connecting the session user's account at another provider, for `service`.
     Connect { service: String, user_id: Uuid },
@@ -63,6 +63,173 @@ pub struct PendingLogin {
     pub return_to: String,
     pub started_at: DateTime<Utc>,
     pub purpose: Purpose,
+    /// A silent login (`prompt=none`): the provider's "the user must interact" answers go
+    /// back to `return_to`, not to `/`. (Absent from cookies made before it existed.)
+    #[serde(default)]
+    pub silent: bool,
+}
+
+/// `prompt` values `/auth/login` accepts (OpenID Connect Core §3.1.2.1, and `create` from
+/// Initiating User Registration 1.0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prompt {
+    None,
+    Login,
+    Consent,
+    SelectAccount,
+    Create,
+}
+
+impl Prompt {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "none" => Prompt::None,
+            "login" => Prompt::Login,
+            "consent" => Prompt::Consent,
+            "select_account" => Prompt::SelectAccount,
+            "create" => Prompt::Create,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Prompt::None => "none",
+            Prompt::Login => "login",
+            Prompt::Consent => "consent",
+            Prompt::SelectAccount => "select_account",
+            Prompt::Create => "create",
+        }
+    }
+}
+
+/// The provider's answers to a silent login that mean "the user must interact": they send
+/// the browser back to where it was, with `login_error`, so that the SPA shows its sign-in.
+pub const SILENT_LOGIN_ERRORS: &[&str] = &[
+    "login_required",
+    "interaction_required",
+    "consent_required",
+    "account_selection_required",
+];
+
+/// The longest `login_hint` or `acr_values` accepted (an e-mail address is at most 254).
+const MAX_HINT_CHARS: usize = 256;
+
+/// What a login request adds to the authorization request: `prompt` (replacing the
+/// provider's configured one), `login_hint`, `max_age` and `acr_values` (step-up login). Each
+/// replaces a configured `authorize_params` entry of the same name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginOptions {
+    pub prompt: Option<Prompt>,
+    pub login_hint: Option<String>,
+    pub max_age: Option<u32>,
+    pub acr_values: Option<String>,
+}
+
+/// A login option that is malformed; the message names the parameter, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidLoginOption(pub String);
+
+impl LoginOptions {
+    /// Reads the options from a request's query parameters (`values(name)`: every value given
+    /// for `name`). Each may be given once; `prompt` must be one of the known values, `max_age`
+    /// a non-negative integer of at most 10 digits that fits 32 bits, `login_hint` at most 256
+    /// characters without control characters, `acr_values` at most 256 characters of
+    /// space-separated visible ASCII.
+    pub fn parse(values: impl Fn(&str) -> Vec<String>) -> Result<Self, InvalidLoginOption> {
+        let single = |name: &str| -> Result<Option<String>, InvalidLoginOption> {
+            let mut all = values(name);
+            match all.len() {
+                0 => Ok(None),
+                1 => Ok(all.pop()),
+                _ => Err(InvalidLoginOption(format!(
+                    "`{name}` is given more than once"
+                ))),
+            }
+        };
+        let prompt = single("prompt")?
+            .map(|p| {
+                Prompt::parse(&p).ok_or_else(|| {
+                    InvalidLoginOption(
+                        "`prompt` must be one of none, login, consent, select_account, create"
+                            .into(),
+                    )
+                })
+            })
+            .transpose()?;
+        let login_hint = single("login_hint")?
+            .map(|hint| {
+                let length = hint.chars().count();
+                if length == 0 || length > MAX_HINT_CHARS || hint.chars().any(char::is_control) {
+                    Err(InvalidLoginOption(format!(
+                        "`login_hint` must be 1 to {MAX_HINT_CHARS} characters without control characters"
+                    )))
+                } else {
+                    Ok(hint)
+                }
+            })
+            .transpose()?;
+        let max_age = single("max_age")?
+            .map(|age| {
+                let digits =
+                    !age.is_empty() && age.len() <= 10 && age.bytes().all(|b| b.is_ascii_digit());
+                digits
+                    .then(|| age.parse::<u32>().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        InvalidLoginOption(
+                            "`max_age` must be a non-negative integer of seconds".into(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let acr_values = single("acr_values")?
+            .map(|acr| {
+                let well_formed = !acr.is_empty()
+                    && acr.len() <= MAX_HINT_CHARS
+                    && acr.split(' ').all(|value| {
+                        !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
+                    });
+                if well_formed {
+                    Ok(acr)
+                } else {
+                    Err(InvalidLoginOption(format!(
+                        "`acr_values` must be up to {MAX_HINT_CHARS} characters of space-separated values"
+                    )))
+                }
+            })
+            .transpose()?;
+        Ok(LoginOptions {
+            prompt,
+            login_hint,
+            max_age,
+            acr_values,
+        })
+    }
+
+    /// Whether this is a silent login (`prompt=none`).
+    pub fn is_silent(&self) -> bool {
+        self.prompt == Some(Prompt::None)
+    }
+
+    /// The authorization-request parameters these options set.
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        if let Some(prompt) = self.prompt {
+            params.push(("prompt", prompt.as_str().to_owned()));
+        }
+        if let Some(hint) = &self.login_hint {
+            params.push(("login_hint", hint.clone()));
+        }
+        if let Some(age) = self.max_age {
+            params.push(("max_age", age.to_string()));
+        }
+        if let Some(acr) = &self.acr_values {
+            params.push(("acr_values", acr.clone()));
+        }
+        params
+    }
 }
 
 impl PendingLogin {
@@ -80,14 +247,16 @@ impl PendingLogin {
 }
 
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
-/// OpenID Connect providers always get) and, with RFC 8707 resource indicators, for tokens
-/// usable at `resources`: returns the authorization URL and the pending login. `None` when the
+/// OpenID Connect providers always get) with the provider's `authorize_params`, `options`
+/// replacing those it names, and, with RFC 8707 resource indicators, for tokens usable at
+/// `resources`: returns the authorization URL and the pending login. `None` when the
 /// provider's metadata is not loaded yet.
 pub fn start(
     provider: &Provider,
     scopes: &[String],
     resources: &[String],
     purpose: Purpose,
+    options: &LoginOptions,
     return_to: String,
     now: DateTime<Utc>,
 ) -> Option<(Url, PendingLogin)> {
@@ -97,22 +266,26 @@ pub fn start(
         .iter()
         .filter(|s| *s != "openid")
         .map(|s| Scope::new(s.clone()));
-    // The provider's own extra parameters, then `resource` once per indicator.
+    let requested = options.params();
     let extra: Vec<(String, String)> = provider
         .config
         .authorize_params
         .iter()
+        .filter(|(name, _)| !requested.iter().any(|(r, _)| r == name))
         .map(|(name, value)| (name.clone(), value.clone()))
+        .chain(requested.iter().map(|(n, v)| ((*n).to_owned(), v.clone())))
+        // `resource` once per indicator.
         .chain(resources.iter().map(|r| ("resource".to_owned(), r.clone())))
         .collect();
+    let extra = extra.into_iter();
     let (url, nonce) = if let Some(client) = provider.plain_client() {
         let state = state.clone();
         let mut request = client
             .authorize_url(move || CsrfToken::new(state))
             .add_scopes(scopes)
             .set_pkce_challenge(challenge);
-        for (name, value) in &extra {
-            request = request.add_extra_param(name.clone(), value.clone());
+        for (name, value) in extra {
+            request = request.add_extra_param(name, value);
         }
         (request.url().0, None)
     } else {
@@ -133,8 +306,8 @@ pub fn start(
             )
             .add_scopes(scopes)
             .set_pkce_challenge(challenge);
-        for (name, value) in &extra {
-            request = request.add_extra_param(name.clone(), value.clone());
+        for (name, value) in extra {
+            request = request.add_extra_param(name, value);
         }
         (request.url().0, Some(nonce))
     };
@@ -146,6 +319,7 @@ pub fn start(
         return_to,
         started_at: now,
         purpose,
+        silent: options.is_silent(),
     };
     Some((url, pending))
 }
@@ -653,6 +827,66 @@ fn merge_userinfo(claims: &mut Map<String, Value>, userinfo: Map<String, Value>)
     for (name, value) in userinfo {
         if !TOKEN_CLAIMS.contains(&name.as_str()) {
             claims.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<LoginOptions, InvalidLoginOption> {
+        LoginOptions::parse(|name| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn login_options_read_the_known_prompts_and_pass_hints_through() {
+        let options = parse(
+            "prompt=select_account&login_hint=a%40b.example&max_age=0&acr_values=urn:x%20gold",
+        )
+        .unwrap();
+        assert_eq!(options.prompt, Some(Prompt::SelectAccount));
+        assert_eq!(options.login_hint.as_deref(), Some("a@b.example"));
+        assert_eq!(options.max_age, Some(0));
+        assert_eq!(options.acr_values.as_deref(), Some("urn:x gold"));
+        assert!(!options.is_silent());
+        assert!(parse("prompt=none").unwrap().is_silent());
+        assert_eq!(parse("").unwrap(), LoginOptions::default());
+        for prompt in ["none", "login", "consent", "select_account", "create"] {
+            let options = parse(&format!("prompt={prompt}")).unwrap();
+            assert_eq!(options.prompt.map(Prompt::as_str), Some(prompt));
+        }
+    }
+
+    #[test]
+    fn malformed_login_options_are_refused() {
+        let long = "x".repeat(257);
+        for query in [
+            "prompt=bogus",
+            "prompt=",
+            "prompt=NONE",
+            "prompt=login%20consent",
+            "prompt=none&prompt=login",
+            "max_age=-1",
+            "max_age=%2B5",
+            "max_age=1.5",
+            "max_age=",
+            "max_age=99999999999",
+            "max_age=4294967296",
+            "login_hint=",
+            &format!("login_hint={long}"),
+            "login_hint=a%0Ab",
+            "acr_values=",
+            "acr_values=a%20%20b",
+            "acr_values=a%0Ab",
+            &format!("acr_values={long}"),
+        ] {
+            assert!(parse(query).is_err(), "{query} was accepted");
         }
     }
 }

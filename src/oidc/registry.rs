@@ -92,6 +92,14 @@ impl Provider {
         &self.config.id
     }
 
+    /// What a sign-in button says: the configured `display_name`, else the id.
+    pub fn display_name(&self) -> &str {
+        self.config
+            .display_name
+            .as_deref()
+            .unwrap_or(&self.config.id)
+    }
+
     /// The discovered metadata, if discovery has succeeded.
     pub fn metadata(&self) -> Option<Arc<Metadata>> {
         self.metadata
@@ -269,7 +277,8 @@ impl Provider {
 
 pub struct ProviderRegistry {
     providers: HashMap<String, Arc<Provider>>,
-    login_id: String,
+    /// The ids of the login providers in the configuration's order: the first is the default.
+    login_ids: Vec<String>,
     pub http: ProviderHttp,
 }
 
@@ -297,7 +306,7 @@ impl ProviderRegistry {
             .collect();
         ProviderRegistry {
             providers,
-            login_id: config.login_provider().id.clone(),
+            login_ids: config.login_providers().map(|p| p.id.clone()).collect(),
             http: ProviderHttp(http),
         }
     }
@@ -306,8 +315,21 @@ impl ProviderRegistry {
         self.providers.get(id)
     }
 
-    pub fn login(&self) -> &Arc<Provider> {
-        &self.providers[&self.login_id]
+    /// The login provider `id`, or the default one (the first listed) for `None`. `None` when
+    /// `id` names no provider, or one users cannot sign in with.
+    pub fn login(&self, id: Option<&str>) -> Option<&Arc<Provider>> {
+        let id = match id {
+            Some(id) => self.login_ids.iter().find(|l| *l == id)?,
+            None => self.login_ids.first()?,
+        };
+        self.providers.get(id)
+    }
+
+    /// The login providers, in the configuration's order (the default first).
+    pub fn login_providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.login_ids
+            .iter()
+            .filter_map(|id| self.providers.get(id))
     }
 
     /// Providers that need discovery and have not had it succeed.

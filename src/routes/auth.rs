@@ -1,5 +1,7 @@
 //! Browser navigations: `/auth/login` and `/auth/callback/{provider}`. These answer with
-//! redirects, never JSON and never a 500: a failed login goes back to `/?login_error=<code>`.
+//! redirects, never JSON and never a 500: a failed login goes back to `/?login_error=<code>`
+//! (a silent one to its `return_to`). And `/auth/providers`, the login providers as JSON for
+//! the SPA's sign-in buttons.
 
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -10,7 +12,7 @@ use actix_web::FromRequest;
 use crate::connections::{self, ConnectError};
 use crate::error::ApiError;
 use crate::oidc::Provider;
-use crate::oidc::login::{self, Purpose};
+use crate::oidc::login::{self, LoginOptions, Purpose};
 use crate::services::Service;
 use crate::session::{self, CurrentSession};
 use crate::state::AppState;
@@ -20,6 +22,14 @@ fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// Every value of a query parameter.
+fn query_values(req: &HttpRequest, name: &str) -> Vec<String> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// `return_to` when it is a path on this origin; `/` otherwise.
@@ -58,6 +68,29 @@ fn login_error(code: &str) -> String {
     format!("/?login_error={code}")
 }
 
+/// `return_to` with `login_error=<code>` added to its query (before any fragment), replacing a
+/// `login_error` it carried already. `code` is one of courier's codes: no encoding needed.
+fn with_login_error(return_to: &str, code: &str) -> String {
+    let (rest, fragment) = match return_to.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (return_to, None),
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split('=').next() != Some("login_error"))
+        .collect();
+    let error = format!("login_error={code}");
+    pairs.push(&error);
+    let mut location = format!("{path}?{}", pairs.join("&"));
+    if let Some(fragment) = fragment {
+        location.push('#');
+        location.push_str(fragment);
+    }
+    location
+}
+
 fn connect_error(service: &str, code: &str) -> String {
     format!("/?connect_error={code}&service={service}")
 }
@@ -85,15 +118,28 @@ fn provider_not_ready(provider: &str) -> ApiError {
     ApiError::UpstreamUnavailable(format!("the provider `{provider}` is not available yet"))
 }
 
-/// `GET /auth/login?return_to=/path` → 302 to the login provider.
+/// `GET /auth/login?return_to=/path[&provider=ID][&prompt=…][&login_hint=…][&max_age=…]
+/// [&acr_values=…]` → 302 to the login provider (the default one without `provider`); 400
+/// for a provider users cannot sign in with, or a malformed option.
 pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let provider = state.providers.login();
+    let requested = query_values(&req, "provider");
+    let provider = match requested.as_slice() {
+        [] => state.providers.login(None),
+        [id] => state.providers.login(Some(id)),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::BadRequest("`provider` must name one login provider (see /auth/providers)".into())
+    })?;
+    let options = LoginOptions::parse(|name| query_values(&req, name))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let return_to = safe_return_to(query_param(&req, "return_to").as_deref());
     let (url, pending) = login::start(
         provider,
         &provider.config.scopes,
         &state.services.user_resources(provider.id()),
         Purpose::Login,
+        &options,
         return_to,
         state.clock.now(),
     )
@@ -101,8 +147,21 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     Ok(to_provider(&req, &state, url, &pending))
 }
 
+/// `GET /auth/providers` → 200 `{"providers":[{"id","name"}]}`: the login providers in the
+/// configuration's order (the default first), for the SPA's sign-in buttons.
+pub async fn providers(state: web::Data<AppState>) -> HttpResponse {
+    let providers: Vec<_> = state
+        .providers
+        .login_providers()
+        .map(|p| serde_json::json!({ "id": p.id(), "name": p.display_name() }))
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "providers": providers }))
+}
+
 /// `GET /auth/connect/{service}?return_to=/path` → 302 to the service's provider, to link the
-/// session user's account there. Without a session, the browser signs in first and comes back.
+/// session user's account there. Without a session, the browser signs in first (with the
+/// default login provider) and comes back. In a session that logged in with the service's
+/// provider there is nothing to link (the session's tokens serve it): straight to `return_to`.
 pub async fn connect(
     req: HttpRequest,
     path: web::Path<String>,
@@ -112,7 +171,7 @@ pub async fn connect(
     let service = state
         .services
         .get(&path)
-        .filter(|s| s.linked)
+        .filter(|s| s.user_provider().is_some())
         .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
     let return_to = safe_return_to(query_param(&req, "return_to").as_deref());
     let Some(current) = current else {
@@ -123,9 +182,12 @@ pub async fn connect(
         );
         return Ok(redirect(&format!("/auth/login?return_to={}", urlencoding(&here))).finish());
     };
-    let provider = service
-        .linked_provider()
-        .and_then(|id| state.providers.get(id))
+    let Some(linked) = service.linked_provider(&current.provider) else {
+        return Ok(redirect(&return_to).finish());
+    };
+    let provider = state
+        .providers
+        .get(linked)
         .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
     let scopes = connect_scopes(provider, service);
     let purpose = Purpose::Connect {
@@ -138,11 +200,13 @@ pub async fn connect(
         .map(str::to_owned)
         .into_iter()
         .collect();
+    let options = LoginOptions::default();
     let (url, pending) = login::start(
         provider,
         &scopes,
         &resources,
         purpose,
+        &options,
         return_to,
         state.clock.now(),
     )
@@ -224,14 +288,24 @@ pub async fn callback(
     };
     let purpose = pending.purpose.clone();
     let return_to = pending.return_to.clone();
-    // A deploy may have removed the provider since the login started.
-    let outcome = match state.providers.get(&pending.provider).cloned() {
+    let silent = pending.silent;
+    // A deploy may have removed the provider since the login started, or (for a login) made
+    // it no login provider.
+    let provider = match &purpose {
+        Purpose::Login => state.providers.login(Some(&pending.provider)),
+        Purpose::Connect { .. } => state.providers.get(&pending.provider),
+    };
+    let outcome = match provider.cloned() {
         Some(provider) => complete_callback(&req, &state, &provider, pending).await,
         None => Err(CallbackError::InvalidState),
     };
     let location = match outcome {
         Ok(()) => return_to,
         Err(e) => match &purpose {
+            // A silent login that needs the user goes back where it came from, told why.
+            Purpose::Login if silent && login::SILENT_LOGIN_ERRORS.contains(&e.code()) => {
+                with_login_error(&return_to, e.code())
+            }
             Purpose::Login => login_error(e.code()),
             Purpose::Connect { service, .. } => connect_error(service, e.code()),
         },
@@ -302,7 +376,13 @@ async fn complete_callback(
         Ok(()) => "ok".to_owned(),
         Err(e) => e.code().to_owned(),
     };
-    metrics::counter!("courier_logins_total", "kind" => kind, "outcome" => result).increment(1);
+    metrics::counter!(
+        "courier_logins_total",
+        "kind" => kind,
+        "provider" => provider.id().to_owned(),
+        "outcome" => result
+    )
+    .increment(1);
     outcome
 }
 
@@ -409,7 +489,34 @@ fn provider_error_code(error: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::safe_return_to;
+    use super::{safe_return_to, with_login_error};
+
+    #[test]
+    fn a_login_error_is_added_to_the_query_before_the_fragment() {
+        for (return_to, expected) in [
+            ("/", "/?login_error=login_required"),
+            ("/app", "/app?login_error=login_required"),
+            ("/app?x=1", "/app?x=1&login_error=login_required"),
+            ("/app?", "/app?login_error=login_required"),
+            ("/app?x=1&", "/app?x=1&login_error=login_required"),
+            ("/app#top", "/app?login_error=login_required#top"),
+            ("/app?x=1#a?b", "/app?x=1&login_error=login_required#a?b"),
+            (
+                "/app?login_error=consent_required&y=2",
+                "/app?y=2&login_error=login_required",
+            ),
+            (
+                "/app?login_errors=1",
+                "/app?login_errors=1&login_error=login_required",
+            ),
+        ] {
+            assert_eq!(
+                with_login_error(return_to, "login_required"),
+                expected,
+                "{return_to}"
+            );
+        }
+    }
 
     #[test]
     fn return_to_stays_on_the_origin() {

@@ -4,6 +4,7 @@
 use crate::connections::DisconnectError;
 use crate::db::session_tokens::LoadError;
 use crate::error::ApiError;
+use crate::session::user_sessions::EndOthersError;
 use crate::tokens::TokenError;
 
 impl From<LoadError> for ApiError {
@@ -50,6 +51,15 @@ impl From<DisconnectError> for ApiError {
             }
             DisconnectError::Database(e) => e.into(),
             DisconnectError::Load(e) => e.into(),
+        }
+    }
+}
+
+impl From<EndOthersError> for ApiError {
+    fn from(e: EndOthersError) -> Self {
+        match e {
+            e @ EndOthersError::LoginTooOld => ApiError::RecentLoginRequired(e.to_string()),
+            EndOthersError::Database(e) => e.into(),
         }
     }
 }

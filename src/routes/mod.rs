@@ -8,3 +8,4 @@ pub mod health;
 pub mod logout;
 pub mod me;
 pub mod services;
+pub mod sessions;

@@ -13,7 +13,7 @@ use crate::connections;
 use crate::error::ApiError;
 use crate::oidc::grants::ExchangeTarget;
 use crate::proxy::{self, Incoming, OutgoingBody};
-use crate::services::{Service, ServiceStatus, TokenSource};
+use crate::services::{CallToken, Service, ServiceStatus};
 use crate::session::CurrentSession;
 use crate::state::AppState;
 use crate::tokens::{AccessToken, ExchangeFor, TokenError};
@@ -22,20 +22,27 @@ fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
 }
 
-/// `GET /api/services`: what the SPA can call, and whether each service is usable now.
+/// `GET /api/services`: what the SPA can call, and whether each service is usable now. A
+/// service of the provider the session logged in with uses the session's tokens; any other
+/// provider's needs a linked account, so the answer depends on the session.
 pub async fn list(
     current: CurrentSession,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let statuses =
-        connections::service_statuses(&state.pool, current.user_id, &state.services).await?;
+    let statuses = connections::service_statuses(
+        &state.pool,
+        current.user_id,
+        &current.provider,
+        &state.services,
+    )
+    .await?;
     let services: Vec<_> = statuses
         .into_iter()
         .map(|(s, status)| {
             let mut entry = json!({
                 "name": s.name(),
                 "provider": s.config.provider,
-                "linked": s.linked,
+                "linked": s.linked_provider(&current.provider).is_some(),
                 "connected": status == ServiceStatus::Connected,
                 "status": status,
                 "scopes": s.config.scopes,
@@ -49,8 +56,11 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(json!({ "services": services })))
 }
 
-/// `DELETE /api/connections/{service}`: revokes the linked account's tokens at the provider
-/// and deletes them. 204 also when nothing was connected.
+/// `DELETE /api/connections/{service}`: revokes the user's linked account at the service's
+/// provider and deletes it. 204 also when nothing was connected. A linked account is the
+/// user's, across sessions: in a session that logged in with the service's provider (whose
+/// calls use the session's own tokens) it is the account other sessions of the user link, and
+/// the session's own tokens stay.
 pub async fn disconnect(
     path: web::Path<String>,
     current: CurrentSession,
@@ -61,7 +71,7 @@ pub async fn disconnect(
         .get(&path)
         .ok_or_else(|| ApiError::ServiceNotFound(path.clone()))?;
     let provider = service
-        .linked_provider()
+        .user_provider()
         .and_then(|id| state.providers.get(id))
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -99,27 +109,28 @@ fn linked_error(service: &Service, e: TokenError) -> ApiError {
 async fn token_for(
     state: &AppState,
     service: &Service,
-    current: CurrentSession,
+    current: &CurrentSession,
     rejected: Option<&SecretString>,
 ) -> Result<Option<AccessToken>, ApiError> {
     let resource = service.resource();
-    let token = match &service.token {
-        TokenSource::None => return Ok(None),
-        TokenSource::Client { provider } => {
+    let token = match service.call_token(&current.provider) {
+        CallToken::None => return Ok(None),
+        CallToken::Client { provider } => {
             state
                 .tokens
                 .client_access_token(provider, &service.config.scopes, resource)
                 .await?
         }
-        TokenSource::Linked { provider } => state
+        CallToken::Linked { provider } => state
             .tokens
             .linked_access_token(current.user_id, provider, resource, rejected)
             .await
             .map_err(|e| linked_error(service, e))?,
-        TokenSource::Exchange { provider, linked } => {
+        CallToken::Exchange { provider, linked } => {
             let exchange = ExchangeFor {
                 service: service.name(),
-                linked_provider: linked.then_some(provider.as_str()),
+                provider,
+                linked,
                 target: ExchangeTarget {
                     audience: service.config.audience.as_deref(),
                     resource,
@@ -132,7 +143,7 @@ async fn token_for(
                 .await
                 .map_err(|e| linked_error(service, e))?
         }
-        TokenSource::Session => match rejected {
+        CallToken::Session => match rejected {
             None => {
                 state
                     .tokens
@@ -236,14 +247,13 @@ async fn send_measured(
             e
         }
     });
-    let status = match &response {
-        Ok(r) => r.status().as_u16().to_string(),
-        Err(e) => e.code().to_owned(),
+    let answered = response.as_ref().map(|r| r.status());
+    let status = match (&answered, &response) {
+        (Ok(status), _) => status.as_str(),
+        (Err(_), Err(e)) => e.code(),
+        (Err(_), Ok(_)) => "internal",
     };
-    let labels = [("service", service.name().to_owned()), ("status", status)];
-    metrics::counter!("courier_service_calls_total", &labels).increment(1);
-    metrics::histogram!("courier_service_call_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    crate::metrics::record_service_call(service.name(), status, started.elapsed().as_secs_f64());
     response
 }
 
@@ -330,7 +340,7 @@ pub async fn call(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (service, target) = resolve(&req, &state)?;
-    let token = token_for(&state, service, current, None).await?;
+    let token = token_for(&state, service, &current, None).await?;
     let body = read_body(&req, payload, service, &state).await?;
     let retry_body = match &body {
         OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
@@ -354,12 +364,12 @@ pub async fn call(
     // not retried.
     if response.status() == reqwest::StatusCode::UNAUTHORIZED
         && matches!(
-            service.token,
-            TokenSource::Session | TokenSource::Linked { .. } | TokenSource::Exchange { .. }
+            service.call_token(&current.provider),
+            CallToken::Session | CallToken::Linked { .. } | CallToken::Exchange { .. }
         )
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
         && !rejected.after_rejection
-        && let Some(fresh) = token_for(&state, service, current, Some(&rejected.secret)).await?
+        && let Some(fresh) = token_for(&state, service, &current, Some(&rejected.secret)).await?
     {
         let again = send_retry(&state, &req, service, &target, bytes, &fresh).await?;
         return proxy::respond(again);

@@ -4,12 +4,14 @@
 
 pub mod end;
 pub mod store;
+pub mod user_sessions;
 pub mod view;
 
 use actix_identity::Identity;
 use actix_session::SessionExt;
+use actix_web::http::header::USER_AGENT;
 use actix_web::{HttpMessage, HttpRequest};
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,15 +19,19 @@ use crate::clock::SharedClock;
 use crate::config::SessionConfig;
 use crate::crypto::KeyRing;
 use crate::db;
+use crate::domain::user_agent;
 use crate::oidc::login::CompletedLogin;
 
-pub use store::{PgSessionStore, SESSION_ID_KEY};
+pub use store::{PgSessionStore, SESSION_ENDED_KEY, SESSION_ID_KEY, SESSION_PROVIDER_KEY};
 
 /// The live session of the request (as a handler argument: 401 `login_required` without one).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CurrentSession {
     pub id: Uuid,
     pub user_id: Uuid,
+    /// The login provider the session came from: a service of this provider uses the
+    /// session's tokens, any other provider's a linked account.
+    pub provider: String,
 }
 
 /// Records a completed login: the user and identity, a session row with its tokens, all in one
@@ -41,6 +47,19 @@ pub async fn start(
     login: &CompletedLogin,
 ) -> Result<Uuid, anyhow::Error> {
     let session_id = Uuid::new_v4();
+    let now = clock.now();
+    let user_agent = req
+        .headers()
+        .get(USER_AGENT)
+        .map(|v| user_agent::summarize(&String::from_utf8_lossy(v.as_bytes())));
+    // A session lives no longer than its grant: without a refresh token, it ends when its
+    // access token expires (the store then answers `reauth_required` once).
+    let mut absolute_timeout = Duration::seconds(config.absolute_timeout_secs as i64);
+    if login.tokens.refresh_token.is_none()
+        && let Some(expires_at) = login.tokens.expires_at
+    {
+        absolute_timeout = absolute_timeout.min(expires_at - now);
+    }
     let claims = serde_json::Value::Object(login.claims.clone());
     let mut tx = pool.begin().await?;
     let user_id = db::users::upsert_identity(&mut tx, provider, &login.subject, &claims).await?;
@@ -52,9 +71,12 @@ pub async fn start(
             provider,
             subject: &login.subject,
             provider_sid: login.sid.as_deref(),
-            now: clock.now(),
+            public_id: Uuid::new_v4(),
+            user_agent: user_agent.as_deref(),
+            auth_time: auth_time(&login.claims).unwrap_or(now),
+            now,
             idle_timeout: Duration::seconds(config.idle_timeout_secs as i64),
-            absolute_timeout: Duration::seconds(config.absolute_timeout_secs as i64),
+            absolute_timeout,
         },
     )
     .await?;
@@ -72,4 +94,37 @@ pub async fn start(
     Identity::login(&req.extensions(), user_id.to_string())?;
     req.get_session().insert(SESSION_ID_KEY, session_id)?;
     Ok(session_id)
+}
+
+/// The ID token's `auth_time` (seconds since the epoch), when the provider sent a usable one.
+fn auth_time(claims: &serde_json::Map<String, serde_json::Value>) -> Option<DateTime<Utc>> {
+    let seconds = claims.get("auth_time")?.as_f64()?;
+    if !seconds.is_finite() {
+        return None;
+    }
+    DateTime::from_timestamp(seconds.floor() as i64, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn auth_time_is_read_from_the_claims_when_it_is_a_time() {
+        let claims = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000}))).map(|t| t.timestamp()),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000.7}))).map(|t| t.timestamp()),
+            Some(1_700_000_000)
+        );
+        assert_eq!(super::auth_time(&claims(json!({}))), None);
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": "yesterday"}))),
+            None
+        );
+        assert_eq!(super::auth_time(&claims(json!({"auth_time": 1e300}))), None);
+    }
 }

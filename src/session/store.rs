@@ -26,6 +26,23 @@ use crate::domain::session::LiveSession;
 /// The session-state entry that names the session's row.
 pub const SESSION_ID_KEY: &str = "courier.session";
 
+/// The session-state entry that names the login provider the session came from. Written by
+/// `load` from the row on every load, never trusted from the stored state.
+pub const SESSION_PROVIDER_KEY: &str = "courier.provider";
+
+/// The session-state entry that `load` sets, alone, for a session that has just ended with its
+/// grant (no refresh token, access token expired): the request is answered `reauth_required`.
+pub const SESSION_ENDED_KEY: &str = "courier.ended";
+
+/// Entries of the state that `load` derives from the row: whatever a save stored under these
+/// names is dropped.
+const DERIVED_KEYS: &[&str] = &[SESSION_PROVIDER_KEY, SESSION_ENDED_KEY];
+
+/// A state value as actix-session keeps it: JSON text.
+fn json_text(value: &str) -> String {
+    serde_json::Value::String(value.to_owned()).to_string()
+}
+
 #[derive(Clone)]
 pub struct PgSessionStore {
     pool: PgPool,
@@ -97,8 +114,24 @@ impl SessionStore for PgSessionStore {
         else {
             return Ok(None);
         };
-        let state = from_json(row.state)
+        if row.grant_ended {
+            // Ended everywhere before the answer, as a refused refresh ends a session; the
+            // request that finds it is told why, the ones after find no session.
+            super::end::end_session(&self.pool, &self.cache, row.id)
+                .await
+                .map_err(|e| LoadError::Other(e.into()))?;
+            tracing::info!(session_id = %row.id, "session ended with its access token (no refresh token)");
+            return Ok(Some(HashMap::from([(
+                SESSION_ENDED_KEY.to_owned(),
+                json_text("reauth_required"),
+            )])));
+        }
+        let mut state = from_json(row.state)
             .ok_or_else(|| LoadError::Deserialization(anyhow!("session state is not a map")))?;
+        for key in DERIVED_KEYS {
+            state.remove(*key);
+        }
+        state.insert(SESSION_PROVIDER_KEY.to_owned(), json_text(&row.provider));
         let live = LiveSession {
             state: Arc::new(state.clone()),
             last_seen_at: row.last_seen_at,

@@ -78,7 +78,7 @@ async fn check_config_online_reports_what_a_real_provider_supports() {
     let out = check_online(&config(&provider.issuer, scopes, GITHUB)).await;
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     for expected in [
-        "provider main (login provider)",
+        "provider main (login provider, the default)",
         "authorization_code",
         "refresh_token",
         "S256",

@@ -83,7 +83,7 @@ impl DotProvider {
         .await
     }
 
-    fn endpoint(&self, name: &str) -> String {
+    pub(crate) fn endpoint(&self, name: &str) -> String {
         format!("{}/{name}/", self.issuer)
     }
 
@@ -190,9 +190,25 @@ async fn login_answering_consent(
     user: &str,
     allow: bool,
 ) -> (Url, Response) {
-    let (login_url, page) = browser
-        .follow(&app.url("/auth/login?return_to=/after-login"), |_| false)
-        .await;
+    login_at(
+        app,
+        browser,
+        "/auth/login?return_to=/after-login",
+        user,
+        allow,
+    )
+    .await
+}
+
+/// A login through DOT's pages that starts at courier's `start` (a `/auth/login…` path).
+pub(crate) async fn login_at(
+    app: &TestApp,
+    browser: &mut Browser,
+    start: &str,
+    user: &str,
+    allow: bool,
+) -> (Url, Response) {
+    let (login_url, page) = browser.follow(&app.url(start), |_| false).await;
     assert_eq!(page.status(), StatusCode::OK, "{login_url}");
     assert_eq!(login_url.path(), "/accounts/login/", "DOT wants a login");
     let page = page.text().await.unwrap();
@@ -299,7 +315,7 @@ impl World {
 
 /// The demo API, checking bearer tokens at DOT's introspection endpoint with courier's client
 /// credentials. Returns its base URL.
-fn spawn_demo_api_checking_at(provider: &DotProvider) -> String {
+pub(crate) fn spawn_demo_api_checking_at(provider: &DotProvider) -> String {
     let listener = TestApp::bind();
     let port = listener.local_addr().unwrap().port();
     let config = demo_api::DemoConfig {

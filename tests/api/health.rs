@@ -64,8 +64,12 @@ async fn metrics_count_requests_by_route_and_logins_by_outcome() {
     assert!(text.contains("courier_http_requests_total"), "{text}");
     assert!(text.contains(r#"route="/api/me""#), "{text}");
     assert!(
-        text.contains(r#"kind="login",outcome="ok""#)
-            || text.contains(r#"outcome="ok",kind="login""#)
+        text.lines()
+            .any(|line| line.starts_with("courier_logins_total{")
+                && [r#"kind="login""#, r#"provider="main""#, r#"outcome="ok""#]
+                    .iter()
+                    .all(|label| line.contains(label))),
+        "{text}"
     );
     assert!(text.contains("courier_active_sessions 1"), "{text}");
     assert!(text.contains("courier_http_request_duration_seconds_bucket"));

@@ -429,6 +429,8 @@ struct StoredCookie {
 pub struct Browser {
     client: reqwest::Client,
     cookies: Vec<StoredCookie>,
+    /// Sent as `User-Agent` on every request (none by default).
+    user_agent: Option<String>,
 }
 
 impl Default for Browser {
@@ -445,6 +447,15 @@ impl Browser {
                 .build()
                 .unwrap(),
             cookies: Vec::new(),
+            user_agent: None,
+        }
+    }
+
+    /// A browser that sends `user_agent` as its `User-Agent` header.
+    pub fn with_user_agent(user_agent: &str) -> Self {
+        Browser {
+            user_agent: Some(user_agent.to_owned()),
+            ..Self::new()
         }
     }
 
@@ -532,6 +543,9 @@ impl Browser {
         let mut request = self.client.request(method, parsed.clone());
         if let Some(cookies) = self.cookie_header(&parsed) {
             request = request.header(COOKIE, cookies);
+        }
+        if let Some(user_agent) = &self.user_agent {
+            request = request.header(reqwest::header::USER_AGENT, user_agent);
         }
         for (name, value) in headers {
             request = request.header(*name, *value);

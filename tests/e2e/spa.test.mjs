@@ -1,8 +1,14 @@
 // The example SPA in a real browser: Debian's Chromium (/usr/bin/chromium), driven by
-// playwright-core, against courier, two node-oidc-providers and two demo APIs started here on
-// random loopback ports with a fresh database. Sign in on the provider's real page, see the
-// user, call a service, connect the second provider, call it, sign out. Keeps a screenshot in
-// target/e2e/.
+// playwright-core, against courier, three node-oidc-providers (two login providers, "main" and
+// "partner", and "calendar" for a linked account) and two demo APIs, all started here on random
+// loopback ports with a fresh database.
+//
+// It signs in on the providers' real pages with each login provider, calls a service, connects
+// the calendar provider, lists the sessions of one user signed in from two browser contexts, ends
+// the other one from the first (the second's next call gets a 401 and the page shows the
+// signed-out view), signs out everywhere else, signs in silently in a fresh tab while the
+// provider's session is alive and shows the sign-in buttons without a loop when it is not, and
+// signs out. Screenshots go to target/e2e/.
 //
 //   cargo build -p courier -p demo-api && (cd tests/e2e && npm ci && npm test)
 
@@ -18,6 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const shots = join(root, 'target/e2e');
 const admin = process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const children = [];
 
@@ -68,7 +75,7 @@ function psql(sql) {
   execFileSync('psql', [admin, '-qc', sql], { stdio: 'inherit' });
 }
 
-test('sign in, call services, connect a second provider, sign out — in Chromium', { timeout: 120_000 }, async (t) => {
+test('the example SPA in Chromium: sign in with each provider, services, sessions, silent sign-in, sign out', { timeout: 300_000 }, async (t) => {
   const port = await freePort();
   const app = `http://127.0.0.1:${port}`;
   const database = `courier_e2e_${randomBytes(4).toString('hex')}`;
@@ -87,8 +94,13 @@ test('sign in, call services, connect a second provider, sign out — in Chromiu
     response_types: ['code'],
     ...extra,
   });
-  const mainIssuer = await startProvider({ clients: [client('main')] });
-  const calendarIssuer = await startProvider({ clients: [client('calendar')] });
+  const [mainIssuer, partnerIssuer, calendarIssuer] = await Promise.all([
+    // main keeps the user's consent when courier revokes its refresh token at logout, as many
+    // providers do: a silent sign-in can then succeed while the provider's session lives.
+    startProvider({ clients: [client('main')], keep_grant_on_revocation: true }),
+    startProvider({ clients: [client('partner')] }),
+    startProvider({ clients: [client('calendar')] }),
+  ]);
 
   const demos = {};
   for (const [name, issuer] of [['orders', mainIssuer], ['calendar', calendarIssuer]]) {
@@ -122,6 +134,16 @@ client_id = "courier"
 client_secret = "e2e-secret"
 scopes = ["openid", "profile", "email", "offline_access"]
 login = true
+display_name = "Example ID"
+
+[[providers]]
+id = "partner"
+issuer = "${partnerIssuer}"
+client_id = "courier"
+client_secret = "e2e-secret"
+scopes = ["openid", "profile", "email", "offline_access"]
+login = true
+display_name = "Partner ID"
 
 [[providers]]
 id = "calendar"
@@ -145,6 +167,7 @@ scopes = ["calendar:read"]
     env: { ...process.env, RUST_LOG: 'warn' },
   });
   await waitFor(`${app}/readyz`);
+  mkdirSync(shots, { recursive: true });
 
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -154,52 +177,296 @@ scopes = ["calendar:read"]
     ],
   });
   t.after(() => browser.close());
-  const page = await browser.newPage();
 
-  // Sign in on the provider's own page.
-  await page.goto(app);
-  await page.click('#sign-in');
-  await page.waitForURL(`${mainIssuer}/interaction/**`);
-  await page.fill('#login', 'alice');
-  await page.fill('#password', 'secret');
-  await page.click('#submit');
-  await page.waitForURL(`${app}/`);
-  await page.waitForSelector('#user:not([hidden])');
+  // Every page's script errors, and every navigation to /auth/login, per page.
+  const scriptErrors = [];
+  const logins = new Map();
+  async function newPage(context) {
+    const page = await context.newPage();
+    logins.set(page, []);
+    page.on('pageerror', (error) => scriptErrors.push(error.message));
+    page.on('request', (request) => {
+      if (request.isNavigationRequest() && request.url().startsWith(`${app}/auth/login`)) {
+        logins.get(page).push(new URL(request.url()));
+      }
+    });
+    return page;
+  }
+  const newContext = () => browser.newContext({ viewport: { width: 1200, height: 900 } });
+
+  /** Fills in the provider's own login form. */
+  async function providerLogin(page, issuer, login) {
+    await page.waitForURL(`${issuer}/interaction/**`);
+    await page.fill('#login', login);
+    await page.fill('#password', 'secret');
+    await page.click('#submit');
+  }
+
+  /** Opens the app with no provider session: one silent attempt comes back, the buttons show. */
+  async function openSignedOut(page) {
+    await page.goto(app);
+    await page.waitForSelector('#signed-out:not([hidden])');
+    await page.waitForSelector('#providers button');
+    const attempts = logins.get(page);
+    assert.equal(attempts.length, 1, 'exactly one silent sign-in attempt');
+    assert.equal(attempts[0].searchParams.get('prompt'), 'none');
+    // The provider's answer was taken off the URL; the page stays put (no loop).
+    await page.waitForTimeout(300);
+    assert.equal(page.url(), `${app}/`);
+    assert.equal(logins.get(page).length, 1);
+    assert.equal(await page.isVisible('#notice'), false, 'a failed silent sign-in says nothing');
+  }
+
+  async function signInWith(page, provider, issuer, login) {
+    await page.click(`#providers button[data-provider="${provider}"]`);
+    await providerLogin(page, issuer, login);
+    await page.waitForURL(`${app}/`);
+    await page.waitForSelector('#signed-in:not([hidden])');
+  }
+
+  const apiStatus = (page, method, path) => page.evaluate(async ([m, p]) => (
+    await fetch(p, { method: m, headers: { 'X-CSRF': '1' } })).status, [method, path]);
+
+  const sessionRows = (page) => page.$$eval('#sessions li.session', (rows) => rows.map((row) => ({
+    id: row.dataset.sessionId,
+    current: row.dataset.current === 'true',
+    text: row.textContent,
+  })));
+
+  // --- /auth/providers, as the SPA reads it.
+  const providers = await (await fetch(`${app}/auth/providers`)).json();
+  assert.deepEqual(providers, { providers: [{ id: 'main', name: 'Example ID' }, { id: 'partner', name: 'Partner ID' }] });
+
+  // --- First browser: no provider session, so the silent attempt fails quietly; sign in with main.
+  const first = await newContext();
+  const page = await newPage(first);
+  await openSignedOut(page);
+  const buttons = await page.$$eval('#providers button', (all) => all.map((b) => [b.dataset.provider, b.querySelector('strong').textContent]));
+  assert.deepEqual(buttons, [['main', 'Example ID'], ['partner', 'Partner ID']]);
+  assert.equal(await page.getAttribute('#providers button[data-provider="main"] .provider-mark', 'aria-hidden'), 'true');
+  await page.screenshot({ path: join(shots, 'sign-in.png'), fullPage: true });
+
+  await signInWith(page, 'main', mainIssuer, 'alice');
   assert.equal(await page.textContent('#user'), 'User alice');
+  assert.equal(await page.textContent('#profile-name'), 'User alice');
+  assert.equal(await page.textContent('#profile-email'), 'alice@example.test');
+  assert.equal(await page.textContent('#profile-provider'), 'Example ID');
+  // The picture (example.test) does not load here: the initials stand in.
+  assert.equal(await page.textContent('#profile .avatar-initials'), 'UA');
+  // The claims are behind "Details".
+  assert.equal(await page.isVisible('#me'), false);
+  await page.click('#profile summary');
   assert.match(await page.textContent('#me'), /"email": "alice@example.test"/);
-
+  await page.click('#profile summary');
   // The session cookie is HttpOnly: the page's script cannot read it.
   assert.equal(await page.evaluate(() => document.cookie), '');
 
-  // Call a service with the login provider's token.
-  await page.click('tr[data-service="orders"] button.call');
+  // --- Services: human-readable states; call one with the login provider's token.
+  await page.waitForSelector('li[data-service="orders"]');
+  assert.equal(await page.textContent('li[data-service="orders"] .status'), 'Connected');
+  assert.equal(await page.textContent('li[data-service="calendar"] .status'), 'Not connected');
+  await page.click('li[data-service="orders"] button.call');
   await page.waitForFunction(() => document.querySelector('#answer').textContent.includes('"sub": "alice"'));
   assert.match(await page.textContent('#answer'), /"path": "\/orders\/hello"/);
+  assert.match(await page.textContent('#answer .pill'), /^200/);
 
-  // Connect the calendar provider, then call the calendar service with that account's token.
-  assert.equal(await page.textContent('tr[data-service="calendar"] .status'), 'not_connected');
-  await page.click('tr[data-service="calendar"] button.connect');
-  await page.waitForURL(`${calendarIssuer}/interaction/**`);
-  await page.fill('#login', 'alice-calendar');
-  await page.fill('#password', 'secret');
-  await page.click('#submit');
+  // The form: another method and a long path; the answer wraps instead of scrolling sideways.
+  const long = `echo/${'x'.repeat(300)}?q=${'y'.repeat(200)}`;
+  await page.selectOption('#call-service', 'orders');
+  await page.selectOption('#call-method', 'POST');
+  await page.fill('#call-path', long);
+  await page.fill('#call-body', '{"order": 42}');
+  await page.click('#call-submit');
+  await page.waitForFunction(() => document.querySelector('#answer').textContent.includes('"method": "POST"'));
+  const overflow = await page.$eval('#answer .answer-body', (pre) => pre.scrollWidth - pre.clientWidth);
+  assert.ok(overflow <= 1, `the answer scrolls sideways by ${overflow}px`);
+  const pageOverflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(pageOverflow <= 1, `the page scrolls sideways by ${pageOverflow}px`);
+  await page.selectOption('#call-method', 'GET');
+  await page.fill('#call-path', 'hello?from=spa');
+
+  // --- Connect the calendar provider, then call the calendar service with that account's token.
+  await page.click('li[data-service="calendar"] button.connect');
+  await providerLogin(page, calendarIssuer, 'alice-calendar');
   await page.waitForURL(`${app}/`);
-  await page.waitForSelector('tr[data-service="calendar"] .status-connected');
-  await page.click('tr[data-service="calendar"] button.call');
+  await page.waitForSelector('li[data-service="calendar"] .status-connected');
+  assert.equal(await page.textContent('li[data-service="calendar"] .status'), 'Connected');
+  await page.click('li[data-service="calendar"] button.call');
   await page.waitForFunction(() => document.querySelector('#answer').textContent.includes('"sub": "alice-calendar"'));
 
-  mkdirSync(join(root, 'target/e2e'), { recursive: true });
-  await page.screenshot({ path: join(root, 'target/e2e/spa.png'), fullPage: true });
+  // A failed connect gets words, not a code.
+  await page.goto(`${app}/?connect_error=account_linked_elsewhere&service=calendar`);
+  await page.waitForSelector('#notice:not([hidden])');
+  assert.equal(await page.textContent('#notice .notice-text'), 'That calendar account is already connected to another user.');
+  assert.equal(page.url(), `${app}/`, 'the error is taken off the URL');
 
-  // Sign out: courier ends the session, the provider ends its own, and we come back.
-  await page.click('#sign-out');
-  await page.waitForURL(`${mainIssuer}/session/end**`);
+  // --- A second browser: the same user signs in again; both see two sessions.
+  const second = await newContext();
+  const other = await newPage(second);
+  await openSignedOut(other);
+  await signInWith(other, 'main', mainIssuer, 'alice');
+  await other.waitForSelector('#sessions li.session');
+  let seen = await sessionRows(other);
+  assert.equal(seen.length, 2);
+  assert.deepEqual(seen.map((s) => s.current), [true, false]);
+  assert.match(seen[0].text, /This device/);
+  assert.match(seen[0].text, /via Example ID/);
+
+  const loginsBefore = logins.get(page).length;
+  await page.reload();
+  await page.waitForSelector('#signed-in:not([hidden])');
+  await page.waitForFunction(() => document.querySelectorAll('#sessions li.session').length === 2);
+  seen = await sessionRows(page);
+  assert.deepEqual(seen.map((s) => s.current), [true, false]);
+  assert.match(seen[0].text, /This device.*Signed in (just now|\d+ minutes? ago)/s);
+  assert.equal(await page.isVisible('#sessions li.session[data-current="true"] button.end-session'), false);
+  assert.equal(await page.textContent('#sign-out-others'), 'Sign out everywhere else (1)');
+  assert.equal(logins.get(page).length, loginsBefore, 'a reload with a live session tries no sign-in');
+  await page.click('li[data-service="calendar"] button.call');
+  await page.waitForFunction(() => document.querySelector('#answer').textContent.includes('"sub": "alice-calendar"'));
+  await page.screenshot({ path: join(shots, 'spa.png'), fullPage: true });
+
+  // --- End the second browser's session from the first.
+  await page.click('#sessions li.session[data-current="false"] button.end-session');
+  await page.waitForFunction(() => document.querySelectorAll('#sessions li.session').length === 1);
+  assert.match(await page.textContent('#notice .notice-text'), /is signed out\.$/);
+  assert.equal(await page.isDisabled('#sign-out-others'), true);
+  // The second browser's next call is refused, and its page says so.
+  await other.click('li[data-service="orders"] button.call');
+  await other.waitForSelector('#signed-out:not([hidden])');
+  assert.equal(await other.textContent('#notice .notice-text'), 'Your session has ended. Please sign in again.');
+  assert.equal(await apiStatus(other, 'GET', '/api/me'), 401);
+  assert.equal(logins.get(other).length, 2, 'the silent attempt and the click: no silent sign-in after the session was ended');
+  await other.screenshot({ path: join(shots, 'session-ended.png'), fullPage: true });
+
+  // --- "Sign out everywhere else": the second browser signs in again (its provider session is
+  // alive, so no form), the first ends every other session at once.
+  await other.click('#providers button[data-provider="main"]');
+  await other.waitForURL(`${app}/`);
+  await other.waitForSelector('#signed-in:not([hidden])');
+  await page.reload();
+  await page.waitForFunction(() => document.querySelectorAll('#sessions li.session').length === 2);
+  await page.click('#sign-out-others');
+  await page.waitForFunction(() => document.querySelectorAll('#sessions li.session').length === 1);
+  assert.equal(await page.textContent('#notice .notice-text'), 'Your other session is signed out.');
+  assert.equal(await apiStatus(other, 'GET', '/api/me'), 401);
+  assert.equal(await apiStatus(page, 'GET', '/api/me'), 200);
+
+  // When courier wants a fresh login for it (401 reauth_required), the page explains and offers
+  // one with prompt=login. (The answer is made up here: the real one needs a login 10 minutes old.)
+  await page.route(`${app}/api/sessions`, (route) => (route.request().method() === 'DELETE'
+    ? route.fulfill({
+      status: 401,
+      contentType: 'application/problem+json',
+      body: JSON.stringify({ type: 'about:blank', title: 'Sign in again', status: 401, code: 'reauth_required' }),
+    })
+    : route.continue()));
+  await page.$eval('#sign-out-others', (b) => { b.disabled = false; });
+  await page.click('#sign-out-others');
+  await page.waitForSelector('#sessions-reauth:not([hidden])');
+  assert.equal(await page.isVisible('#signed-in'), true, 'reauth_required there does not sign the page out');
+  const reauth = page.waitForRequest((r) => r.url().startsWith(`${app}/auth/login`));
+  await page.click('#reauth');
+  const reauthUrl = new URL((await reauth).url());
+  assert.equal(reauthUrl.searchParams.get('prompt'), 'login');
+  assert.equal(reauthUrl.searchParams.get('provider'), 'main');
+  await providerLogin(page, mainIssuer, 'alice');
+  await page.waitForURL(`${app}/#sessions-section`);
+  await page.unroute(`${app}/api/sessions`);
+  await page.waitForSelector('#signed-in:not([hidden])');
+
+  // --- Silent sign-in: signed out at courier only (the provider's session lives on), a fresh tab
+  // signs in by itself, once.
+  assert.equal(await apiStatus(page, 'POST', '/auth/logout'), 200);
+  const fresh = await newPage(first);
+  await fresh.goto(app);
+  await fresh.waitForSelector('#signed-in:not([hidden])');
+  assert.equal(await fresh.textContent('#profile-name'), 'User alice');
+  assert.equal(logins.get(fresh).length, 1);
+  assert.equal(logins.get(fresh)[0].searchParams.get('prompt'), 'none');
+  assert.equal(logins.get(fresh)[0].searchParams.get('provider'), 'main', 'the provider used last');
+
+  // --- Sign out for real: courier ends the session, the provider ends its own, and we come back
+  // to a notice and the sign-in buttons, with no silent sign-in.
+  await fresh.click('#sign-out');
+  await fresh.waitForURL(`${mainIssuer}/session/end**`);
   // The provider's sign-out page asks for a confirmation (or submits it by itself).
-  const back = page.waitForURL(`${app}/`);
-  const confirm = page.locator('#logout-confirm');
+  const back = fresh.waitForURL(`${app}/`);
+  const confirm = fresh.locator('#logout-confirm');
   if (await confirm.isVisible().catch(() => false)) await confirm.click().catch(() => {});
   await back;
-  await page.waitForSelector('#sign-in:not([hidden])');
-  const me = await page.evaluate(async () => (await fetch('/api/me', { headers: { 'X-CSRF': '1' } })).status);
-  assert.equal(me, 401);
+  await fresh.waitForSelector('#signed-out:not([hidden])');
+  assert.equal(await fresh.textContent('#notice .notice-text'), 'You are signed out.');
+  assert.equal(logins.get(fresh).length, 1, 'no silent sign-in right after signing out');
+  assert.equal(await apiStatus(fresh, 'GET', '/api/me'), 401);
+  await fresh.screenshot({ path: join(shots, 'signed-out.png'), fullPage: true });
+
+  // With no provider session left, another fresh tab tries once and shows the buttons.
+  await openSignedOut(await newPage(first));
+
+  // A login_error other than the silent ones gets a friendly message, and no silent attempt.
+  const cancelled = await newPage(await newContext());
+  await cancelled.goto(`${app}/?login_error=access_denied`);
+  await cancelled.waitForSelector('#signed-out:not([hidden])');
+  assert.equal(await cancelled.textContent('#notice .notice-text'), 'Sign-in was cancelled.');
+  assert.equal(logins.get(cancelled).length, 0);
+  // Only codes are repeated: a link cannot make the page say a sentence of its choosing.
+  await cancelled.goto(`${app}/?login_error=${encodeURIComponent('Your account is locked, call +1 555 0100')}`);
+  await cancelled.waitForSelector('#signed-out:not([hidden])');
+  assert.equal(await cancelled.textContent('#notice .notice-text'), 'Sign-in did not work (unknown_error). Please try again.');
+
+  // Without /auth/providers the page still offers one "Sign in", to the default provider.
+  await cancelled.route(`${app}/auth/providers`, (route) => route.fulfill({ status: 503, body: 'down' }));
+  await cancelled.reload();
+  await cancelled.waitForSelector('#signed-out:not([hidden]) #sign-in');
+  assert.deepEqual(await cancelled.$$eval('#providers button', (all) => all.map((b) => b.textContent)), ['Sign in']);
+  assert.equal(logins.get(cancelled).length, 0, 'the tab had its attempt: no silent sign-in on reload');
+  const fallback = cancelled.waitForRequest((r) => r.url().startsWith(`${app}/auth/login`));
+  await cancelled.click('#sign-in');
+  const fallbackUrl = new URL((await fallback).url());
+  assert.equal(fallbackUrl.searchParams.get('provider'), null);
+  assert.equal(fallbackUrl.searchParams.get('return_to'), '/');
+  await cancelled.close();
+
+  // --- The second login provider: another user (partner's alice is not main's alice), whose
+  // orders service is a linked account to connect.
+  const third = await newContext();
+  const partner = await newPage(third);
+  await openSignedOut(partner);
+  await signInWith(partner, 'partner', partnerIssuer, 'alice');
+  assert.equal(await partner.textContent('#profile-provider'), 'Partner ID');
+  const me = await partner.evaluate(async () => (await fetch('/api/me', { headers: { 'X-CSRF': '1' } })).json());
+  assert.equal(me.provider, 'partner');
+  await partner.waitForSelector('li[data-service="orders"]');
+  assert.equal(await partner.textContent('li[data-service="orders"] .status'), 'Not connected');
+  seen = await sessionRows(partner);
+  assert.equal(seen.length, 1);
+  assert.match(seen[0].text, /via Partner ID/);
+
+  // Five minutes before the session's end the page warns (the end is brought near here by
+  // rewriting /api/me's answer; the session itself lasts days).
+  await partner.route(`${app}/api/me`, async (route) => {
+    const response = await route.fetch();
+    const body = await response.json();
+    body.session = { ...body.session, expires_at: new Date(Date.now() + 120_000).toISOString(), expires_in: 120 };
+    await route.fulfill({ response, json: body });
+  });
+  await partner.reload();
+  await partner.waitForSelector('#expiry:not([hidden])');
+  assert.equal(await partner.textContent('#expiry-text'), 'Your session ends in 2 minutes. Sign in again to keep working.');
+  assert.equal(await partner.textContent('#expiry-action'), 'Sign in again');
+  await partner.unroute(`${app}/api/me`);
+  await partner.reload();
+  await partner.waitForSelector('#signed-in:not([hidden])');
+  assert.equal(await partner.isVisible('#expiry'), false);
+
+  // On a phone.
+  await partner.setViewportSize({ width: 390, height: 844 });
+  await partner.click('#call-submit');
+  await partner.waitForSelector('#answer .answer-body');
+  const phoneOverflow = await partner.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(phoneOverflow <= 1, `on a phone the page scrolls sideways by ${phoneOverflow}px`);
+  await partner.screenshot({ path: join(shots, 'phone.png'), fullPage: true });
+
+  assert.deepEqual(scriptErrors, []);
 });

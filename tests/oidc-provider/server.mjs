@@ -55,6 +55,7 @@ const cfg = {
   extra_scopes: input.extra_scopes ?? ['orders:read', 'calendar:read'],
   client_credentials_scopes: input.client_credentials_scopes ?? ['api:read', 'api:write'],
   conform_id_token_claims: input.conform_id_token_claims ?? false,
+  keep_grant_on_revocation: input.keep_grant_on_revocation ?? false,
   cookie_keys: input.cookie_keys ?? ['courier-test-cookie-key-1', 'courier-test-cookie-key-0'],
   verbose: input.verbose ?? false,
   clients: input.clients ?? [{
@@ -297,6 +298,12 @@ function buildConfiguration() {
     },
 
     rotateRefreshToken: () => cfg.rotate_refresh_token,
+
+    // node-oidc-provider destroys the whole grant (the user's consent) when a refresh token is
+    // revoked, so that after a client's logout a `prompt=none` request ends in consent_required.
+    // `keep_grant_on_revocation` keeps it, as providers that remember consent do.
+    revokeGrantPolicy: (ctx) => !(cfg.keep_grant_on_revocation && ctx.oidc.route === 'revocation')
+      && !(ctx.oidc.route === 'revocation' && ctx.oidc.entities.AccessToken),
 
     ttl: {
       AccessToken: cfg.access_token_ttl,

@@ -90,10 +90,16 @@ provider = "calendar"
         auth.close()
         command = [st, "--config-file", auth.name, "run", os.path.join(ROOT, "openapi.yaml"),
                    "--url", app, "--workers", "1", "--seed", "1", *extra]
-        # Sign-out ends the session every other operation runs with: it goes last, alone.
-        everything_else = subprocess.run([*command, "--exclude-path", "/auth/logout"], cwd=ROOT)
-        logout = subprocess.run([*command, "--include-path", "/auth/logout"], cwd=ROOT)
-        return everything_else.returncode or logout.returncode
+        # Sign-out and ending sessions can end the session every other operation runs with
+        # (DELETE /api/sessions/{id} with the id GET /api/sessions lists): they go last, each
+        # in a run of its own, sign-out last of all.
+        ending = ["endOtherSessions", "endSession"]
+        excluded = [arg for op in ending for arg in ("--exclude-operation-id", op)]
+        runs = [[*command, "--exclude-path", "/auth/logout", *excluded]]
+        runs += [[*command, "--include-operation-id", op] for op in ending]
+        runs.append([*command, "--include-path", "/auth/logout"])
+        codes = [subprocess.run(run, cwd=ROOT).returncode for run in runs]
+        return next((code for code in codes if code), 0)
     finally:
         for p in procs:
             p.kill()
