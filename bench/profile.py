@@ -104,6 +104,8 @@ def main():
                              "the most CPU under them (inclusive), courier's own first")
     parser.add_argument("--strace-args", default="-c",
                         help="with --syscalls: what strace is asked for (default: counts, -c)")
+    parser.add_argument("--log", action="store_true",
+                        help="courier with its INFO line per request on (RUST_LOG=info, to a file)")
     parser.add_argument("--top", type=int, default=25, help="also print the N hottest symbols")
     parser.add_argument("--write", metavar="FILE", help="replace the file's '## Profile by layer' section")
     args = parser.parse_args()
@@ -123,8 +125,9 @@ def main():
             config = os.path.join(tmp, "courier.toml")
             with open(config, "w") as f:
                 f.write(demo_config(port, db, issuer, demo_port, base64.b64encode(os.urandom(32)).decode()))
+            log = open(os.path.join(tmp, "courier.log"), "w")
             courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
-                            env={**os.environ, "RUST_LOG": "error"})
+                            env={**os.environ, "RUST_LOG": "info" if args.log else "error"}, stderr=log)
             wait_ready(f"http://127.0.0.1:{demo_port}/v1/x")
             wait_ready(f"{app}/readyz")
             cookies = []

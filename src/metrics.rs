@@ -112,6 +112,23 @@ impl Pair {
     }
 }
 
+/// The request span's name for a `method_label`: fixed strings, so that naming a span costs no
+/// allocation.
+pub fn span_name(method_label: &str) -> &'static str {
+    match method_label {
+        "GET" => "GET request",
+        "HEAD" => "HEAD request",
+        "POST" => "POST request",
+        "PUT" => "PUT request",
+        "DELETE" => "DELETE request",
+        "CONNECT" => "CONNECT request",
+        "OPTIONS" => "OPTIONS request",
+        "TRACE" => "TRACE request",
+        "PATCH" => "PATCH request",
+        _ => "other request",
+    }
+}
+
 /// The recorder, installed once per process (tests run several instances in one).
 #[allow(
     clippy::expect_used,

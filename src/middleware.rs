@@ -131,7 +131,7 @@ pub async fn request_log(
     // Every log line made while handling the request carries its id.
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{method_label} request"),
+        otel.name = crate::metrics::span_name(method_label),
         otel.kind = "server",
         request_id = %request_id.0,
         trace_id = tracing::field::Empty,

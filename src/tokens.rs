@@ -442,7 +442,9 @@ impl TokenService {
         )
     }
 
-    #[tracing::instrument(skip(self, rejected), fields(forced = rejected.is_some()))]
+    // Debug, not info: an info span here would cost every proxied call a span of its own when
+    // the request lines are on (bench/: `clog`).
+    #[tracing::instrument(level = "debug", skip(self, rejected), fields(forced = rejected.is_some()))]
     async fn fresh_token(
         &self,
         owner: Owner<'_>,
