@@ -513,7 +513,8 @@ impl TokenService {
     /// own token: one in-process lock and one lease across all its resources, since a refresh
     /// rotates the one refresh token they share. A request that waited reads its own
     /// resource's token again and uses it when someone got one meanwhile.
-    #[tracing::instrument(skip(self, rejected), fields(forced = rejected.is_some()))]
+    // Debug, as `fresh_token`'s: it runs on every call of a service with a `resource`.
+    #[tracing::instrument(level = "debug", skip(self, rejected), fields(forced = rejected.is_some()))]
     async fn fresh_resource_token(
         &self,
         owner: Owner<'_>,
@@ -606,7 +607,12 @@ impl TokenService {
     /// in-process lock and a lease per (owner, service); a request that waited uses the token
     /// the one before it got. A subject token the provider no longer accepts is refreshed
     /// once (the refresh path: a dead grant ends the session) and the exchange sent again.
-    #[tracing::instrument(skip(self, exchange, rejected), fields(service = exchange.service, forced = rejected.is_some()))]
+    // Debug, as `fresh_token`'s: it runs on every call of an exchange service.
+    #[tracing::instrument(
+        level = "debug",
+        skip(self, exchange, rejected),
+        fields(service = exchange.service, forced = rejected.is_some())
+    )]
     pub async fn exchanged_token(
         &self,
         session_id: Uuid,
