@@ -234,20 +234,36 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
     out
 }
 
+/// The token a call carries: `Bearer`, or `DPoP` with its proof (RFC 9449 §7).
+pub struct Credentials<'a> {
+    pub token: &'a SecretString,
+    pub dpop_proof: Option<String>,
+}
+
 /// One call to the service. `Err` carries the problem to answer with.
 pub async fn send(
     client: &reqwest::Client,
     incoming: &Incoming<'_>,
     target: &Url,
     body: OutgoingBody,
-    token: Option<&SecretString>,
+    token: Option<Credentials<'_>>,
     timeout: Duration,
 ) -> Result<reqwest::Response, ApiError> {
     let method = reqwest::Method::from_bytes(incoming.req.method().as_str().as_bytes())
         .map_err(|_| ApiError::BadRequest("unsupported method".into()))?;
     let mut headers = forwarded_headers(incoming);
-    if let Some(token) = token {
-        let value = format!("Bearer {}", token.expose_secret());
+    if let Some(Credentials { token, dpop_proof }) = token {
+        let scheme = if dpop_proof.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
+        if let Some(proof) = dpop_proof
+            && let Ok(value) = reqwest::header::HeaderValue::from_str(&proof)
+        {
+            headers.insert("dpop", value);
+        }
+        let value = format!("{scheme} {}", token.expose_secret());
         let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
             ApiError::internal(anyhow::anyhow!(
                 "the access token is not a valid header value"
