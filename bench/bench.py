@@ -17,6 +17,9 @@ runs wrk (-t2) against:
   (c) once more with courier's per-request INFO log line on (RUST_LOG=info, written to a file;
       every other row runs with RUST_LOG=error, so without it);
   (g) the floor of courier's stack: a bare actix-web + reqwest pass-through (bench/floor);
+  (gw) (g) with one reqwest client per actix worker instead of one shared client;
+  (g2) actix-web with hyper-util's client, one per worker, instead of reqwest (bench/floor): what
+      courier's stack would cost without reqwest;
   (h) the floor of the stack below: a bare hyper + hyper-util pass-through (bench/floor);
   (f) (c) and (d) again after 1,000,000 more sessions (with users, identities and tokens) are
       inserted by SQL and the tables analyzed, on a restarted courier (its in-memory cache
@@ -193,10 +196,11 @@ def measure(args, db, tmp, procs):
     nginx = start(procs, ["nginx", "-p", tmp, "-e", os.path.join(tmp, "error.log"),
                           "-c", os.path.join(tmp, "nginx.conf"), "-g", "daemon off;"])
     floors = {}
-    for key, name in (("g", "floor-actix"), ("h", "floor-hyper")):
+    for key, name, *extra in (("g", "floor-actix"), ("gw", "floor-actix", "--per-worker"),
+                              ("g2", "floor-actix-hyper"), ("h", "floor-hyper")):
         floor_port = free_port()
         floors[key] = (start(procs, [os.path.join(ROOT, "bench/floor/target/release", name),
-                                     f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}"]),
+                                     f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}", *extra]),
                        f"http://127.0.0.1:{floor_port}{PATH}")
     config = os.path.join(tmp, "courier.toml")
     with open(config, "w") as f:
@@ -237,6 +241,8 @@ def measure(args, db, tmp, procs):
     row("a", f"http://127.0.0.1:{demo_port}{PATH}", None, bare=True)
     row("b", f"http://127.0.0.1:{nginx_port}{PATH}", nginx, bare=True)
     row("g", floors["g"][1], floors["g"][0], bare=True)
+    row("gw", floors["gw"][1], floors["gw"][0], bare=True)
+    row("g2", floors["g2"][1], floors["g2"][0], bare=True)
     row("h", floors["h"][1], floors["h"][0], bare=True)
     row("c", f"{app}/api/services/demo{PATH}", courier)
     row("d", f"{app}/api/me", courier)
@@ -275,6 +281,8 @@ def measure(args, db, tmp, procs):
 def report(args, r, hwm_kib, rss256_kib):
     labels = {"a": "(a) demo API directly", "b": "(b) nginx proxy_pass",
               "g": "(g) floor: actix-web + reqwest pass-through",
+              "gw": "(gw) (g) with a reqwest client per actix worker",
+              "g2": "(g2) actix-web + hyper-util client per worker",
               "h": "(h) floor: hyper + hyper-util pass-through",
               "c": f"(c) courier proxy path, {args.users} sessions", "d": "(d) courier /api/me",
               "e": "(e) courier /healthz", "c256": "(c) at 256 connections",
@@ -308,6 +316,7 @@ def report(args, r, hwm_kib, rss256_kib):
               f"≤ 1.5× (≤ 2.5× this round) | {target(cpu('c') <= 2.5 * cpu('b'))} |",
               f"| courier's CPU per proxied request above its stack's floor (c − g), above hyper's (c − h) "
               f"| {cpu('c') - cpu('g'):.1f} µs, {cpu('c') - cpu('h'):.1f} µs | | |",
+              f"| reqwest's share of the floor: CPU of (g) − (g2) | {cpu('g') - cpu('g2'):.1f} µs | | |",
               f"| the INFO log line's CPU per request (clog − c) | {cpu('clog') - cpu('c'):.1f} µs | | |",
               f"| d/e (req/s) | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
               f"| p50 added by courier (c − a) | {added:.2f} ms | < 1 ms | {target(added < 1)} |",

@@ -95,7 +95,7 @@ def main():
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--users", type=int, default=16)
-    parser.add_argument("--row", choices=["c", "d", "e", "g", "h"], default="c",
+    parser.add_argument("--row", choices=["c", "d", "e", "g", "gw", "g2", "h"], default="c",
                         help="c, d, e: courier's rows; g, h: the floor binaries' pass-through, for comparison")
     parser.add_argument("--syscalls", action="store_true",
                         help="count the system calls per request with strace instead (slows the run down)")
@@ -141,11 +141,13 @@ def main():
             url, bare = {"c": (f"{app}/api/services/demo{PATH}", False), "d": (f"{app}/api/me", False),
                          "e": (f"{app}/healthz", True)}.get(args.row, (None, True))
             target = courier
-            if args.row in ("g", "h"):
+            if args.row in ("g", "gw", "g2", "h"):
                 floor_port = free_port()
-                name = {"g": "floor-actix", "h": "floor-hyper"}[args.row]
+                name = {"g": "floor-actix", "gw": "floor-actix", "g2": "floor-actix-hyper",
+                        "h": "floor-hyper"}[args.row]
                 target = start(procs, [os.path.join(ROOT, "bench/floor/target/release", name),
-                                       f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}"])
+                                       f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}",
+                                       *(["--per-worker"] if args.row == "gw" else [])])
                 url = f"http://127.0.0.1:{floor_port}{PATH}"
                 wait_ready(url)
             # Warm the caches and the connection pools, then measure.
@@ -204,7 +206,9 @@ def main():
     for symbol, n in samples:
         layers[classify(symbol)] += n
     row = {"c": "(c) the proxy path", "d": "(d) /api/me", "e": "(e) /healthz",
-           "g": "(g) the actix-web + reqwest floor", "h": "(h) the hyper floor"}[args.row]
+           "g": "(g) the actix-web + reqwest floor", "g2": "(g2) actix-web + hyper-util per worker",
+           "gw": "(gw) the actix-web + reqwest floor, a client per worker",
+           "h": "(h) the hyper floor"}[args.row]
     lines = [f"{row}: {result['rps']:.0f} req/s, {cpu:.1f} µs of CPU per request, "
              f"{total} samples.", "",
              "| layer (innermost frame) | share | µs/req |", "|---|---:|---:|"]

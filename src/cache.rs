@@ -132,6 +132,9 @@ struct Inner<S, T, V> {
     session_keys: HashMap<Uuid, [u8; 32]>,
     views: Table<Uuid, V>,
     tokens: Table<OwnerKey, T>,
+    /// Tokens made for one service from an owner's grant (a resource's, an exchange's), by
+    /// owner and then target, so that a change to the owner drops them all at once.
+    service_tokens: HashMap<OwnerKey, Table<String, T>>,
 }
 
 /// The cache, generic over what it holds so that it knows nothing of sessions' and tokens'
@@ -154,6 +157,7 @@ impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
                 session_keys: HashMap::new(),
                 views: Table::new(VIEW_MAX_AGE),
                 tokens: Table::new(ENTRY_MAX_AGE),
+                service_tokens: HashMap::new(),
             }),
         }
     }
@@ -248,6 +252,41 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         self.store(epoch, |i| i.tokens.put(owner_key, token));
     }
 
+    /// The owner's token made for `target` (see `Inner::service_tokens`).
+    pub fn service_token(&self, owner_key: &OwnerKey, target: &str) -> Option<T> {
+        self.lookup("service_tokens", |i| {
+            i.service_tokens.get(owner_key)?.get(target)
+        })
+    }
+
+    pub fn put_service_token(
+        &self,
+        epoch: Option<Epoch>,
+        owner_key: OwnerKey,
+        target: String,
+        token: T,
+    ) {
+        self.store(epoch, |i| {
+            if i.service_tokens.len() >= MAX_ENTRIES {
+                i.service_tokens.clear();
+            }
+            i.service_tokens
+                .entry(owner_key)
+                .or_insert_with(|| Table::new(ENTRY_MAX_AGE))
+                .put(target, token)
+        });
+    }
+
+    /// Drops the owner's token for `target` on this instance (a new one was stored; other
+    /// instances still hold the old one, which works until it is due).
+    pub fn forget_service_token(&self, owner_key: &OwnerKey, target: &str) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        if let Some(table) = inner.service_tokens.get_mut(owner_key) {
+            table.remove(target);
+        }
+    }
+
     /// Drops the session under a cookie key (its cookie was purged).
     pub fn forget_session_key(&self, key_hash: &[u8; 32]) {
         let mut inner = self.lock();
@@ -260,6 +299,7 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         let mut inner = self.lock();
         inner.epoch += 1;
         inner.tokens.remove(owner_key);
+        inner.service_tokens.remove(owner_key);
         if let OwnerKey::Session(id) = owner_key {
             inner.views.remove(id);
             if let Some(key) = inner.session_keys.remove(id) {
@@ -340,6 +380,10 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         inner.sessions.sweep();
         inner.views.sweep();
         inner.tokens.sweep();
+        inner.service_tokens.retain(|_, table| {
+            table.sweep();
+            !table.entries.is_empty()
+        });
         let sessions = &inner.sessions;
         inner
             .session_keys
@@ -451,6 +495,7 @@ fn clear<S: Clone, T: Clone, V: Clone>(inner: &mut Inner<S, T, V>) {
     inner.session_keys.clear();
     inner.views.clear();
     inner.tokens.clear();
+    inner.service_tokens.clear();
 }
 
 #[cfg(test)]

@@ -229,6 +229,18 @@ async fn inspect(
             (None, _, _) => "no".into(),
         },
     );
+    let dpop_algs = list("dpop_signing_alg_values_supported");
+    report.line("DPoP (RFC 9449)", shown(&dpop_algs, "not listed"));
+    if provider.dpop
+        && !dpop_algs
+            .as_ref()
+            .is_some_and(|algs| algs.iter().any(|a| a == "ES256"))
+    {
+        report.warn(
+            "dpop = true, but dpop_signing_alg_values_supported does not list ES256, the \
+             algorithm of courier's proofs",
+        );
+    }
     let iss_parameter = flag("authorization_response_iss_parameter_supported");
     report.line(
         "iss parameter (RFC 9207)",
@@ -316,6 +328,21 @@ async fn inspect(
         report.warn(format!(
             "services {} use client tokens but grant_types_supported lacks client_credentials",
             client_services.join(", ")
+        ));
+    }
+    let exchange_services: Vec<&str> = config
+        .services
+        .iter()
+        .filter(|s| {
+            s.token == TokenMode::Exchange && s.provider.as_deref() == Some(provider.id.as_str())
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if !exchange_services.is_empty() && !supports_grant(crate::oidc::grants::TOKEN_EXCHANGE) {
+        report.warn(format!(
+            "services {} exchange tokens but grant_types_supported lacks {} (RFC 8693)",
+            exchange_services.join(", "),
+            crate::oidc::grants::TOKEN_EXCHANGE
         ));
     }
     if list("response_types_supported").is_some_and(|r| !r.iter().any(|t| t == "code")) {

@@ -182,11 +182,12 @@ pub struct ProviderConfig {
     /// `client_key`, parsed when the configuration is loaded.
     #[serde(skip)]
     pub client_keys: Vec<ClientKey>,
-    // The SPEC's keys for features still being built (DPoP, FAPI 2.0): read so that a
-    // configuration written from the SPEC loads, and refused in `not_yet_supported` so that
-    // nothing is silently ignored.
+    /// DPoP (RFC 9449): tokens from this provider are bound to a key per token owner, and
+    /// every grant and service call carries a proof signed with it.
     #[serde(default)]
     pub dpop: bool,
+    // The SPEC's FAPI 2.0 switch, still being built: read so that a configuration written from
+    // the SPEC loads, and refused in `not_yet_supported` so that nothing is silently ignored.
     pub profile: Option<String>,
 }
 
@@ -239,6 +240,8 @@ impl ProviderConfig {
 pub enum TokenMode {
     User,
     Client,
+    /// The user's token exchanged (RFC 8693) for one made for this service.
+    Exchange,
     None,
 }
 
@@ -260,10 +263,13 @@ pub struct ServiceConfig {
     /// larger ones stream through once.
     #[serde(default = "default_retry_buffer_bytes")]
     pub retry_buffer_bytes: usize,
-    // The SPEC's keys for token exchange, resource indicators and live connections, still
-    // being built: see `not_yet_supported`.
-    pub audience: Option<String>,
+    /// RFC 8707: the resource indicator sent for this service's tokens (on the authorization
+    /// request, refresh and client-credentials grants), sent exactly as written.
     pub resource: Option<String>,
+    /// RFC 8693: the audience asked for when the user's token is exchanged (`token =
+    /// "exchange"`).
+    pub audience: Option<String>,
+    // The SPEC's keys for live connections, still being built: see `not_yet_supported`.
     #[serde(default)]
     pub websocket: bool,
     pub stream_idle_timeout_secs: Option<u64>,
@@ -569,8 +575,8 @@ impl Config {
         Ok(())
     }
 
-    /// The SPEC's keys for features courier does not have yet (PAR, DPoP, private_key_jwt,
-    /// FAPI 2.0, token exchange, resource indicators, live connections). A setting that asks
+    /// The SPEC's keys for features courier does not have yet (FAPI 2.0, live connections).
+    /// A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
     /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
     /// `par = "off"`, `websocket = false`) are accepted. The harmless rest is warned about in
@@ -589,9 +595,6 @@ impl Config {
         }
         for (i, p) in self.providers.iter().enumerate() {
             let key = |field: &str| format!("providers[{i}].{field}");
-            if p.dpop {
-                return refuse(key("dpop"), "DPoP");
-            }
             if let Some(profile) = p.profile.as_deref()
                 && profile != "none"
             {
@@ -641,17 +644,11 @@ impl Config {
             );
         }
         for (i, s) in self.services.iter().enumerate() {
-            if s.audience.is_some() {
+            if s.audience.is_some() && s.token != TokenMode::Exchange {
                 warn(
                     format!("services[{i}].audience"),
-                    "only applies to token = \"exchange\", which this version does not have yet",
-                );
-            }
-            if s.resource.is_some() {
-                warn(
-                    format!("services[{i}].resource"),
-                    "is not sent by this version yet (RFC 8707): the provider issues its usual \
-                     tokens, not ones restricted to this resource",
+                    "applies only to token = \"exchange\" and is ignored here; tokens \
+                     restricted to this service otherwise come with `resource`",
                 );
             }
             if s.stream_idle_timeout_secs.is_some() {
@@ -798,7 +795,7 @@ impl Config {
                 (Some(p), _) if !self.providers.iter().any(|q| &q.id == p) => {
                     return Err((key("provider"), format!("no provider has id `{p}`")));
                 }
-                (None, TokenMode::User | TokenMode::Client) => {
+                (None, TokenMode::User | TokenMode::Client | TokenMode::Exchange) => {
                     return Err((
                         key("provider"),
                         "is required unless token = \"none\"".into(),
@@ -830,6 +827,29 @@ impl Config {
             }
             if s.timeout_secs == 0 {
                 return Err((key("timeout_secs"), "must be at least 1".into()));
+            }
+            if s.token == TokenMode::Exchange && s.audience.is_none() && s.resource.is_none() {
+                return Err((
+                    key("token"),
+                    "\"exchange\" needs `audience` or `resource`: the token to exchange for".into(),
+                ));
+            }
+            if let Some(resource) = &s.resource {
+                // RFC 8707 §2: an absolute URI without a fragment.
+                let valid = Url::parse(resource).is_ok_and(|u| u.fragment().is_none());
+                if !valid {
+                    return Err((
+                        key("resource"),
+                        "must be an absolute URI without a fragment (RFC 8707)".into(),
+                    ));
+                }
+                if s.token == TokenMode::None {
+                    return Err((
+                        key("resource"),
+                        "needs a token: a service with token = \"none\" gets none to restrict"
+                            .into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -914,6 +934,8 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "nonce",
     "code_challenge",
     "code_challenge_method",
+    // From the services' `resource` (RFC 8707).
+    "resource",
 ];
 
 fn is_identifier(s: &str) -> bool {

@@ -49,6 +49,7 @@ pub async fn link(
         provider,
         &account.subject,
         &account.tokens,
+        account.dpop_key.as_deref(),
     )
     .await?;
     tx.commit().await.map_err(DbError::from)?;

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod dpop;
 pub mod error;
 pub mod fault;
 pub mod housekeeping;

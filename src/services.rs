@@ -28,6 +28,8 @@ pub struct Service {
     /// The token a call carries, resolved once from the configuration.
     pub token: TokenSource,
     allowed_paths: Option<GlobSet>,
+    /// The last DPoP nonce the service sent (RFC 9449 §9), sent up front with the next proof.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
 }
 
 /// Which token a call to a service carries, as the configuration says. The provider is part
@@ -42,6 +44,9 @@ pub enum TokenSource {
     /// The user's token at `provider`: the session's own when the session logged in with
     /// `provider`, else the user's linked account there.
     User { provider: String },
+    /// The user's token at `provider`, as for `User`, exchanged there for one made for this
+    /// service (RFC 8693).
+    Exchange { provider: String },
 }
 
 /// The token of one call: the service's `TokenSource` for the session that makes the call.
@@ -55,6 +60,9 @@ pub enum CallToken<'a> {
     Session,
     /// The user's linked account at `provider`, connected with `/auth/connect/{service}`.
     Linked { provider: &'a str },
+    /// The user's token at `provider` (the session's own when `linked` is false, else the
+    /// linked account's) exchanged there for one made for this service (RFC 8693).
+    Exchange { provider: &'a str, linked: bool },
 }
 
 /// Whether the session user can call a service now, as `GET /api/services` reports it.
@@ -73,10 +81,44 @@ impl Service {
         &self.config.name
     }
 
-    /// The provider whose user token the service takes (`token = "user"`), `None` for others.
+    /// The DPoP nonce to put in the next proof to this service, if it gave one.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps the `DPoP-Nonce` a service's answer carried, if any; true when it was one.
+    pub fn keep_dpop_nonce(&self, nonce: Option<&str>) -> bool {
+        let Some(nonce) = nonce.filter(|n| !n.is_empty() && n.len() <= 512) else {
+            return false;
+        };
+        *self
+            .dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.to_owned());
+        true
+    }
+
+    /// The RFC 8707 resource indicator its tokens are restricted to, if any.
+    pub fn resource(&self) -> Option<&str> {
+        self.config.resource.as_deref()
+    }
+
+    /// The resource its connection asks the provider for: a `user` service's (an exchange
+    /// names its own at the exchange).
+    pub fn connect_resource(&self) -> Option<&str> {
+        (self.config.token == TokenMode::User)
+            .then_some(self.resource())
+            .flatten()
+    }
+
+    /// The provider whose user token the service takes (`token = "user"` or `"exchange"`),
+    /// `None` for others.
     pub fn user_provider(&self) -> Option<&str> {
         match &self.token {
-            TokenSource::User { provider } => Some(provider),
+            TokenSource::User { provider } | TokenSource::Exchange { provider } => Some(provider),
             _ => None,
         }
     }
@@ -88,6 +130,10 @@ impl Service {
             TokenSource::Client { provider } => CallToken::Client { provider },
             TokenSource::User { provider } if provider == session_provider => CallToken::Session,
             TokenSource::User { provider } => CallToken::Linked { provider },
+            TokenSource::Exchange { provider } => CallToken::Exchange {
+                provider,
+                linked: provider != session_provider,
+            },
         }
     }
 
@@ -95,7 +141,11 @@ impl Service {
     /// `session_provider`; `None` when it needs none there (no user token, or the session's).
     pub fn linked_provider(&self, session_provider: &str) -> Option<&str> {
         match self.call_token(session_provider) {
-            CallToken::Linked { provider } => Some(provider),
+            CallToken::Linked { provider }
+            | CallToken::Exchange {
+                provider,
+                linked: true,
+            } => Some(provider),
             _ => None,
         }
     }
@@ -221,6 +271,9 @@ impl ServiceRegistry {
                     TokenMode::User => TokenSource::User {
                         provider: provider()?,
                     },
+                    TokenMode::Exchange => TokenSource::Exchange {
+                        provider: provider()?,
+                    },
                 };
                 let mut base = s.base_url.clone();
                 if !base.path().ends_with('/') {
@@ -242,6 +295,7 @@ impl ServiceRegistry {
                     config: s.clone(),
                     base,
                     allowed_paths,
+                    dpop_nonce: std::sync::Mutex::new(None),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -251,6 +305,22 @@ impl ServiceRegistry {
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
         Ok(ServiceRegistry { services, by_name })
+    }
+
+    /// The RFC 8707 resource indicators a login or connection at `provider` asks for: those of
+    /// the services that use the user's own token from it, each once.
+    pub fn user_resources(&self, provider: &str) -> Vec<String> {
+        let mut resources: Vec<String> = Vec::new();
+        for s in &self.services {
+            if s.config.token == TokenMode::User
+                && s.config.provider.as_deref() == Some(provider)
+                && let Some(resource) = &s.config.resource
+                && !resources.contains(resource)
+            {
+                resources.push(resource.clone());
+            }
+        }
+        resources
     }
 
     pub fn get(&self, name: &str) -> Option<&Service> {
@@ -297,6 +367,7 @@ mod tests {
                 provider: "main".into(),
             },
             allowed_paths,
+            dpop_nonce: std::sync::Mutex::new(None),
         }
     }
 
@@ -310,6 +381,31 @@ mod tests {
             CallToken::Linked { provider: "main" }
         );
         assert_eq!(s.linked_provider("other"), Some("main"));
+    }
+
+    #[test]
+    fn an_exchange_takes_the_sessions_token_at_its_provider_and_a_linked_one_elsewhere() {
+        let mut s = service("http://127.0.0.1:9100/", None);
+        s.token = TokenSource::Exchange {
+            provider: "main".into(),
+        };
+        assert_eq!(
+            s.call_token("main"),
+            CallToken::Exchange {
+                provider: "main",
+                linked: false
+            }
+        );
+        assert_eq!(s.linked_provider("main"), None);
+        assert_eq!(
+            s.call_token("other"),
+            CallToken::Exchange {
+                provider: "main",
+                linked: true
+            }
+        );
+        assert_eq!(s.linked_provider("other"), Some("main"));
+        assert_eq!(s.user_provider(), Some("main"));
     }
 
     #[test]

@@ -102,7 +102,6 @@ impl Application {
             providers,
             tokens,
             cache,
-            services_http: crate::proxy::build_client(),
             clock: clock.clone(),
         });
         let cookie_key = Key::from(&cookie_key);

@@ -23,6 +23,5 @@ pub struct AppState {
     pub services: ServiceRegistry,
     pub tokens: TokenService,
     pub cache: Arc<AppCache>,
-    pub services_http: reqwest::Client,
     pub clock: SharedClock,
 }

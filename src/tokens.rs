@@ -19,6 +19,12 @@
 //!
 //! Opened access tokens are cached in memory (`crate::cache`) so that a request with a fresh
 //! token costs no database round trip; a refresh always works from the row in Postgres.
+//!
+//! A service may get a token made for it (docs/tokens.md, "The token each service gets"): one
+//! restricted to its RFC 8707 `resource`, got with the owner's refresh token under the owner's
+//! single flight, or the user's token exchanged for it (RFC 8693) under a lease of its own.
+//! Both are kept per owner and target in `service_tokens`. With DPoP, each token carries the
+//! key of its owner, which every grant and call proves possession of.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +43,9 @@ use crate::crypto::KeyRing;
 use crate::db::DbError;
 use crate::db::refresh_leases::{self, Blocked};
 use crate::domain::tokens::{CachedAccess, OwnerKey};
+use crate::dpop::DpopKey;
 use crate::oidc::ProviderRegistry;
-use crate::oidc::grants::{self, GrantError};
+use crate::oidc::grants::{self, ExchangeTarget, GrantError};
 use crate::{db, fault};
 
 // Where they lived before `domain::tokens`; callers may name them here still.
@@ -77,6 +84,10 @@ pub enum TokenError {
     /// The provider failed, or refused courier's own request; retry after this many seconds.
     #[error("the provider cannot issue a token now")]
     ProviderUnavailable { retry_after_secs: u64 },
+    /// The provider will not issue a token for this service's resource or audience
+    /// (`invalid_target`).
+    #[error("the provider refused to issue a token for this service")]
+    NotAllowed,
     #[error(transparent)]
     Storage(#[from] DbError),
     #[error(transparent)]
@@ -151,6 +162,7 @@ struct Stored {
     generation: i64,
     after_rejection: bool,
     needs_reauth: bool,
+    dpop: Option<Arc<DpopKey>>,
 }
 
 impl Stored {
@@ -162,6 +174,7 @@ impl Stored {
             generation: self.generation,
             after_rejection: self.after_rejection,
             needs_reauth: self.needs_reauth,
+            dpop: self.dpop.clone(),
         }
     }
 
@@ -173,6 +186,7 @@ impl Stored {
             generation: s.generation,
             after_rejection: s.after_rejection,
             needs_reauth: false,
+            dpop: s.dpop_key.map(Arc::new),
         }
     }
 
@@ -184,12 +198,51 @@ impl Stored {
             generation: a.generation,
             after_rejection: a.after_rejection,
             needs_reauth: a.status == db::linked_accounts::Status::ReauthRequired,
+            dpop: a.dpop_key.map(Arc::new),
         }
     }
 }
 
-/// A client-credentials token is cached per provider and scope list.
-type ClientTokenKey = (String, Vec<String>);
+/// A token made for one target from an owner's grant, as the cache keeps it. It carries the
+/// owner's `needs_reauth`, so a linked account waiting to be connected again is never used
+/// through it, and the owner's DPoP key, which it is bound to.
+fn service_access(token: db::service_tokens::ServiceToken, owner: &CachedAccess) -> CachedAccess {
+    CachedAccess {
+        access_token: token.access_token,
+        expires_at: token.expires_at,
+        obtained_at: token.obtained_at,
+        generation: token.generation,
+        after_rejection: token.after_rejection,
+        needs_reauth: owner.needs_reauth,
+        dpop: owner.dpop.clone(),
+    }
+}
+
+/// The target under which a resource's token is kept in `service_tokens`.
+fn resource_target(resource: &str) -> String {
+    format!("resource:{resource}")
+}
+
+/// The target under which a service's exchanged token is kept in `service_tokens`.
+fn exchange_target(service: &str) -> String {
+    format!("exchange:{service}")
+}
+
+/// A service whose calls carry the user's token exchanged for one made for it (RFC 8693).
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeFor<'a> {
+    /// The service's name: its token is kept under it, and never given to another.
+    pub service: &'a str,
+    /// The provider the user's token comes from and is exchanged at.
+    pub provider: &'a str,
+    /// Whether the user's token there is a linked account's (the session logged in with
+    /// another provider) rather than the session's own.
+    pub linked: bool,
+    pub target: ExchangeTarget<'a>,
+}
+
+/// A client-credentials token is cached per provider, scope list and resource.
+type ClientTokenKey = (String, Vec<String>, Option<String>);
 
 /// courier's own client token at one provider, and the pause after a failed grant.
 #[derive(Default)]
@@ -208,8 +261,13 @@ pub struct TokenService {
     /// This instance, as the holder of refresh leases.
     instance: Uuid,
     locks: KeyedLocks<OwnerKey>,
+    /// Per owner and exchange service: exchanges of different services do not wait for
+    /// each other.
+    exchange_locks: KeyedLocks<String>,
     client_tokens: KeyedLocks<ClientTokenKey>,
     client_cache: Mutex<HashMap<ClientTokenKey, ClientTokenState>>,
+    /// courier's own DPoP key per provider, as read from `client_dpop_keys`.
+    client_dpop: Mutex<HashMap<String, Arc<DpopKey>>>,
 }
 
 /// Logs a failed grant that kept the tokens: courier's own misconfiguration as an ERROR naming
@@ -247,8 +305,10 @@ impl TokenService {
             clock,
             instance: Uuid::new_v4(),
             locks: KeyedLocks::default(),
+            exchange_locks: KeyedLocks::default(),
             client_tokens: KeyedLocks::default(),
             client_cache: Mutex::new(HashMap::new()),
+            client_dpop: Mutex::new(HashMap::new()),
         }
     }
 
@@ -283,9 +343,37 @@ impl TokenService {
         Ok(access)
     }
 
-    /// A fresh access token of the session's login provider.
-    pub async fn session_access_token(&self, session_id: Uuid) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Session(session_id), None).await
+    /// The owner's token for `target` as the cache has it, else as Postgres has it; `None`
+    /// when there is none yet.
+    async fn current_service_token(
+        &self,
+        owner: Owner<'_>,
+        key: &OwnerKey,
+        target: &str,
+    ) -> Result<Option<CachedAccess>, TokenError> {
+        if let Some(access) = self.cache.service_token(key, target) {
+            return Ok(Some(access));
+        }
+        let epoch = self.cache.epoch();
+        let own = self.current(owner, key).await?;
+        let Some(token) = db::service_tokens::get(&self.pool, &self.keys, key, target).await?
+        else {
+            return Ok(None);
+        };
+        let access = service_access(token, &own);
+        self.cache
+            .put_service_token(epoch, key.clone(), target.to_owned(), access.clone());
+        Ok(Some(access))
+    }
+
+    /// A fresh access token of the session's login provider, restricted to `resource` when one
+    /// is given (RFC 8707).
+    pub async fn session_access_token(
+        &self,
+        session_id: Uuid,
+        resource: Option<&str>,
+    ) -> Result<AccessToken, TokenError> {
+        self.fresh(Owner::Session(session_id), resource, None).await
     }
 
     /// A new access token after a service rejected `rejected`: refreshes unless another request
@@ -293,21 +381,36 @@ impl TokenService {
     pub async fn session_access_token_after_rejection(
         &self,
         session_id: Uuid,
+        resource: Option<&str>,
         rejected: &SecretString,
     ) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Session(session_id), Some(rejected))
+        self.fresh(Owner::Session(session_id), resource, Some(rejected))
             .await
     }
 
-    /// A fresh access token of the user's linked account at `provider`.
+    /// A fresh access token of the user's linked account at `provider` (for `resource`, when
+    /// one is given).
     pub async fn linked_access_token(
         &self,
         user_id: Uuid,
         provider: &str,
+        resource: Option<&str>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
-        self.fresh_token(Owner::Linked { user_id, provider }, rejected)
+        self.fresh(Owner::Linked { user_id, provider }, resource, rejected)
             .await
+    }
+
+    async fn fresh(
+        &self,
+        owner: Owner<'_>,
+        resource: Option<&str>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        match resource {
+            None => self.fresh_token(owner, rejected).await,
+            Some(resource) => self.fresh_resource_token(owner, resource, rejected).await,
+        }
     }
 
     async fn load(&self, owner: Owner<'_>) -> Result<Option<Stored>, TokenError> {
@@ -380,7 +483,7 @@ impl TokenService {
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
                     return self
-                        .refresh_under_lease(owner, &key, stored, rejected)
+                        .refresh_under_lease(owner, &key, stored, None, rejected)
                         .await;
                 }
                 Some(Blocked::BackingOff { retry_at }) => {
@@ -405,9 +508,313 @@ impl TokenService {
         }
     }
 
+    /// A fresh token of the owner restricted to `resource` (RFC 8707): got with the owner's
+    /// refresh token and kept per (owner, resource). Single flight is the owner's, as for its
+    /// own token: one in-process lock and one lease across all its resources, since a refresh
+    /// rotates the one refresh token they share. A request that waited reads its own
+    /// resource's token again and uses it when someone got one meanwhile.
+    // Debug, as `fresh_token`'s: it runs on every call of a service with a `resource`.
+    #[tracing::instrument(level = "debug", skip(self, rejected), fields(forced = rejected.is_some()))]
+    async fn fresh_resource_token(
+        &self,
+        owner: Owner<'_>,
+        resource: &str,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let key = owner.key();
+        let target = resource_target(resource);
+        let seen = self.current_service_token(owner, &key, &target).await?;
+        if let Some(seen) = &seen
+            && let Some(token) = self.usable(seen, rejected)?
+        {
+            return Ok(token);
+        }
+
+        let _in_process = self.locks.lock(&key).await;
+        let waiting_since = Instant::now();
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            let stored = self.load(owner).await?.ok_or(owner.missing())?;
+            let own = stored.access();
+            let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                .await?
+                .map(|t| service_access(t, &own));
+            if let Some(access) = &mine {
+                if let Some(token) = self.usable(access, rejected)? {
+                    return Ok(token);
+                }
+                // Someone got a token for this resource since this request looked.
+                if Some(access.generation) != seen.as_ref().map(|s| s.generation)
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+            } else if stored.needs_reauth {
+                return Err(TokenError::ConnectionNeedsReauth);
+            }
+            if stored.tokens.refresh_token.is_none() {
+                // Without a refresh token no token can be asked for the resource: the
+                // owner's own serves while it lasts, then the grant ends with it.
+                let own = stored.access();
+                if !own.is(rejected) && self.is_unexpired(own.expires_at) {
+                    return Ok(own.token());
+                }
+                return Err(self.end_grant(owner, &key, stored.generation).await);
+            }
+            match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
+                None => {
+                    // A grant may have been stored between the reads above and the lease:
+                    // look again now that no one else can.
+                    let now_stored = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                        .await?
+                        .map(|t| t.generation);
+                    let owner_now = self.load(owner).await?.map(|s| s.generation);
+                    if now_stored != mine.as_ref().map(|m| m.generation)
+                        || owner_now != Some(stored.generation)
+                    {
+                        self.release(&key).await;
+                        continue;
+                    }
+                    return self
+                        .refresh_under_lease(owner, &key, stored, Some((resource, mine)), rejected)
+                        .await;
+                }
+                Some(Blocked::BackingOff { retry_at }) => {
+                    if let Some(access) = &mine
+                        && !access.is(rejected)
+                        && self.is_unexpired(access.expires_at)
+                    {
+                        return Ok(access.token());
+                    }
+                    return Err(self.retry_after(retry_at));
+                }
+                Some(Blocked::Held) => {
+                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                        return Err(TokenError::ProviderUnavailable {
+                            retry_after_secs: 1,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// The user's token exchanged for one made for `exchange.service` (RFC 8693), kept per
+    /// owner and service until it is due. Single flight across instances like a refresh: an
+    /// in-process lock and a lease per (owner, service); a request that waited uses the token
+    /// the one before it got. A subject token the provider no longer accepts is refreshed
+    /// once (the refresh path: a dead grant ends the session) and the exchange sent again.
+    // Debug, as `fresh_token`'s: it runs on every call of an exchange service.
+    #[tracing::instrument(
+        level = "debug",
+        skip(self, exchange, rejected),
+        fields(service = exchange.service, forced = rejected.is_some())
+    )]
+    pub async fn exchanged_token(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        exchange: ExchangeFor<'_>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let owner = if exchange.linked {
+            Owner::Linked {
+                user_id,
+                provider: exchange.provider,
+            }
+        } else {
+            Owner::Session(session_id)
+        };
+        let key = owner.key();
+        let target = exchange_target(exchange.service);
+        let seen = self.current_service_token(owner, &key, &target).await?;
+        if let Some(seen) = &seen
+            && let Some(token) = self.usable(seen, rejected)?
+        {
+            return Ok(token);
+        }
+
+        let lease = format!("{key}#{target}");
+        let _in_process = self.exchange_locks.lock(&lease).await;
+        let waiting_since = Instant::now();
+        let mut pause = std::time::Duration::from_millis(25);
+        loop {
+            let own = self.current(owner, &key).await?;
+            let mine = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                .await?
+                .map(|t| service_access(t, &own));
+            if let Some(access) = &mine {
+                if let Some(token) = self.usable(access, rejected)? {
+                    return Ok(token);
+                }
+                if Some(access.generation) != seen.as_ref().map(|s| s.generation)
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+            }
+            // The user's own token, refreshed first when due (the owner's own single flight).
+            let subject = self.fresh_token(owner, None).await?;
+            match refresh_leases::acquire(&self.pool, &lease, self.instance).await? {
+                None => {
+                    // Another instance may have stored an exchange while this one got the
+                    // subject token: look again now that no one else can.
+                    let now_stored = db::service_tokens::get(&self.pool, &self.keys, &key, &target)
+                        .await?
+                        .map(|t| t.generation);
+                    if now_stored != mine.as_ref().map(|m| m.generation) {
+                        self.release_lease(&lease).await;
+                        continue;
+                    }
+                    return self
+                        .exchange_under_lease(
+                            owner, &key, &lease, &target, exchange, subject, mine, rejected,
+                        )
+                        .await;
+                }
+                Some(Blocked::BackingOff { retry_at }) => {
+                    if let Some(access) = &mine
+                        && !access.is(rejected)
+                        && self.is_unexpired(access.expires_at)
+                    {
+                        return Ok(access.token());
+                    }
+                    return Err(self.retry_after(retry_at));
+                }
+                Some(Blocked::Held) => {
+                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                        return Err(TokenError::ProviderUnavailable {
+                            retry_after_secs: 1,
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    /// Sends the exchange, holding its lease, and stores what it gives for the service.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private step of `exchanged_token`"
+    )]
+    async fn exchange_under_lease(
+        &self,
+        owner: Owner<'_>,
+        key: &OwnerKey,
+        lease: &str,
+        target: &str,
+        exchange: ExchangeFor<'_>,
+        mut subject: AccessToken,
+        current: Option<CachedAccess>,
+        rejected: Option<&SecretString>,
+    ) -> Result<AccessToken, TokenError> {
+        let Some(provider) = self.providers.get(exchange.provider) else {
+            tracing::error!(provider = %exchange.provider, "a service names a provider that is not configured");
+            self.release_lease(lease).await;
+            return Err(TokenError::ProviderUnavailable {
+                retry_after_secs: 60,
+            });
+        };
+        let mut refreshed_subject = false;
+        let outcome = loop {
+            let outcome = self
+                .renewing_lease(
+                    lease,
+                    grants::exchange(
+                        provider,
+                        &self.providers.http,
+                        &subject.secret,
+                        exchange.target,
+                        subject.dpop.as_deref(),
+                        self.clock.now(),
+                    ),
+                )
+                .await;
+            match outcome {
+                // The provider no longer takes the user's token: the refresh path, once.
+                Err(GrantError::Dead(_)) if !refreshed_subject => {
+                    refreshed_subject = true;
+                    match self.fresh_token(owner, Some(&subject.secret)).await {
+                        Ok(fresh) => subject = fresh,
+                        Err(e) => {
+                            self.release_lease(lease).await;
+                            return Err(e);
+                        }
+                    }
+                }
+                other => break other,
+            }
+        };
+        metrics::counter!(
+            "courier_token_exchanges_total",
+            "provider" => provider.id().to_owned(),
+            "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "exchanged")
+        )
+        .increment(1);
+        match outcome {
+            Ok(tokens) => {
+                let forced = rejected.is_some();
+                let stored = async {
+                    let mut conn = self.pool.acquire().await?;
+                    db::service_tokens::upsert(&mut conn, &self.keys, key, target, &tokens, forced)
+                        .await
+                }
+                .await;
+                self.release_lease(lease).await;
+                self.cache.forget_service_token(key, target);
+                if let Err(e) = stored {
+                    // The token serves this request; the next one exchanges again.
+                    tracing::warn!(error = %e, "an exchanged token could not be stored");
+                }
+                Ok(AccessToken {
+                    secret: tokens.access_token,
+                    after_rejection: forced,
+                    dpop: subject.dpop.clone(),
+                })
+            }
+            Err(GrantError::InvalidTarget) => {
+                tracing::warn!(provider = %provider.id(), service = exchange.service, "the provider will not issue a token for this service");
+                self.release_lease(lease).await;
+                Err(TokenError::NotAllowed)
+            }
+            Err(GrantError::Dead(reason)) => {
+                // Refused again with a token just refreshed: the provider will not exchange
+                // this user's tokens. Nothing of the session is wrong; the call cannot be made.
+                tracing::warn!(provider = %provider.id(), service = exchange.service, %reason, "the provider refused to exchange a fresh token");
+                self.release_lease(lease).await;
+                Err(TokenError::NotAllowed)
+            }
+            Err(failure) => {
+                log_kept_failure(provider.id(), "token-exchange", &failure);
+                let retry_at = refresh_leases::back_off(&self.pool, lease, self.instance)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| self.clock.now() + backoff(0));
+                if let Some(access) = current
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
+                    return Ok(access.token());
+                }
+                Err(self.retry_after(retry_at))
+            }
+        }
+    }
+
     /// Renews this instance's lease on `key` while `work` runs.
     async fn renewing<T>(&self, key: &OwnerKey, work: impl Future<Output = T>) -> T {
-        let key = key.to_string();
+        self.renewing_lease(&key.to_string(), work).await
+    }
+
+    /// Renews this instance's lease named `key` while `work` runs.
+    async fn renewing_lease<T>(&self, key: &str, work: impl Future<Output = T>) -> T {
         let mut work = std::pin::pin!(work);
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.tick().await;
@@ -415,7 +822,7 @@ impl TokenService {
             tokio::select! {
                 done = &mut work => return done,
                 _ = ticker.tick() => {
-                    match refresh_leases::renew(&self.pool, &key, self.instance).await {
+                    match refresh_leases::renew(&self.pool, key, self.instance).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!("refresh lease lost while the provider answered"),
                         Err(e) => tracing::warn!(error = %e, "refresh lease could not be renewed"),
@@ -426,14 +833,19 @@ impl TokenService {
     }
 
     /// Sends the one refresh grant of `stored`, holding the owner's lease, and stores what it
-    /// gives. No database connection is held while the provider answers.
+    /// gives. With `for_resource` (the resource and its current token), the grant asks for a
+    /// token restricted to that resource: it is stored for the resource, while the owner's row
+    /// takes only the rotated refresh token (and a new ID token). No database connection is
+    /// held while the provider answers.
     async fn refresh_under_lease(
         &self,
         owner: Owner<'_>,
         key: &OwnerKey,
         stored: Stored,
+        for_resource: Option<(&str, Option<CachedAccess>)>,
         rejected: Option<&SecretString>,
     ) -> Result<AccessToken, TokenError> {
+        let resource = for_resource.as_ref().map(|(r, _)| *r);
         let Some(provider) = self.providers.get(&stored.provider) else {
             // A rolling deploy removed the provider: nothing to refresh with, nothing to delete.
             tracing::error!(provider = %stored.provider, "tokens name a provider that is not configured");
@@ -451,6 +863,8 @@ impl TokenService {
                     &self.providers.http,
                     &stored.tokens,
                     &stored.subject,
+                    resource,
+                    stored.dpop.as_deref(),
                     self.clock.now(),
                 ),
             )
@@ -461,14 +875,36 @@ impl TokenService {
             "outcome" => outcome.as_ref().map_or_else(GrantError::label, |_| "refreshed")
         )
         .increment(1);
-        let access = stored.access();
+        // What still serves this request when the grant fails: the token it was made for.
+        let access = match &for_resource {
+            None => Some(stored.access()),
+            Some((_, current)) => current.clone(),
+        };
         match outcome {
             Ok(refreshed) => {
                 fault::point("refresh:after_grant").await;
                 let forced = rejected.is_some();
                 fault::point("refresh:before_commit").await;
+                let (own, for_target) = match resource {
+                    None => ((refreshed.clone(), forced), None),
+                    // The owner keeps its own access token; the new one is the resource's.
+                    Some(resource) => (
+                        (
+                            TokenSet {
+                                access_token: stored.tokens.access_token.clone(),
+                                expires_at: stored.tokens.expires_at,
+                                obtained_at: stored.tokens.obtained_at,
+                                scopes: stored.tokens.scopes.clone(),
+                                refresh_token: refreshed.refresh_token.clone(),
+                                id_token: refreshed.id_token.clone(),
+                            },
+                            stored.after_rejection,
+                        ),
+                        Some((resource_target(resource), &refreshed, forced)),
+                    ),
+                };
                 let result = self
-                    .store_refreshed(owner, stored.generation, &refreshed, forced)
+                    .store_refreshed(owner, stored.generation, &own.0, own.1, for_target)
                     .await;
                 fault::point("refresh:after_commit").await;
                 self.release(key).await;
@@ -487,6 +923,7 @@ impl TokenService {
                 Ok(AccessToken {
                     secret: refreshed.access_token,
                     after_rejection: forced,
+                    dpop: stored.dpop.clone(),
                 })
             }
             Err(GrantError::Dead(reason)) => {
@@ -494,6 +931,11 @@ impl TokenService {
                 let ended = self.end_grant(owner, key, stored.generation).await;
                 self.release(key).await;
                 Err(ended)
+            }
+            Err(GrantError::InvalidTarget) => {
+                tracing::warn!(provider = %provider.id(), resource, "the provider will not issue a token for this resource");
+                self.release(key).await;
+                Err(TokenError::NotAllowed)
             }
             Err(failure) => {
                 log_kept_failure(provider.id(), "refresh", &failure);
@@ -503,7 +945,10 @@ impl TokenService {
                         .ok()
                         .flatten()
                         .unwrap_or_else(|| self.clock.now() + backoff(0));
-                if !access.is(rejected) && self.is_unexpired(access.expires_at) {
+                if let Some(access) = access
+                    && !access.is(rejected)
+                    && self.is_unexpired(access.expires_at)
+                {
                     return Ok(access.token());
                 }
                 Err(self.retry_after(retry_at))
@@ -520,24 +965,14 @@ impl TokenService {
         generation: i64,
         tokens: &TokenSet,
         forced: bool,
+        for_target: Option<(String, &TokenSet, bool)>,
     ) -> Result<bool, TokenError> {
         let mut pause = std::time::Duration::from_millis(100);
         let mut attempts = 0;
         loop {
-            let result = match owner {
-                Owner::Session(id) => {
-                    db::session_tokens::store_refreshed(
-                        &self.pool, &self.keys, id, generation, tokens, forced,
-                    )
-                    .await
-                }
-                Owner::Linked { user_id, provider } => {
-                    db::linked_accounts::store_refreshed(
-                        &self.pool, &self.keys, user_id, provider, generation, tokens, forced,
-                    )
-                    .await
-                }
-            };
+            let result = self
+                .store_once(owner, generation, tokens, forced, for_target.as_ref())
+                .await;
             match result {
                 Err(e) if e.is_unavailable() && attempts < 5 => {
                     attempts += 1;
@@ -547,6 +982,39 @@ impl TokenService {
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// One attempt of `store_refreshed`: the owner's row (compare-and-swap on `generation`) and,
+    /// when the grant was for a target, that target's token, in one transaction.
+    async fn store_once(
+        &self,
+        owner: Owner<'_>,
+        generation: i64,
+        tokens: &TokenSet,
+        forced: bool,
+        for_target: Option<&(String, &TokenSet, bool)>,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = match owner {
+            Owner::Session(id) => {
+                db::session_tokens::store_refreshed(
+                    &mut tx, &self.keys, id, generation, tokens, forced,
+                )
+                .await?
+            }
+            Owner::Linked { user_id, provider } => {
+                db::linked_accounts::store_refreshed(
+                    &mut tx, &self.keys, user_id, provider, generation, tokens, forced,
+                )
+                .await?
+            }
+        };
+        if stored && let Some((target, token, forced)) = for_target {
+            db::service_tokens::upsert(&mut tx, &self.keys, &owner.key(), target, token, *forced)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// The provider ended the grant. A session ends with it (on every instance before this
@@ -571,10 +1039,52 @@ impl TokenService {
     }
 
     async fn release(&self, key: &OwnerKey) {
-        if let Err(e) = refresh_leases::release(&self.pool, &key.to_string(), self.instance).await {
+        self.release_lease(&key.to_string()).await
+    }
+
+    async fn release_lease(&self, key: &str) {
+        if let Err(e) = refresh_leases::release(&self.pool, key, self.instance).await {
             // It lapses by itself within seconds.
             tracing::warn!(error = %e, "refresh lease could not be released");
         }
+    }
+
+    /// courier's own DPoP key at `provider_id` when the provider uses DPoP: one per provider,
+    /// shared by every instance through Postgres (the first to need it makes it), kept here
+    /// once read.
+    async fn client_dpop_key(&self, provider_id: &str) -> Result<Option<Arc<DpopKey>>, TokenError> {
+        if !self
+            .providers
+            .get(provider_id)
+            .is_some_and(|p| p.config.dpop)
+        {
+            return Ok(None);
+        }
+        let known = |this: &Self| {
+            this.client_dpop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(provider_id)
+                .cloned()
+        };
+        if let Some(key) = known(self) {
+            return Ok(Some(key));
+        }
+        let candidate = DpopKey::generate().map_err(|e| {
+            tracing::error!(error = %e, "no DPoP key could be made");
+            TokenError::ProviderUnavailable {
+                retry_after_secs: 5,
+            }
+        })?;
+        let key = Arc::new(
+            db::client_dpop_keys::get_or_insert(&self.pool, &self.keys, provider_id, &candidate)
+                .await?,
+        );
+        self.client_dpop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(provider_id.to_owned(), key.clone());
+        Ok(Some(key))
     }
 
     /// courier's own client-credentials token at `provider` for `scopes`, cached until it is
@@ -584,8 +1094,14 @@ impl TokenService {
         &self,
         provider_id: &str,
         scopes: &[String],
+        resource: Option<&str>,
     ) -> Result<AccessToken, TokenError> {
-        let key = (provider_id.to_owned(), scopes.to_vec());
+        let key = (
+            provider_id.to_owned(),
+            scopes.to_vec(),
+            resource.map(str::to_owned),
+        );
+        let dpop = self.client_dpop_key(provider_id).await?;
         let cached = |this: &Self| -> Result<Option<AccessToken>, TokenError> {
             let states = this
                 .client_cache
@@ -599,6 +1115,7 @@ impl TokenService {
                 return Ok(Some(AccessToken {
                     secret: t.access_token.clone(),
                     after_rejection: false,
+                    dpop: dpop.clone(),
                 }));
             }
             match state.retry_at {
@@ -607,6 +1124,7 @@ impl TokenService {
                         Some(t) => Ok(Some(AccessToken {
                             secret: t.access_token.clone(),
                             after_rejection: false,
+                            dpop: dpop.clone(),
                         })),
                         None => Err(this.retry_after(at)),
                     }
@@ -627,9 +1145,15 @@ impl TokenService {
                 retry_after_secs: 60,
             });
         };
-        let outcome =
-            grants::client_credentials(provider, &self.providers.http, scopes, self.clock.now())
-                .await;
+        let outcome = grants::client_credentials(
+            provider,
+            &self.providers.http,
+            scopes,
+            resource,
+            dpop.as_deref(),
+            self.clock.now(),
+        )
+        .await;
         metrics::counter!(
             "courier_client_token_grants_total",
             "provider" => provider.id().to_owned(),
@@ -652,8 +1176,10 @@ impl TokenService {
                 Ok(AccessToken {
                     secret,
                     after_rejection: false,
+                    dpop: dpop.clone(),
                 })
             }
+            Err(GrantError::InvalidTarget) => Err(TokenError::NotAllowed),
             Err(failure) => {
                 log_kept_failure(provider.id(), "client-credentials", &failure);
                 let retry_at = self.clock.now() + backoff(state.failures);
@@ -667,6 +1193,7 @@ impl TokenService {
                     Some(t) => Ok(AccessToken {
                         secret: t.access_token.clone(),
                         after_rejection: false,
+                        dpop: dpop.clone(),
                     }),
                     None => Err(self.retry_after(retry_at)),
                 }

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "domain",
             "request_context",
             "body_deadline",
+            "dpop",
         ],
     ),
     ("configuration", &["config"]),

@@ -6,10 +6,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::crypto::KeyRing;
+use crate::crypto::{CryptoError, KeyRing};
 use crate::db::DbError;
 use crate::db::session_tokens::LoadError;
-use crate::domain::tokens::TokenSet;
+use crate::domain::tokens::{OwnerKey, TokenSet};
+use crate::dpop::DpopKey;
+use secrecy::zeroize::Zeroizing;
 
 /// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
 pub(crate) fn aad(column: &str, user_id: Uuid, provider: &str) -> Vec<u8> {
@@ -57,7 +59,8 @@ impl Status {
     }
 }
 
-/// Stores (or replaces) the user's account at `provider`.
+/// Stores (or replaces) the user's account at `provider`, with the DPoP key its tokens are
+/// bound to when the provider uses DPoP.
 pub async fn upsert(
     conn: &mut PgConnection,
     keys: &KeyRing,
@@ -65,18 +68,20 @@ pub async fn upsert(
     provider: &str,
     subject: &str,
     tokens: &TokenSet,
+    dpop_key: Option<&DpopKey>,
 ) -> Result<(), DbError> {
     let (access, refresh) = seal_tokens(keys, user_id, provider, tokens);
+    let dpop = dpop_key.map(|k| keys.seal(k.pkcs8(), &aad("dpop_key", user_id, provider)));
     sqlx::query(
         "INSERT INTO linked_accounts
              (user_id, provider, subject, access_token, refresh_token, expires_at, scopes,
-              obtained_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+              obtained_at, dpop_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (user_id, provider) DO UPDATE
          SET subject = EXCLUDED.subject, access_token = EXCLUDED.access_token,
              refresh_token = EXCLUDED.refresh_token, expires_at = EXCLUDED.expires_at,
              scopes = EXCLUDED.scopes, obtained_at = EXCLUDED.obtained_at,
-             status = 'connected', after_rejection = false,
+             dpop_key = EXCLUDED.dpop_key, status = 'connected', after_rejection = false,
              generation = linked_accounts.generation + 1, updated_at = now()",
     )
     .bind(user_id)
@@ -87,15 +92,16 @@ pub async fn upsert(
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
-    .execute(conn)
+    .bind(dpop)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    crate::db::service_tokens::delete_for_owner(conn, &OwnerKey::linked(user_id, provider)).await
 }
 
 /// Replaces the tokens after a refresh if the row is still at `generation` (see
 /// `session_tokens::store_refreshed`). False when it is gone or was changed meanwhile.
 pub async fn store_refreshed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     keys: &KeyRing,
     user_id: Uuid,
     provider: &str,
@@ -120,7 +126,7 @@ pub async fn store_refreshed(
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
     .bind(after_rejection)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(stored == 1)
@@ -157,6 +163,7 @@ struct Row {
     obtained_at: Option<DateTime<Utc>>,
     generation: i64,
     after_rejection: bool,
+    dpop_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -168,10 +175,12 @@ pub struct LinkedAccount {
     pub generation: i64,
     /// The access token was got because a service answered 401 to the one before it.
     pub after_rejection: bool,
+    /// The DPoP key the tokens are bound to (providers with `dpop = true`).
+    pub dpop_key: Option<DpopKey>,
 }
 
 const SELECT: &str = "SELECT subject, access_token, refresh_token, expires_at, scopes, status,
-                             obtained_at, generation, after_rejection
+                             obtained_at, generation, after_rejection, dpop_key
                       FROM linked_accounts WHERE user_id = $1 AND provider = $2";
 
 pub async fn get(
@@ -206,6 +215,14 @@ fn open_row(
         status: Status::parse(&row.status)?,
         generation: row.generation,
         after_rejection: row.after_rejection,
+        dpop_key: row
+            .dpop_key
+            .as_deref()
+            .map(|sealed| {
+                let der = Zeroizing::new(keys.open(sealed, &aad("dpop_key", user_id, provider))?);
+                DpopKey::from_pkcs8(&der).map_err(|_| CryptoError::Malformed)
+            })
+            .transpose()?,
         tokens: TokenSet {
             access_token: open("access_token", &row.access_token)?,
             refresh_token: row

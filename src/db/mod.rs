@@ -2,6 +2,7 @@
 //! cache's LISTEN/NOTIFY statements are still in `crate::cache`).
 
 pub mod cache_acks;
+pub mod client_dpop_keys;
 mod error;
 pub mod health;
 pub mod linked_accounts;
@@ -10,6 +11,7 @@ pub mod logout_tokens;
 pub mod refresh_leases;
 pub mod sealed;
 pub mod secrets;
+pub mod service_tokens;
 pub mod session_tokens;
 pub mod sessions;
 pub mod users;

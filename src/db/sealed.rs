@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 use crate::crypto::{CryptoError, KeyRing};
-use crate::db::{linked_accounts, secrets, session_tokens};
+use crate::db::{client_dpop_keys, linked_accounts, secrets, service_tokens, session_tokens};
 
 /// A table with sealed columns.
 pub struct SealedTable {
@@ -31,13 +31,13 @@ pub static SEALED_TABLES: &[SealedTable] = &[
     SealedTable {
         table: "session_tokens",
         key: &[("session_id", "uuid")],
-        columns: &["access_token", "refresh_token", "id_token"],
+        columns: &["access_token", "refresh_token", "id_token", "dpop_key"],
         aad: |column, id| Some(session_tokens::aad(column, id.first()?.parse().ok()?)),
     },
     SealedTable {
         table: "linked_accounts",
         key: &[("user_id", "uuid"), ("provider", "text")],
-        columns: &["access_token", "refresh_token"],
+        columns: &["access_token", "refresh_token", "dpop_key"],
         aad: |column, id| {
             Some(linked_accounts::aad(
                 column,
@@ -45,6 +45,18 @@ pub static SEALED_TABLES: &[SealedTable] = &[
                 id.get(1)?,
             ))
         },
+    },
+    SealedTable {
+        table: "service_tokens",
+        key: &[("owner_key", "text"), ("target", "text")],
+        columns: &["access_token"],
+        aad: |_, id| Some(service_tokens::aad(id.first()?, id.get(1)?)),
+    },
+    SealedTable {
+        table: "client_dpop_keys",
+        key: &[("provider", "text")],
+        columns: &["private_key"],
+        aad: |_, id| Some(client_dpop_keys::aad(id.first()?)),
     },
     SealedTable {
         table: "shared_secrets",

@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 use crate::crypto::KeyRing;
 use crate::domain::tokens::TokenSet;
+use crate::dpop::DpopKey;
+use secrecy::zeroize::Zeroizing;
 
 /// The associated data binding a sealed value to its column and row (also `db::sealed`'s).
 pub(crate) fn aad(column: &str, session_id: Uuid) -> Vec<u8> {
@@ -34,17 +36,22 @@ fn seal_all(keys: &KeyRing, id: Uuid, tokens: &TokenSet) -> Sealed {
     }
 }
 
+/// Stores a new session's tokens, with the DPoP key they are bound to when the provider uses
+/// DPoP.
 pub async fn insert(
     conn: &mut PgConnection,
     keys: &KeyRing,
     session_id: Uuid,
     tokens: &TokenSet,
+    dpop_key: Option<&DpopKey>,
 ) -> Result<(), DbError> {
     let sealed = seal_all(keys, session_id, tokens);
+    let dpop = dpop_key.map(|k| keys.seal(k.pkcs8(), &aad("dpop_key", session_id)));
     sqlx::query(
         "INSERT INTO session_tokens
-             (session_id, access_token, refresh_token, id_token, expires_at, scopes, obtained_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             (session_id, access_token, refresh_token, id_token, expires_at, scopes, obtained_at,
+              dpop_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(session_id)
     .bind(sealed.access_token)
@@ -53,6 +60,7 @@ pub async fn insert(
     .bind(tokens.expires_at)
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
+    .bind(dpop)
     .execute(conn)
     .await?;
     Ok(())
@@ -63,7 +71,7 @@ pub async fn insert(
 /// tokens it started from). `after_rejection` records that a service's 401 caused it. False
 /// when the row is gone or was changed meanwhile.
 pub async fn store_refreshed(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     keys: &KeyRing,
     session_id: Uuid,
     generation: i64,
@@ -87,7 +95,7 @@ pub async fn store_refreshed(
     .bind(&tokens.scopes)
     .bind(tokens.obtained_at)
     .bind(after_rejection)
-    .execute(pool)
+    .execute(conn)
     .await?
     .rows_affected();
     Ok(stored == 1)
@@ -105,6 +113,7 @@ struct Row {
     obtained_at: Option<DateTime<Utc>>,
     generation: i64,
     after_rejection: bool,
+    dpop_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,11 +136,13 @@ pub struct SessionTokens {
     pub generation: i64,
     /// The access token was got because a service answered 401 to the one before it.
     pub after_rejection: bool,
+    /// The DPoP key the tokens are bound to (providers with `dpop = true`).
+    pub dpop_key: Option<DpopKey>,
 }
 
 const SELECT: &str = "SELECT s.provider, s.subject, t.access_token, t.refresh_token, t.id_token,
                              t.expires_at, t.scopes, t.obtained_at, t.generation,
-                             t.after_rejection
+                             t.after_rejection, t.dpop_key
                       FROM session_tokens t JOIN sessions s ON s.id = t.session_id
                       WHERE t.session_id = $1";
 
@@ -159,6 +170,14 @@ fn open_row(keys: &KeyRing, session_id: Uuid, row: Row) -> Result<SessionTokens,
         subject: row.subject,
         generation: row.generation,
         after_rejection: row.after_rejection,
+        dpop_key: row
+            .dpop_key
+            .as_deref()
+            .map(|sealed| {
+                let der = Zeroizing::new(keys.open(sealed, &aad("dpop_key", session_id))?);
+                DpopKey::from_pkcs8(&der).map_err(|_| crate::crypto::CryptoError::Malformed)
+            })
+            .transpose()?,
         tokens: TokenSet {
             access_token: open("access_token", &row.access_token)?,
             refresh_token: row

@@ -1,6 +1,9 @@
 //! Tokens as courier keeps them, and the key of their owner.
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::dpop::DpopKey;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -26,6 +29,9 @@ pub struct AccessToken {
     /// It was got because a service answered 401 to the one before it: a 401 to this one is
     /// passed on rather than answered with yet another refresh.
     pub after_rejection: bool,
+    /// The DPoP key the token is bound to: each call carries `Authorization: DPoP` and a
+    /// proof signed with it. `None` for a bearer token.
+    pub dpop: Option<Arc<DpopKey>>,
 }
 
 /// What the cache keeps of a token row: never the refresh token.
@@ -38,6 +44,8 @@ pub struct CachedAccess {
     pub generation: i64,
     pub after_rejection: bool,
     pub needs_reauth: bool,
+    /// The DPoP key of the token's owner, when its provider binds tokens with DPoP.
+    pub dpop: Option<Arc<DpopKey>>,
 }
 
 impl CachedAccess {
@@ -45,6 +53,7 @@ impl CachedAccess {
         AccessToken {
             secret: self.access_token.clone(),
             after_rejection: self.after_rejection,
+            dpop: self.dpop.clone(),
         }
     }
 

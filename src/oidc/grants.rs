@@ -9,6 +9,7 @@ use openidconnect::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::tokens::TokenSet;
+use crate::dpop::DpopKey;
 use crate::oidc::http::{HttpError, ProviderHttp};
 use crate::oidc::id_token;
 use crate::oidc::registry::Provider;
@@ -93,13 +94,16 @@ fn token_set_of(
     }
 }
 
-/// Redeems `previous`'s refresh token. The result keeps what the provider did not replace:
-/// the refresh token when it does not rotate, the ID token and scopes when it sends none.
+/// Redeems `previous`'s refresh token, for an access token restricted to `resource` when one is
+/// given (RFC 8707). The result keeps what the provider did not replace: the refresh token
+/// when it does not rotate, the ID token and scopes when it sends none.
 pub async fn refresh(
     provider: &Provider,
     http: &ProviderHttp,
     previous: &TokenSet,
     subject: &str,
+    resource: Option<&str>,
+    dpop: Option<&DpopKey>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     // A token set without a refresh token cannot be renewed: the grant ends with the token.
@@ -107,15 +111,14 @@ pub async fn refresh(
         .refresh_token
         .as_ref()
         .ok_or_else(|| GrantError::Dead("no refresh token".into()))?;
-    let response = token_endpoint::grant(
-        provider,
-        http,
-        vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose_secret().to_owned()),
-        ],
-    )
-    .await?;
+    let mut form = vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.expose_secret().to_owned()),
+    ];
+    if let Some(resource) = resource {
+        form.push(("resource", resource.to_owned()));
+    }
+    let response = token_endpoint::grant(provider, http, form, dpop).await?;
 
     let mut id_token = previous.id_token.clone();
     if provider.is_oidc()
@@ -153,19 +156,24 @@ pub async fn refresh(
     ))
 }
 
-/// A client-credentials token for courier itself at `provider`: the token, when it expires,
-/// and when it was obtained.
+/// A client-credentials token for courier itself at `provider` (restricted to `resource` when
+/// one is given, RFC 8707): the token, when it expires, and when it was obtained.
 pub async fn client_credentials(
     provider: &Provider,
     http: &ProviderHttp,
     scopes: &[String],
+    resource: Option<&str>,
+    dpop: Option<&DpopKey>,
     now: DateTime<Utc>,
 ) -> Result<TokenSet, GrantError> {
     let mut form = vec![("grant_type", "client_credentials".to_owned())];
     if !scopes.is_empty() {
         form.push(("scope", scopes.join(" ")));
     }
-    let response = token_endpoint::grant(provider, http, form)
+    if let Some(resource) = resource {
+        form.push(("resource", resource.to_owned()));
+    }
+    let response = token_endpoint::grant(provider, http, form, dpop)
         .await
         .map_err(|e| match e {
             // There is no user grant to lose: a refusal is courier's configuration.
@@ -173,4 +181,50 @@ pub async fn client_credentials(
             other => other,
         })?;
     Ok(token_set_of(&response, None, None, scopes, now))
+}
+
+/// What an RFC 8693 exchange asks for: a token for `audience` and/or `resource`, with `scopes`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeTarget<'a> {
+    pub audience: Option<&'a str>,
+    pub resource: Option<&'a str>,
+    pub scopes: &'a [String],
+}
+
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: an OAuth 2.0 access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Exchanges the user's access token (`subject`) at `provider` for an access token made for
+/// `target` (RFC 8693). `GrantError::Dead` means the subject token is no longer accepted;
+/// `InvalidTarget` that the provider will not issue one for the target. A refresh token the
+/// provider may add is not kept: the exchange is repeated with the user's token when due.
+pub async fn exchange(
+    provider: &Provider,
+    http: &ProviderHttp,
+    subject: &SecretString,
+    target: ExchangeTarget<'_>,
+    dpop: Option<&DpopKey>,
+    now: DateTime<Utc>,
+) -> Result<TokenSet, GrantError> {
+    let mut form = vec![
+        ("grant_type", TOKEN_EXCHANGE.to_owned()),
+        ("subject_token", subject.expose_secret().to_owned()),
+        ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+        ("requested_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+    ];
+    if let Some(audience) = target.audience {
+        form.push(("audience", audience.to_owned()));
+    }
+    if let Some(resource) = target.resource {
+        form.push(("resource", resource.to_owned()));
+    }
+    if !target.scopes.is_empty() {
+        form.push(("scope", target.scopes.join(" ")));
+    }
+    let response = token_endpoint::grant(provider, http, form, dpop).await?;
+    let mut tokens = token_set_of(&response, None, None, target.scopes, now);
+    tokens.refresh_token = None;
+    Ok(tokens)
 }

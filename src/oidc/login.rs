@@ -9,6 +9,7 @@ use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
+use openidconnect::OAuth2TokenResponse;
 use openidconnect::core::CoreAuthenticationFlow;
 use openidconnect::{
     AuthorizationCode, CsrfToken, Nonce, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError,
@@ -21,10 +22,15 @@ use url::Url;
 
 use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
 use crate::domain::tokens::TokenSet;
+use crate::dpop::DpopKey;
 use crate::oidc::grants;
-use crate::oidc::http::{ProviderHttp, read_limited};
+use crate::oidc::http::{HttpError, ProviderHttp, read_limited};
 use crate::oidc::id_token::{self, IdTokenError};
 use crate::oidc::registry::Provider;
+use openidconnect::{AsyncHttpClient, HttpRequest as OidcRequest, HttpResponse as OidcResponse};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// How long a started login may take to come back.
@@ -242,11 +248,13 @@ impl PendingLogin {
 
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
 /// OpenID Connect providers always get) with the provider's `authorize_params`, `options`
-/// replacing those it names: returns the authorization URL and the pending login. `None`
-/// when the provider's metadata is not loaded yet.
+/// replacing those it names, and, with RFC 8707 resource indicators, for tokens usable at
+/// `resources`: returns the authorization URL and the pending login. `None` when the
+/// provider's metadata is not loaded yet.
 pub fn start(
     provider: &Provider,
     scopes: &[String],
+    resources: &[String],
     purpose: Purpose,
     options: &LoginOptions,
     return_to: String,
@@ -266,6 +274,8 @@ pub fn start(
         .filter(|(name, _)| !requested.iter().any(|(r, _)| r == name))
         .map(|(name, value)| (name.clone(), value.clone()))
         .chain(requested.iter().map(|(n, v)| ((*n).to_owned(), v.clone())))
+        // `resource` once per indicator.
+        .chain(resources.iter().map(|r| ("resource".to_owned(), r.clone())))
         .collect();
     let extra = extra.into_iter();
     let (url, nonce) = if let Some(client) = provider.plain_client() {
@@ -443,6 +453,92 @@ pub struct CompletedLogin {
     pub sid: Option<String>,
     pub claims: Map<String, Value>,
     pub tokens: TokenSet,
+    /// The DPoP key the tokens are bound to (providers with `dpop = true`): made for this
+    /// login, stored with its tokens.
+    pub dpop_key: Option<Arc<DpopKey>>,
+}
+
+/// A new DPoP key for a login or connection at `provider`, when it uses DPoP.
+fn new_dpop_key(provider: &Provider) -> Result<Option<Arc<DpopKey>>, LoginError> {
+    if !provider.config.dpop {
+        return Ok(None);
+    }
+    DpopKey::generate()
+        .map(|k| Some(Arc::new(k)))
+        .map_err(|e| LoginError::Exchange(e.to_string()))
+}
+
+/// The key the tokens are bound to: `None` when the provider answered a DPoP request with a
+/// bearer token (it does not do DPoP; its tokens are then used as bearer tokens).
+fn bound_key(
+    provider: &Provider,
+    key: Option<Arc<DpopKey>>,
+    token_type: &str,
+) -> Option<Arc<DpopKey>> {
+    let key = key?;
+    if token_type.eq_ignore_ascii_case("dpop") {
+        return Some(key);
+    }
+    tracing::warn!(
+        provider = %provider.id(),
+        "the provider answered a DPoP request with a bearer token; its tokens are used as bearer tokens"
+    );
+    None
+}
+
+/// openidconnect's HTTP client for a code exchange at a provider that binds tokens with DPoP
+/// (RFC 9449 §5): each request carries a proof with the provider's last nonce, and a
+/// `use_dpop_nonce` answer is sent again once with the nonce it brought.
+struct DpopHttp<'a> {
+    http: &'a ProviderHttp,
+    key: &'a DpopKey,
+    provider: &'a Provider,
+}
+
+impl<'c> AsyncHttpClient<'c> for DpopHttp<'_> {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<OidcResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: OidcRequest) -> Self::Future {
+        Box::pin(async move {
+            let url = Url::parse(&request.uri().to_string())
+                .map_err(|e| HttpError::Malformed(e.to_string()))?;
+            let mut retried = false;
+            loop {
+                let proof = self
+                    .key
+                    .proof(
+                        request.method().as_str(),
+                        &url,
+                        None,
+                        self.provider.dpop_nonce().as_deref(),
+                        chrono::Utc::now().timestamp(),
+                    )
+                    .map_err(|e| HttpError::Malformed(e.to_string()))?;
+                let mut builder = openidconnect::http::Request::builder()
+                    .method(request.method().clone())
+                    .uri(request.uri().clone());
+                for (name, value) in request.headers() {
+                    builder = builder.header(name, value);
+                }
+                let copy = builder
+                    .header("dpop", proof)
+                    .body(request.body().clone())
+                    .map_err(|e| HttpError::Malformed(e.to_string()))?;
+                let response = self.http.call(copy).await?;
+                let new_nonce = self.provider.keep_dpop_nonce(response.headers());
+                let asks_for_nonce = serde_json::from_slice::<Value>(response.body())
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                    .is_some_and(|e| e == "use_dpop_nonce");
+                if new_nonce && asks_for_nonce && !retried {
+                    retried = true;
+                    continue;
+                }
+                return Ok(response);
+            }
+        })
+    }
 }
 
 fn exchange_error<T: openidconnect::ErrorResponseType + std::fmt::Display>(
@@ -475,6 +571,7 @@ pub async fn complete(
         .metadata()
         .ok_or_else(|| LoginError::ProviderUnavailable("metadata not loaded".into()))?;
     let client = provider.client(&metadata);
+    let dpop_key = new_dpop_key(provider)?;
     let mut request = client
         .exchange_code(AuthorizationCode::new(code))
         .map_err(|e| LoginError::Exchange(e.to_string()))?
@@ -482,7 +579,19 @@ pub async fn complete(
     for (name, value) in client_assertion(provider)? {
         request = request.add_extra_param(name, value);
     }
-    let response = request.request_async(http).await.map_err(exchange_error)?;
+    let response = match &dpop_key {
+        Some(key) => {
+            request
+                .request_async(&DpopHttp {
+                    http,
+                    key,
+                    provider,
+                })
+                .await
+        }
+        None => request.request_async(http).await,
+    }
+    .map_err(exchange_error)?;
 
     let id_token = response.id_token().ok_or(LoginError::MissingIdToken)?;
     let nonce = pending
@@ -491,6 +600,7 @@ pub async fn complete(
         .ok_or(LoginError::MissingIdToken)?;
     let verified = id_token::verify(provider, http, id_token, Some(&nonce), now).await?;
 
+    let dpop_key = bound_key(provider, dpop_key, response.token_type().as_ref());
     let tokens = grants::token_set(
         &response,
         Some(SecretString::from(id_token.to_string())),
@@ -500,7 +610,14 @@ pub async fn complete(
     );
     let mut claims = verified.claims;
     if let Some(endpoint) = provider.userinfo_endpoint() {
-        let userinfo = fetch_userinfo(http, &endpoint, &tokens.access_token).await?;
+        let userinfo = fetch_userinfo(
+            http,
+            provider,
+            &endpoint,
+            &tokens.access_token,
+            dpop_key.as_deref(),
+        )
+        .await?;
         if userinfo.get("sub").and_then(Value::as_str) != Some(verified.subject.as_str()) {
             return Err(LoginError::Userinfo(
                 "its `sub` differs from the ID token's".into(),
@@ -513,6 +630,7 @@ pub async fn complete(
         sid: verified.sid,
         claims,
         tokens,
+        dpop_key,
     })
 }
 
@@ -529,15 +647,29 @@ pub async fn complete_connect(
 ) -> Result<CompletedLogin, LoginError> {
     let code = AuthorizationCode::new(code);
     let verifier = PkceCodeVerifier::new(pending.pkce_verifier);
-    let (tokens, verified) = if let Some(client) = provider.plain_client() {
+    let dpop_key = new_dpop_key(provider)?;
+    let (tokens, verified, token_type) = if let Some(client) = provider.plain_client() {
         let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
         for (name, value) in client_assertion(provider)? {
             request = request.add_extra_param(name, value);
         }
-        let response = request.request_async(http).await.map_err(exchange_error)?;
+        let response = match &dpop_key {
+            Some(key) => {
+                request
+                    .request_async(&DpopHttp {
+                        http,
+                        key,
+                        provider,
+                    })
+                    .await
+            }
+            None => request.request_async(http).await,
+        }
+        .map_err(exchange_error)?;
         (
             grants::token_set(&response, None, None, requested_scopes, now),
             None,
+            response.token_type().as_ref().to_owned(),
         )
     } else {
         let metadata = provider
@@ -551,7 +683,19 @@ pub async fn complete_connect(
         for (name, value) in client_assertion(provider)? {
             request = request.add_extra_param(name, value);
         }
-        let response = request.request_async(http).await.map_err(exchange_error)?;
+        let response = match &dpop_key {
+            Some(key) => {
+                request
+                    .request_async(&DpopHttp {
+                        http,
+                        key,
+                        provider,
+                    })
+                    .await
+            }
+            None => request.request_async(http).await,
+        }
+        .map_err(exchange_error)?;
         let verified = match (response.id_token(), &pending.nonce) {
             (Some(id_token), Some(nonce)) => Some(
                 id_token::verify(
@@ -568,15 +712,24 @@ pub async fn complete_connect(
         (
             grants::token_set(&response, None, None, requested_scopes, now),
             verified,
+            response.token_type().as_ref().to_owned(),
         )
     };
+    let dpop_key = bound_key(provider, dpop_key, &token_type);
 
     let mut claims = verified
         .as_ref()
         .map(|v| v.claims.clone())
         .unwrap_or_default();
     if let Some(endpoint) = provider.userinfo_endpoint() {
-        let userinfo = fetch_userinfo(http, &endpoint, &tokens.access_token).await?;
+        let userinfo = fetch_userinfo(
+            http,
+            provider,
+            &endpoint,
+            &tokens.access_token,
+            dpop_key.as_deref(),
+        )
+        .await?;
         if let Some(v) = &verified
             && userinfo.get("sub").and_then(Value::as_str) != Some(v.subject.as_str())
         {
@@ -602,28 +755,59 @@ pub async fn complete_connect(
         sid: None,
         claims,
         tokens,
+        dpop_key,
     })
 }
 
+/// Userinfo with the access token: `Bearer`, or `DPoP` with a proof for a DPoP-bound token
+/// (sent again once with the nonce a `use_dpop_nonce` answer brought).
 async fn fetch_userinfo(
     http: &ProviderHttp,
+    provider: &Provider,
     endpoint: &Url,
     access_token: &SecretString,
+    dpop: Option<&DpopKey>,
 ) -> Result<Map<String, Value>, LoginError> {
-    let response = http
-        .0
-        .get(endpoint.clone())
-        .bearer_auth(access_token.expose_secret())
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| {
+    let mut retried = false;
+    let response = loop {
+        let request = http
+            .0
+            .get(endpoint.clone())
+            .header("accept", "application/json");
+        let request = match dpop {
+            None => request.bearer_auth(access_token.expose_secret()),
+            Some(key) => {
+                let proof = key
+                    .proof(
+                        "GET",
+                        endpoint,
+                        Some(access_token.expose_secret()),
+                        provider.dpop_nonce().as_deref(),
+                        chrono::Utc::now().timestamp(),
+                    )
+                    .map_err(|e| LoginError::Userinfo(e.to_string()))?;
+                request
+                    .header(
+                        "authorization",
+                        format!("DPoP {}", access_token.expose_secret()),
+                    )
+                    .header("dpop", proof)
+            }
+        };
+        let response = request.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 LoginError::ProviderUnavailable(e.to_string())
             } else {
                 LoginError::Userinfo(e.to_string())
             }
         })?;
+        let new_nonce = dpop.is_some() && provider.keep_dpop_nonce(response.headers());
+        if new_nonce && !retried && response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            retried = true;
+            continue;
+        }
+        break response;
+    };
     if !response.status().is_success() {
         return Err(LoginError::Userinfo(format!(
             "status {}",

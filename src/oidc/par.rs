@@ -126,5 +126,7 @@ pub async fn authorization_url(
     Err(match token_endpoint::classify(status, error.as_deref()) {
         GrantError::Unavailable(detail) => ParError::Unavailable(detail),
         GrantError::Dead(detail) | GrantError::Misconfigured(detail) => ParError::Refused(detail),
+        // A resource indicator the provider will not serve (RFC 8707).
+        GrantError::InvalidTarget => ParError::Refused("invalid_target".into()),
     })
 }

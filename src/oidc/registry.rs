@@ -88,6 +88,8 @@ pub struct Provider {
     pub redirect_uri: RedirectUrl,
     metadata: RwLock<Option<Arc<Metadata>>>,
     last_jwks_refetch: Mutex<Option<Instant>>,
+    /// The last DPoP nonce the provider sent (RFC 9449 §8), sent up front with the next proof.
+    dpop_nonce: Mutex<Option<String>>,
 }
 
 impl Provider {
@@ -131,6 +133,30 @@ impl Provider {
             .client_secret
             .as_ref()
             .map(|s| ClientSecret::new(s.expose_secret().to_owned()))
+    }
+
+    /// The DPoP nonce to send to the provider, if it gave one.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Keeps the `DPoP-Nonce` a provider's answer carried, if any; true when it was one.
+    pub fn keep_dpop_nonce(&self, headers: &reqwest::header::HeaderMap) -> bool {
+        let Some(nonce) = headers
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 512)
+        else {
+            return false;
+        };
+        *self
+            .dpop_nonce
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(nonce.to_owned());
+        true
     }
 
     /// Whether the provider speaks OpenID Connect (configured by `issuer`), as opposed to plain
@@ -281,6 +307,7 @@ impl ProviderRegistry {
                     redirect_uri,
                     metadata: RwLock::new(None),
                     last_jwks_refetch: Mutex::new(None),
+                    dpop_nonce: Mutex::new(None),
                 };
                 (p.id.clone(), Arc::new(provider))
             })

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::ClientAuth;
+use crate::dpop::DpopKey;
 use crate::oidc::http::{HttpError, ProviderHttp, read_limited};
 use crate::oidc::registry::Provider;
 
@@ -31,6 +32,11 @@ pub enum GrantError {
     /// The provider failed or could not be reached: try again later, keep everything.
     #[error("the provider is unavailable ({0})")]
     Unavailable(String),
+    /// `invalid_target` (RFC 8707 §2, RFC 8693 §2.2.2): the provider will not issue a token for
+    /// the resource or audience asked for. The grant itself is fine; this service's call is
+    /// refused (403 `not_allowed`), and nothing pauses the owner's other grants.
+    #[error("the provider refused to issue a token for this target")]
+    InvalidTarget,
 }
 
 impl GrantError {
@@ -40,6 +46,7 @@ impl GrantError {
             GrantError::Dead(_) => "dead",
             GrantError::Misconfigured(_) => "misconfigured",
             GrantError::Unavailable(_) => "unavailable",
+            GrantError::InvalidTarget => "invalid_target",
         }
     }
 }
@@ -98,10 +105,9 @@ const MISCONFIGURED: &[&str] = &[
     "unsupported_grant_type",
     "invalid_request",
     "invalid_scope",
-    "invalid_target",
     "invalid_dpop_proof",
-    // A provider asking for a DPoP nonce wants DPoP proofs, which courier does not send yet:
-    // nothing to retry with, and nothing dead.
+    // Asked for again after the retry with the nonce it sent (or without DPoP at all): the
+    // provider and courier disagree about DPoP; nothing is dead.
     "use_dpop_nonce",
     "incorrect_client_credentials",
     "redirect_uri_mismatch",
@@ -124,6 +130,9 @@ pub fn classify(status: StatusCode, error: Option<&str>) -> GrantError {
         };
         if DEAD.contains(&code) {
             return GrantError::Dead(quoted);
+        }
+        if code == "invalid_target" {
+            return GrantError::InvalidTarget;
         }
         if MISCONFIGURED.contains(&code) {
             return GrantError::Misconfigured(quoted);
@@ -232,18 +241,70 @@ pub fn authenticate(
 }
 
 /// Sends one grant (`form` holds `grant_type` and its parameters) with the client's
-/// authentication, and reads the answer.
+/// authentication, and reads the answer. With a DPoP key, the request carries a proof (RFC
+/// 9449 §5) with the provider's last nonce; a `use_dpop_nonce` answer is retried once with
+/// the nonce it brought.
 pub async fn grant(
     provider: &Provider,
     http: &ProviderHttp,
-    mut form: Vec<(&'static str, String)>,
+    form: Vec<(&'static str, String)>,
+    dpop: Option<&DpopKey>,
 ) -> Result<TokenResponse, GrantError> {
     let endpoint = endpoint(provider)?;
-    let request = authenticate(
+    let mut retried = false;
+    loop {
+        let (status, headers, body) =
+            send_once(provider, http, &endpoint, form.clone(), dpop).await?;
+        let new_nonce = dpop.is_some() && provider.keep_dpop_nonce(&headers);
+        let form_encoded = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
+            });
+        if new_nonce && !retried && error_code(&body).as_deref() == Some("use_dpop_nonce") {
+            retried = true;
+            continue;
+        }
+        return read_answer(status, &body, form_encoded);
+    }
+}
+
+/// The `error` member of a JSON error answer.
+fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()?
+        .get("error")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn send_once(
+    provider: &Provider,
+    http: &ProviderHttp,
+    endpoint: &url::Url,
+    mut form: Vec<(&'static str, String)>,
+    dpop: Option<&DpopKey>,
+) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), GrantError> {
+    let mut request = authenticate(
         provider,
-        http.0.post(endpoint).header(ACCEPT, "application/json"),
+        http.0
+            .post(endpoint.clone())
+            .header(ACCEPT, "application/json"),
         &mut form,
     )?;
+    if let Some(key) = dpop {
+        let proof = key
+            .proof(
+                "POST",
+                endpoint,
+                None,
+                provider.dpop_nonce().as_deref(),
+                chrono::Utc::now().timestamp(),
+            )
+            .map_err(|e| GrantError::Misconfigured(e.to_string()))?;
+        request = request.header("dpop", proof);
+    }
     let mut request = request
         .form(&form)
         .build()
@@ -259,17 +320,11 @@ pub async fn grant(
         .await
         .map_err(|e| request_error(&HttpError::Request(e)))?;
     let status = response.status();
-    let form_encoded = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
-        });
+    let headers = response.headers().clone();
     let body = read_limited(response)
         .await
         .map_err(|e| request_error(&e))?;
-    read_answer(status, &body, form_encoded)
+    Ok((status, headers, body))
 }
 
 /// Reads a token-endpoint answer: an `error` member wins whatever the status (GitHub sends its
@@ -343,6 +398,10 @@ mod tests {
         assert!(matches!(
             answer(400, r#"{"error":"temporarily_unavailable"}"#),
             Err(GrantError::Unavailable(_))
+        ));
+        assert!(matches!(
+            answer(400, r#"{"error":"invalid_target"}"#),
+            Err(GrantError::InvalidTarget)
         ));
     }
 

@@ -138,6 +138,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     let (url, pending) = login::start(
         provider,
         &provider.config.scopes,
+        &state.services.user_resources(provider.id()),
         Purpose::Login,
         &options,
         return_to,
@@ -194,10 +195,17 @@ pub async fn connect(
         service: service.name().to_owned(),
         user_id: current.user_id,
     };
+    // Only this service's resource: the connection is made for it.
+    let resources: Vec<String> = service
+        .connect_resource()
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
     let options = LoginOptions::default();
     let (url, pending) = login::start(
         provider,
         &scopes,
+        &resources,
         purpose,
         &options,
         return_to,

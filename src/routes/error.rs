@@ -31,6 +31,9 @@ impl From<TokenError> for ApiError {
                 detail: "the provider cannot issue a token now".into(),
                 retry_after_secs,
             },
+            TokenError::NotAllowed => ApiError::NotAllowed(
+                "the provider refused to issue a token for this service".into(),
+            ),
             TokenError::Storage(e) => e.into(),
             TokenError::Sealed(e) => e.into(),
         }

@@ -6,16 +6,17 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use crate::body_deadline::BodyDeadline;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::connections;
 use crate::error::ApiError;
+use crate::oidc::grants::ExchangeTarget;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{CallToken, Service, ServiceStatus};
 use crate::session::CurrentSession;
 use crate::state::AppState;
-use crate::tokens::{AccessToken, TokenError};
+use crate::tokens::{AccessToken, ExchangeFor, TokenError};
 
 fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
@@ -111,25 +112,48 @@ async fn token_for(
     current: &CurrentSession,
     rejected: Option<&SecretString>,
 ) -> Result<Option<AccessToken>, ApiError> {
+    let resource = service.resource();
     let token = match service.call_token(&current.provider) {
         CallToken::None => return Ok(None),
         CallToken::Client { provider } => {
             state
                 .tokens
-                .client_access_token(provider, &service.config.scopes)
+                .client_access_token(provider, &service.config.scopes, resource)
                 .await?
         }
         CallToken::Linked { provider } => state
             .tokens
-            .linked_access_token(current.user_id, provider, rejected)
+            .linked_access_token(current.user_id, provider, resource, rejected)
             .await
             .map_err(|e| linked_error(service, e))?,
+        CallToken::Exchange { provider, linked } => {
+            let exchange = ExchangeFor {
+                service: service.name(),
+                provider,
+                linked,
+                target: ExchangeTarget {
+                    audience: service.config.audience.as_deref(),
+                    resource,
+                    scopes: &service.config.scopes,
+                },
+            };
+            state
+                .tokens
+                .exchanged_token(current.id, current.user_id, exchange, rejected)
+                .await
+                .map_err(|e| linked_error(service, e))?
+        }
         CallToken::Session => match rejected {
-            None => state.tokens.session_access_token(current.id).await?,
+            None => {
+                state
+                    .tokens
+                    .session_access_token(current.id, resource)
+                    .await?
+            }
             Some(rejected) => {
                 state
                     .tokens
-                    .session_access_token_after_rejection(current.id, rejected)
+                    .session_access_token_after_rejection(current.id, resource, rejected)
                     .await?
             }
         },
@@ -203,13 +227,15 @@ async fn send_measured(
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let started = std::time::Instant::now();
-    let token = token.map(|t| &t.secret);
+    let credentials = token
+        .map(|t| credentials(req, service, target, t))
+        .transpose()?;
     let response = proxy::send(
-        &state.services_http,
+        &proxy::client(),
         &incoming,
         target,
         body,
-        token,
+        credentials,
         timeout,
     )
     .await
@@ -248,15 +274,62 @@ async fn send_retry(
     };
     let timeout = Duration::from_secs(service.config.timeout_secs);
     let body = OutgoingBody::Buffered(body);
+    let credentials = credentials(req, service, target, fresh)?;
     proxy::send(
-        &state.services_http,
+        &proxy::client(),
         &incoming,
         target,
         body,
-        Some(&fresh.secret),
+        Some(credentials),
         timeout,
     )
     .await
+}
+
+/// What a call carries for `token`: the token, and for a DPoP-bound one a fresh proof for
+/// this method and URL with the service's last nonce (RFC 9449 §7). Bearer tokens cost
+/// nothing more.
+fn credentials<'a>(
+    req: &HttpRequest,
+    service: &Service,
+    target: &Url,
+    token: &'a AccessToken,
+) -> Result<proxy::Credentials<'a>, ApiError> {
+    let dpop_proof = match &token.dpop {
+        None => None,
+        Some(key) => Some(
+            key.proof(
+                req.method().as_str(),
+                target,
+                Some(token.secret.expose_secret()),
+                service.dpop_nonce().as_deref(),
+                chrono::Utc::now().timestamp(),
+            )
+            .map_err(ApiError::internal)?,
+        ),
+    };
+    Ok(proxy::Credentials {
+        token: &token.secret,
+        dpop_proof,
+    })
+}
+
+/// Whether a service's 401 asks for a DPoP nonce (RFC 9449 §9) that it sent along; the nonce
+/// is kept for the service either way.
+fn asks_for_dpop_nonce(service: &Service, response: &reqwest::Response) -> bool {
+    let nonce = response
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok());
+    let fresh_nonce = service.keep_dpop_nonce(nonce);
+    fresh_nonce
+        && response.status() == reqwest::StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("use_dpop_nonce"))
 }
 
 /// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
@@ -273,7 +346,17 @@ pub async fn call(
         OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
         OutgoingBody::Streaming { .. } => None,
     };
-    let response = send_measured(&state, &req, service, &target, body, token.as_ref()).await?;
+    let mut response = send_measured(&state, &req, service, &target, body, token.as_ref()).await?;
+
+    // A DPoP-bound call that the service answered with a nonce to use: once more with it,
+    // same token, no refresh (a streamed body cannot be sent again).
+    if let Some(bound) = token.as_ref().filter(|t| t.dpop.is_some())
+        && asks_for_dpop_nonce(service, &response)
+        && let Some(bytes) = &retry_body
+    {
+        response = send_retry(&state, &req, service, &target, bytes.clone(), bound).await?;
+        asks_for_dpop_nonce(service, &response);
+    }
 
     // A 401 may mean the token was revoked or rotated early: refresh once and try again, when
     // the body can be sent again — unless this token was itself got after a 401 (a service
@@ -282,7 +365,7 @@ pub async fn call(
     if response.status() == reqwest::StatusCode::UNAUTHORIZED
         && matches!(
             service.call_token(&current.provider),
-            CallToken::Session | CallToken::Linked { .. }
+            CallToken::Session | CallToken::Linked { .. } | CallToken::Exchange { .. }
         )
         && let (Some(rejected), Some(bytes)) = (&token, retry_body)
         && !rejected.after_rejection

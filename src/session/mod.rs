@@ -80,7 +80,14 @@ pub async fn start(
         },
     )
     .await?;
-    db::session_tokens::insert(&mut tx, keys, session_id, &login.tokens).await?;
+    db::session_tokens::insert(
+        &mut tx,
+        keys,
+        session_id,
+        &login.tokens,
+        login.dpop_key.as_deref(),
+    )
+    .await?;
     tx.commit().await?;
 
     // `login` renews the session key; the old session (if any) is deleted by the middleware.

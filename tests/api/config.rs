@@ -405,22 +405,62 @@ provider = "github"
 fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
     let (ok, out) = check(SPEC_EXAMPLE, &env());
     assert!(ok, "{out}");
-    for key in [
-        "services[0].audience",
-        "services[0].resource",
-        "services[0].stream_idle_timeout_secs",
-    ] {
+    for key in ["services[0].stream_idle_timeout_secs"] {
         assert!(out.contains(key), "{key} is warned about: {out}");
+    }
+    // Resource indicators are built: the key is used, not warned about. The example's
+    // `audience` is warned about as ignored: its service does not exchange tokens.
+    assert!(!out.contains("services[0].resource"), "{out}");
+    assert!(
+        out.contains("services[0].audience: applies only to token = \"exchange\""),
+        "{out}"
+    );
+    let exchange = SPEC_EXAMPLE.replace("token = \"user\"", "token = \"exchange\"");
+    let (ok, out) = check(&exchange, &env());
+    assert!(ok && !out.contains("services[0].audience"), "{out}");
+}
+
+#[test]
+fn an_exchange_service_must_name_an_audience_or_a_resource() {
+    let cases = [(
+        SPEC_EXAMPLE
+            .replace("token = \"user\"", "token = \"exchange\"")
+            .replace("audience = \"orders-api\"\n", "")
+            .replace("resource = \"https://orders.example/\"\n", ""),
+        "services[0].token",
+    )];
+    for (text, key) in cases {
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{key}: {out}");
+        assert!(out.contains(key), "{key}: {out}");
+    }
+    let exchange = SPEC_EXAMPLE.replace("token = \"user\"", "token = \"exchange\"");
+    let (ok, out) = check(&exchange, &env());
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_resource_must_be_an_absolute_uri_for_a_service_with_a_token() {
+    for (resource, token) in [
+        ("orders-api", "user"),
+        ("https://orders.example/#x", "user"),
+        ("https://orders.example/", "none"),
+    ] {
+        let text = SPEC_EXAMPLE
+            .replace(
+                "resource = \"https://orders.example/\"",
+                &format!("resource = \"{resource}\""),
+            )
+            .replace("token = \"user\"", &format!("token = \"{token}\""));
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{resource} with token {token} is refused: {out}");
+        assert!(out.contains("services[0].resource"), "{out}");
     }
 }
 
 #[test]
 fn settings_asking_for_protection_not_built_yet_are_refused() {
     let cases = [
-        (
-            SPEC_EXAMPLE.replace("dpop = false", "dpop = true"),
-            "providers[0].dpop",
-        ),
         (
             SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
             "providers[0].profile",

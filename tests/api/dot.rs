@@ -324,6 +324,7 @@ pub(crate) fn spawn_demo_api_checking_at(provider: &DotProvider) -> String {
             client_id: CLIENT_ID.to_owned(),
             client_secret: CLIENT_SECRET.to_owned(),
         }),
+        ..Default::default()
     };
     tokio::spawn(demo_api::run(listener, config).unwrap());
     format!("http://127.0.0.1:{port}")

@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 pub const CLIENT_ID: &str = "courier";
 pub const CLIENT_SECRET: &str = "courier-secret";
+/// The RFC 8693 grant type, which the test provider registers.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")
@@ -153,7 +155,12 @@ impl NodeProvider {
                 "client_secret": CLIENT_SECRET,
                 "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback/{provider_id}")],
                 "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
-                "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+                "grant_types": [
+                    "authorization_code",
+                    "refresh_token",
+                    "client_credentials",
+                    TOKEN_EXCHANGE,
+                ],
                 "response_types": ["code"],
             }]
         });
@@ -585,6 +592,24 @@ pub fn spawn_demo_api(issuer: Option<&str>) -> String {
             client_id: CLIENT_ID.to_owned(),
             client_secret: CLIENT_SECRET.to_owned(),
         }),
+        ..Default::default()
+    };
+    tokio::spawn(demo_api::run(listener, config).unwrap());
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The demo API checking tokens at `issuer`'s introspection endpoint with `config`'s other
+/// settings (an audience to require, say). Returns its base URL.
+pub fn spawn_demo_api_with(issuer: &str, config: demo_api::DemoConfig) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = demo_api::DemoConfig {
+        introspection: Some(demo_api::Introspection {
+            endpoint: Url::parse(&format!("{issuer}/token/introspection")).unwrap(),
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+        }),
+        ..config
     };
     tokio::spawn(demo_api::run(listener, config).unwrap());
     format!("http://127.0.0.1:{port}")

@@ -2,7 +2,8 @@
 //! (`dot`) side by side, two implementations; `/auth/providers`, a login through each, a user
 //! per identity, services that follow the session's provider, logout at the session's own
 //! provider; and, with two node-oidc-providers that both know `alice`, a back-channel logout
-//! that ends only its own provider's sessions.
+//! that ends only its own provider's sessions, and a token-exchange service that follows the
+//! session's provider.
 
 use reqwest::header::LOCATION;
 use reqwest::{Method, Response, StatusCode};
@@ -11,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::dot::{DotProvider, login_at, spawn_demo_api_checking_at};
 use crate::helpers::{
-    AppSettings, Browser, CLIENT_ID, CLIENT_SECRET, NodeProvider, TestApp, spawn_demo_api,
+    AppSettings, Browser, CLIENT_ID, CLIENT_SECRET, NodeProvider, TOKEN_EXCHANGE, TestApp,
+    spawn_demo_api, spawn_demo_api_with,
 };
 
 async fn json_of(response: Response) -> (StatusCode, Value) {
@@ -498,4 +500,106 @@ login = true
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(app.me(&mut at_main).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_exchange_service_uses_the_sessions_own_token_at_its_provider_and_a_linked_account_elsewhere()
+ {
+    let listener = TestApp::bind();
+    let port = listener.local_addr().unwrap().port();
+    let main = NodeProvider::for_courier(port, json!({})).await;
+    let second = NodeProvider::for_courier_as(
+        port,
+        "second",
+        json!({ "resource_servers": { "reports-api": { "scope": "reports:read" } } }),
+    )
+    .await;
+    let reports = spawn_demo_api_with(
+        &second.issuer,
+        demo_api::DemoConfig {
+            audience: Some("reports-api".to_owned()),
+            ..Default::default()
+        },
+    );
+    let mut settings = AppSettings::new(&main.issuer);
+    settings.extra_toml = format!(
+        r#"
+[[providers]]
+id = "second"
+issuer = "{}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+scopes = ["openid", "profile", "email", "offline_access"]
+login = true
+"#,
+        second.issuer
+    );
+    let app = TestApp::spawn(
+        listener,
+        settings.service(
+            "reports",
+            &format!("{reports}/"),
+            "provider = \"second\"\ntoken = \"exchange\"\naudience = \"reports-api\"",
+        ),
+    )
+    .await;
+    let call = async |browser: &mut Browser| {
+        json_of(
+            app.api(browser, Method::GET, "/api/services/reports/x")
+                .await,
+        )
+        .await
+    };
+
+    // Signed in at `second`: the session's own token is exchanged, nothing to connect.
+    let mut at_second = Browser::new();
+    let form = app
+        .provider_form(&mut at_second, "/auth/login?provider=second&return_to=/")
+        .await;
+    app.finish_login_at_provider(&mut at_second, form, "alice")
+        .await;
+    let (_, services) = json_of(app.api(&mut at_second, Method::GET, "/api/services").await).await;
+    let entry = service(&services, "reports");
+    assert_eq!(entry["linked"], false);
+    assert_eq!(entry["status"], "connected");
+    assert!(entry.get("connect_url").is_none());
+    let (status, echo) = call(&mut at_second).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["token"]["sub"], "alice");
+    assert_eq!(echo["token"]["aud"], "reports-api");
+    assert_eq!(second.grants(TOKEN_EXCHANGE).await, 1);
+    assert_eq!(app.db.count("linked_accounts").await, 0);
+
+    // Signed in at `main`: the same service needs the user's linked account at `second`.
+    let mut at_main = Browser::new();
+    app.login(&mut at_main, "alice").await;
+    let (_, services) = json_of(app.api(&mut at_main, Method::GET, "/api/services").await).await;
+    let entry = service(&services, "reports");
+    assert_eq!(entry["linked"], true);
+    assert_eq!(entry["status"], "not_connected");
+    assert_eq!(entry["connect_url"], "/auth/connect/reports");
+    let (status, body) = call(&mut at_main).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["code"], "connect_required");
+    assert_eq!(body["connect_url"], "/auth/connect/reports");
+    assert_eq!(
+        second.grants(TOKEN_EXCHANGE).await,
+        1,
+        "nothing was exchanged"
+    );
+
+    let response = app.connect(&mut at_main, "reports", "carol").await;
+    assert_eq!(response.headers()[LOCATION], "/settings");
+    let (status, echo) = call(&mut at_main).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["token"]["sub"], "carol", "the linked account's token");
+    assert_eq!(echo["token"]["aud"], "reports-api");
+    assert_eq!(second.grants(TOKEN_EXCHANGE).await, 2);
+    assert_eq!(main.grants(TOKEN_EXCHANGE).await, 0);
+
+    // The session at `second` keeps its own exchanged token.
+    let (status, echo) = call(&mut at_second).await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["token"]["sub"], "alice");
+    assert_eq!(second.grants(TOKEN_EXCHANGE).await, 2);
 }

@@ -15,6 +15,9 @@ use crate::helpers::{
 };
 use courier::crypto::{KeyRing, generate_key};
 
+/// The resource indicator of `orders`' tokens.
+const ORDERS: &str = "https://orders.example/";
+
 fn ring(keys: &[&str]) -> KeyRing {
     let keys: Vec<SecretString> = keys.iter().map(|k| SecretString::from(*k)).collect();
     KeyRing::from_config(&keys).unwrap()
@@ -41,14 +44,19 @@ async fn reseal(url: &str, keys: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// courier with the login provider and a service on it (`orders`), and a second provider
-/// (`calendar`) whose service needs a linked account. Both services check every token at
-/// their provider (introspection), so a call succeeds only with a live token.
+/// courier with the login provider and a service on it (`orders`, whose tokens are made for
+/// its RFC 8707 resource and kept in `service_tokens`), and a second provider (`calendar`)
+/// whose service needs a linked account. Both services check every token at their provider
+/// (introspection), so a call succeeds only with a live token.
 fn settings(main: &NodeProvider, calendar: &NodeProvider, keys: &[&str]) -> AppSettings {
     let orders = spawn_demo_api(Some(&main.issuer));
     let events = spawn_demo_api(Some(&calendar.issuer));
     let mut settings = AppSettings::new(&main.issuer)
-        .service("orders", &format!("{orders}/"), "provider = \"main\"")
+        .service(
+            "orders",
+            &format!("{orders}/"),
+            &format!("provider = \"main\"\nresource = \"{ORDERS}\""),
+        )
         .service(
             "calendar",
             &format!("{events}/"),
@@ -121,7 +129,11 @@ async fn wait_for_gauge(app: &TestApp, table: &str, expected: u64) {
 async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
     let (a, b) = (generate_key(), generate_key());
     let port = CourierProcess::free_port();
-    let main = NodeProvider::for_courier(port, json!({})).await;
+    let main = NodeProvider::for_courier(
+        port,
+        json!({ "resource_servers": { ORDERS: { "scope": "orders:read" } } }),
+    )
+    .await;
     let calendar = NodeProvider::for_courier_as(port, "calendar", json!({})).await;
     let db = Arc::new(TestDb::new().await);
 
@@ -150,6 +162,7 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
     everything_works(&courier.app, &mut browser, "under [B, A]").await;
     wait_for_gauge(&courier.app, "session_tokens", 1).await;
     wait_for_gauge(&courier.app, "linked_accounts", 1).await;
+    wait_for_gauge(&courier.app, "service_tokens", 1).await;
     // Each instance re-seals the shared cookie key under its first key when it starts.
     wait_for_gauge(&courier.app, "shared_secrets", 0).await;
 
@@ -158,13 +171,14 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
     assert!(ok, "reseal succeeds: {out}{err}");
     assert!(out.contains("session_tokens: 1 re-sealed"), "{out}");
     assert!(out.contains("linked_accounts: 1 re-sealed"), "{out}");
+    assert!(out.contains("service_tokens: 1 re-sealed"), "{out}");
     assert!(
         out.contains("shared_secrets: 0 re-sealed, 1 already under the first key"),
         "{out}"
     );
     let (ok, out, err) = reseal(&db.url, &[&b, &a]).await;
     assert!(ok, "a second run succeeds: {out}{err}");
-    assert_eq!(out.matches(" 0 re-sealed").count(), 3, "{out}");
+    assert_eq!(out.matches(" 0 re-sealed").count(), 5, "{out}");
     everything_works(&courier.app, &mut browser, "after reseal").await;
     courier.stop().await;
 
@@ -172,7 +186,13 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
     let courier =
         CourierProcess::start(db.clone(), port, &settings(&main, &calendar, &[&b]), &[]).await;
     everything_works(&courier.app, &mut browser, "under [B]").await;
-    for table in ["session_tokens", "linked_accounts", "shared_secrets"] {
+    for table in [
+        "session_tokens",
+        "linked_accounts",
+        "service_tokens",
+        "client_dpop_keys",
+        "shared_secrets",
+    ] {
         wait_for_gauge(&courier.app, table, 0).await;
     }
 
@@ -182,6 +202,10 @@ async fn keys_retire_through_reseal_with_a_live_session_and_linked_account() {
         .await
         .unwrap();
     sqlx::query("UPDATE linked_accounts SET expires_at = now() - interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE service_tokens SET expires_at = now() - interval '1 minute'")
         .execute(&db.pool)
         .await
         .unwrap();

@@ -10,6 +10,8 @@ import * as http from 'node:http';
 import { inspect } from 'node:util';
 
 import Provider, { errors, interactionPolicy } from 'oidc-provider';
+// DPoP proofs at the registered token-exchange grant are checked with the provider's own helper.
+import validateDpop, { checkDpopReplay } from 'oidc-provider/lib/helpers/validate_dpop.js';
 
 // node-oidc-provider prints its "default X function called" notices with console.info, which
 // writes to stdout. Keep stdout reserved for the READY line.
@@ -21,6 +23,11 @@ const log = (...args) => console.error('[oidc-provider]', ...args);
 // ---------------------------------------------------------------------------------------------
 // configuration
 // ---------------------------------------------------------------------------------------------
+
+// RFC 8693 token exchange, registered below: an access token of the client's user exchanged for
+// one made for a resource server of `resource_servers` (named by `resource` or `audience`).
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
 let input = {};
 // OIDC_CONFIG_FILE names a JSON file (the dev stack's providers); OIDC_CONFIG holds the JSON.
@@ -61,10 +68,17 @@ const cfg = {
     // default client gets a placeholder (overridable with the top-level `redirect_uris`).
     redirect_uris: input.redirect_uris ?? ['http://127.0.0.1/callback'],
     post_logout_redirect_uris: input.post_logout_redirect_uris ?? [],
-    grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+    grant_types: ['authorization_code', 'refresh_token', 'client_credentials', TOKEN_EXCHANGE],
     response_types: ['code'],
   }],
   jwks: input.jwks,
+  // RFC 8707 resource servers this provider issues tokens for: indicator -> { scope, audience }
+  // (the space-separated scopes a token for it may carry; the audience of its tokens, by
+  // default the indicator). Any other indicator is invalid_target. Token exchange finds them
+  // by `resource` or by `audience` (the indicator).
+  resource_servers: input.resource_servers ?? {},
+  // RFC 9449: demand a server nonce in every DPoP proof (the client must retry once with it).
+  dpop_require_nonce: input.dpop_require_nonce ?? false,
 };
 
 
@@ -240,6 +254,27 @@ function buildConfiguration() {
         },
       },
       userinfo: { enabled: true },
+      // RFC 9449: tokens requested with a DPoP proof are bound to its key (cnf.jkt).
+      dPoP: {
+        enabled: true,
+        nonceSecret: crypto.randomBytes(32),
+        requireNonce: () => cfg.dpop_require_nonce,
+      },
+      // RFC 8707: tokens restricted to one resource server, opaque so that the demo API can
+      // introspect them (their `aud` is the indicator).
+      resourceIndicators: {
+        enabled: true,
+        async getResourceServerInfo(ctx, indicator) {
+          const server = cfg.resource_servers[indicator];
+          if (!server) throw new errors.InvalidTarget();
+          return {
+            scope: server.scope ?? '',
+            audience: server.audience ?? indicator,
+            accessTokenFormat: 'opaque',
+            accessTokenTTL: cfg.access_token_ttl,
+          };
+        },
+      },
       backchannelLogout: { enabled: true },
       clientCredentials: { enabled: true },
       rpInitiatedLogout: {
@@ -320,6 +355,72 @@ function buildConfiguration() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// RFC 8693 token exchange
+// ---------------------------------------------------------------------------------------------
+
+const list = (value) => (value === undefined ? [] : [].concat(value));
+
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are issued');
+  }
+  if (params.actor_token) throw new errors.InvalidRequest('delegation is not supported');
+  const subject = await provider.AccessToken.find(String(params.subject_token ?? ''));
+  if (!subject?.isValid || subject.clientId !== client.clientId) {
+    throw new errors.InvalidGrant('the subject token is not active');
+  }
+  // A DPoP-bound subject token is exchanged only with a proof of its key; the new token is
+  // bound to that key too.
+  const dPoP = await validateDpop(provider, ctx);
+  if (dPoP) await checkDpopReplay(provider, ctx, dPoP, client.clientId);
+  if (subject.jkt && subject.jkt !== dPoP?.thumbprint) {
+    throw new errors.InvalidGrant('the subject token is bound to another DPoP key');
+  }
+  const resources = list(params.resource);
+  const audiences = list(params.audience);
+  if (resources.length + audiences.length === 0 || resources.length > 1 || audiences.length > 1) {
+    throw new errors.InvalidTarget('name one resource and/or one audience');
+  }
+  const indicator = resources[0] ?? audiences[0];
+  const server = cfg.resource_servers[indicator];
+  if (!server || (resources[0] && audiences[0] && (server.audience ?? indicator) !== audiences[0])) {
+    throw new errors.InvalidTarget();
+  }
+  const at = new provider.AccessToken({
+    accountId: subject.accountId,
+    client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    sid: subject.sid,
+    sessionUid: subject.sessionUid,
+    expiresWithSession: subject.expiresWithSession,
+  });
+  at.resourceServer = new provider.ResourceServer(indicator, {
+    scope: server.scope ?? '',
+    audience: server.audience ?? indicator,
+    accessTokenFormat: 'opaque',
+    accessTokenTTL: cfg.access_token_ttl,
+  });
+  const allowed = new Set((server.scope ?? '').split(' ').filter(Boolean));
+  const requested = String(params.scope ?? '').split(' ').filter(Boolean);
+  at.scope = requested.filter((s) => allowed.has(s)).join(' ') || undefined;
+  if (dPoP) at.setThumbprint('jkt', dPoP.thumbprint);
+  ctx.oidc.entity('AccessToken', at);
+  const value = await at.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    scope: at.scope,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // interactions (login + consent in one step)
 // ---------------------------------------------------------------------------------------------
 
@@ -347,6 +448,14 @@ function grantEverything(grant, params, details = {}) {
       const claims = [...Object.keys(userinfo ?? {}), ...Object.keys(idToken ?? {})];
       if (claims.length) grant.addOIDCClaims(claims);
     } catch { /* the provider already validated it */ }
+  }
+  // Every requested resource indicator with all of its scopes (the provider already refused
+  // unknown ones with invalid_target).
+  const resources = params.resource === undefined ? []
+    : (Array.isArray(params.resource) ? params.resource : [params.resource]);
+  for (const indicator of resources) {
+    const server = cfg.resource_servers[indicator];
+    if (server) grant.addResourceScope(indicator, server.scope ?? '');
   }
   if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
   if (details.missingOIDCClaims) grant.addOIDCClaims(details.missingOIDCClaims);
@@ -541,6 +650,16 @@ server.listen(cfg.port, '127.0.0.1', () => {
   provider.on('backchannel.success', (ctx, client, accountId, sid) => {
     log(`backchannel logout delivered client=${client.clientId} sub=${accountId} sid=${sid}`);
   });
+
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    tokenExchange,
+    new Set([
+      'subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource',
+      'scope', 'actor_token', 'actor_token_type',
+    ]),
+    new Set(['resource', 'audience']),
+  );
 
   callback = provider.callback();
   process.stdout.write(`READY ${issuer}\n`);

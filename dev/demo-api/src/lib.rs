@@ -1,6 +1,12 @@
 //! A dependent service for courier's tests, benchmarks and dev stack. Every request's bearer
 //! token is checked at the provider's introspection endpoint (when one is configured), and the
-//! answer echoes what arrived: method, path, query, headers, body and the token's owner.
+//! answer echoes what arrived: method, path, query, headers, body and the token's owner. With
+//! `audience` set, a token must be made for it (its introspected `aud` names it): a token made
+//! for another service is refused. With `require_dpop`, a token must come as `Authorization:
+//! DPoP` with a proof (RFC 9449 §4.3, §7): signed by the key in its header, for this method and
+//! URL, issued within a minute, never seen before (`jti`), for this token (`ath`), with the
+//! nonce when `dpop_nonce` demands one, and by the key the token is bound to (its introspected
+//! `cnf.jkt`).
 //!
 //! Paths under `/_demo/` misbehave on purpose: `status/{code}`, `slow?ms=`, `cookie`,
 //! `redirect`, `stream?chunks=&size=`.
@@ -25,11 +31,119 @@ pub struct Introspection {
 #[derive(Clone, Default)]
 pub struct DemoConfig {
     pub introspection: Option<Introspection>,
+    /// The audience a token must have (RFC 8707 resource / RFC 8693 audience); needs
+    /// `introspection`.
+    pub audience: Option<String>,
+    /// Tokens must be DPoP-bound and come with a valid proof; needs `introspection`.
+    pub require_dpop: bool,
+    /// The nonce every DPoP proof must carry (RFC 9449 §9); without it a 401
+    /// `use_dpop_nonce` says which.
+    pub dpop_nonce: Option<String>,
 }
 
 struct State {
     config: DemoConfig,
     http: reqwest::Client,
+    /// DPoP proof ids seen: a replayed proof is refused.
+    seen_jtis: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A checked DPoP proof: the thumbprint of the key that signed it.
+struct Proof {
+    jkt: String,
+}
+
+fn dpop_refused(error: &str, why: &str) -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header((
+            "www-authenticate",
+            format!("DPoP error=\"{error}\", algs=\"ES256\""),
+        ))
+        .json(json!({"error": error, "error_description": why}))
+}
+
+/// Checks the request's DPoP proof for `token` (RFC 9449 §4.3).
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the response itself, made once per refused request"
+)]
+fn check_proof(state: &State, req: &HttpRequest, token: &str) -> Result<Proof, HttpResponse> {
+    use jsonwebtoken::jwk::ThumbprintHash;
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let invalid = |why: &str| dpop_refused("invalid_dpop_proof", why);
+    let mut proofs = req.headers().get_all("dpop");
+    let proof = proofs
+        .next()
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| invalid("no DPoP proof"))?;
+    if proofs.next().is_some() {
+        return Err(invalid("more than one DPoP proof"));
+    }
+    let header = jsonwebtoken::decode_header(proof).map_err(|_| invalid("not a JWT"))?;
+    if header.typ.as_deref() != Some("dpop+jwt") || header.alg != Algorithm::ES256 {
+        return Err(invalid("typ must be dpop+jwt and alg ES256"));
+    }
+    let jwk = header.jwk.ok_or_else(|| invalid("no jwk in the header"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| invalid("unusable jwk"))?;
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    let claims = jsonwebtoken::decode::<Value>(proof, &key, &validation)
+        .map_err(|_| invalid("bad signature"))?
+        .claims;
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let htu = format!("http://{host}{}", req.path());
+    if claims["htm"] != req.method().as_str() || claims["htu"] != htu.as_str() {
+        return Err(invalid("htm or htu do not match the request"));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let iat = claims["iat"].as_i64().ok_or_else(|| invalid("no iat"))?;
+    if (now - iat).abs() > 60 {
+        return Err(invalid("iat is not within a minute"));
+    }
+    let ath = {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(token))
+    };
+    if claims["ath"] != ath.as_str() {
+        return Err(invalid("ath is not this token's"));
+    }
+    if let Some(nonce) = &state.config.dpop_nonce
+        && claims["nonce"] != nonce.as_str()
+    {
+        let mut refused = dpop_refused("use_dpop_nonce", "a nonce is required");
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(nonce) {
+            refused.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("dpop-nonce"),
+                value,
+            );
+        }
+        return Err(refused);
+    }
+    let jti = claims["jti"]
+        .as_str()
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| invalid("no jti"))?;
+    let fresh = state
+        .seen_jtis
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(jti.to_owned());
+    if !fresh {
+        return Err(invalid("the proof was used before"));
+    }
+    let jkt = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| invalid("unusable jwk"))?;
+    Ok(Proof { jkt })
 }
 
 pub fn run(listener: TcpListener, config: DemoConfig) -> std::io::Result<Server> {
@@ -39,6 +153,7 @@ pub fn run(listener: TcpListener, config: DemoConfig) -> std::io::Result<Server>
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client builds"),
+        seen_jtis: std::sync::Mutex::new(std::collections::HashSet::new()),
     });
     Ok(HttpServer::new(move || {
         App::new()
@@ -59,12 +174,21 @@ async fn introspect(state: &State, req: &HttpRequest) -> Result<Value, HttpRespo
             .insert_header(("www-authenticate", "Bearer error=\"invalid_token\""))
             .json(json!({"error": "invalid_token", "error_description": why}))
     };
-    let token = req
+    let authorization = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("no bearer token"))?;
+        .and_then(|v| v.to_str().ok());
+    let (token, proof) = if state.config.require_dpop {
+        let token = authorization
+            .and_then(|v| v.strip_prefix("DPoP "))
+            .ok_or_else(|| dpop_refused("invalid_token", "no DPoP-bound token"))?;
+        (token, Some(check_proof(state, req, token)?))
+    } else {
+        let token = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("no bearer token"))?;
+        (token, None)
+    };
     let answer: Value = state
         .http
         .post(introspection.endpoint.clone())
@@ -79,11 +203,32 @@ async fn introspect(state: &State, req: &HttpRequest) -> Result<Value, HttpRespo
     if answer["active"] != true {
         return Err(unauthorized("the token is not active"));
     }
+    if let Some(proof) = &proof
+        && answer["cnf"]["jkt"] != proof.jkt.as_str()
+    {
+        return Err(dpop_refused(
+            "invalid_token",
+            "the token is not bound to the proof's key",
+        ));
+    }
+    if let Some(audience) = &state.config.audience {
+        let made_for_us = match &answer["aud"] {
+            Value::String(aud) => aud == audience,
+            Value::Array(auds) => auds.iter().any(|a| a == audience),
+            _ => false,
+        };
+        if !made_for_us {
+            return Err(unauthorized("the token is not made for this service"));
+        }
+    }
     Ok(json!({
         "active": true,
         "sub": answer["sub"],
         "client_id": answer["client_id"],
         "scope": answer["scope"],
+        "aud": answer["aud"],
+        "token_type": answer["token_type"],
+        "jkt": answer["cnf"]["jkt"],
     }))
 }
 

@@ -16,6 +16,15 @@ struct Args {
     client_id: String,
     #[arg(long, env = "DEMO_API_CLIENT_SECRET", default_value = "")]
     client_secret: String,
+    /// Refuse tokens not made for this audience (their introspected `aud`).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Accept only DPoP-bound tokens with a valid proof (RFC 9449).
+    #[arg(long)]
+    require_dpop: bool,
+    /// The nonce every DPoP proof must carry.
+    #[arg(long)]
+    dpop_nonce: Option<String>,
 }
 
 #[actix_web::main]
@@ -27,6 +36,9 @@ async fn main() -> std::io::Result<()> {
             client_id: args.client_id,
             client_secret: args.client_secret,
         }),
+        audience: args.audience,
+        require_dpop: args.require_dpop,
+        dpop_nonce: args.dpop_nonce,
     };
     let listener = TcpListener::bind(&args.listen)?;
     eprintln!("demo-api listening on http://{}", args.listen);

@@ -1,7 +1,10 @@
 //! (g) The floor of actix-web + reqwest: a pass-through proxy as those crates come, with
 //! courier's runtime shape (actix-web's workers, one reqwest client) and nothing else.
 //!
-//!     floor-actix LISTEN UPSTREAM     e.g. floor-actix 127.0.0.1:8081 http://127.0.0.1:9100
+//!     floor-actix LISTEN UPSTREAM [--per-worker]
+//!
+//! With `--per-worker`, each actix worker builds its own client, so its pooled connections'
+//! tasks run on that worker's thread.
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
@@ -55,12 +58,17 @@ async fn main() -> std::io::Result<()> {
         eprintln!("usage: floor-actix LISTEN UPSTREAM");
         std::process::exit(2);
     };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(std::io::Error::other)?;
-    let upstream = web::Data::new(Upstream { base: base.trim_end_matches('/').to_owned(), client });
-    HttpServer::new(move || App::new().app_data(upstream.clone()).default_service(web::to(pass)))
+    let per_worker = args.next().as_deref() == Some("--per-worker");
+    let build = || reqwest::Client::builder().no_proxy().build().map_err(std::io::Error::other);
+    let base = base.trim_end_matches('/').to_owned();
+    let shared = web::Data::new(Upstream { base: base.clone(), client: build()? });
+    HttpServer::new(move || {
+        let upstream = match per_worker.then(build) {
+            Some(Ok(client)) => web::Data::new(Upstream { base: base.clone(), client }),
+            _ => shared.clone(),
+        };
+        App::new().app_data(upstream).default_service(web::to(pass))
+    })
         .bind(listen)?
         .run()
         .await
