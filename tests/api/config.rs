@@ -405,9 +405,12 @@ provider = "github"
 fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
     let (ok, out) = check(SPEC_EXAMPLE, &env());
     assert!(ok, "{out}");
-    for key in ["services[0].stream_idle_timeout_secs"] {
-        assert!(out.contains(key), "{key} is warned about: {out}");
-    }
+    assert!(
+        out.contains("services[0].stream_idle_timeout_secs"),
+        "stream_idle_timeout_secs is warned about: {out}"
+    );
+    // PAR and private_key_jwt are built: `par = "auto"` is used, not warned about.
+    assert!(!out.contains("providers[0].par"), "{out}");
     // Resource indicators are built: the key is used, not warned about. The example's
     // `audience` is warned about as ignored: its service does not exchange tokens.
     assert!(!out.contains("services[0].resource"), "{out}");
