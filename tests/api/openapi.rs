@@ -61,11 +61,17 @@ async fn router_refused(response: reqwest::Response) -> Option<StatusCode> {
 #[tokio::test]
 async fn the_router_serves_exactly_what_openapi_documents() {
     let fake = FakeProvider::start().await;
-    let settings = AppSettings::new(&fake.issuer).service(
-        "orders",
-        "http://127.0.0.1:9/",
-        "provider = \"main\"",
-    );
+    // A client key, so that /.well-known/jwks.json answers (it is 404 without one).
+    let key =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/api/keys/client_p256.pem");
+    let settings = AppSettings {
+        extra_toml: format!(
+            "client_auth = \"private_key_jwt\"\nclient_key = \"{}\"\n",
+            key.display()
+        ),
+        ..AppSettings::new(&fake.issuer)
+    }
+    .service("orders", "http://127.0.0.1:9/", "provider = \"main\"");
     let app = TestApp::spawn(TestApp::bind(), settings).await;
     let documented = documented();
     assert!(
