@@ -32,9 +32,6 @@ pub struct ExtraMetadata {
     pub authorization_response_iss_parameter_supported: Option<bool>,
     /// RFC 9126: where authorization requests are pushed.
     pub pushed_authorization_request_endpoint: Option<url::Url>,
-    /// RFC 9126: the provider takes authorization requests only through PAR.
-    #[serde(default)]
-    pub require_pushed_authorization_requests: Option<bool>,
 }
 
 impl AdditionalProviderMetadata for ExtraMetadata {}

@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AppSettings, Browser, CLIENT_ID, CLIENT_SECRET, NodeProvider, TestApp, spawn_demo_api,
+    AppSettings, Browser, CLIENT_ID, CLIENT_SECRET, NodeProvider, TOKEN_EXCHANGE, TestApp,
+    spawn_demo_api, spawn_demo_api_with,
 };
 
 fn key_path(name: &str) -> String {
@@ -387,4 +388,48 @@ async fn jwks_json_is_404_without_client_keys() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn private_key_jwt_authenticates_the_token_exchange_too() {
+    let listener = TestApp::bind();
+    let port = listener.local_addr().unwrap().port();
+    let mut bank = bank_client(port, jwks_uri(port));
+    bank["grant_types"] = json!(["authorization_code", "refresh_token", TOKEN_EXCHANGE]);
+    let provider = provider_for(
+        port,
+        bank,
+        json!({ "resource_servers": { "orders-api": { "scope": "orders:read" } } }),
+    )
+    .await;
+    let orders = spawn_demo_api_with(
+        &provider.issuer,
+        demo_api::DemoConfig {
+            audience: Some("orders-api".to_owned()),
+            ..Default::default()
+        },
+    );
+    let mut settings = AppSettings::new(&provider.issuer);
+    settings.extra_toml = bank_provider(
+        &provider.issuer,
+        &format!("\"{}\"", key_path("client_p256.pem")),
+        "",
+    );
+    let settings = settings.service(
+        "orders",
+        &format!("{orders}/"),
+        "provider = \"bank\"\ntoken = \"exchange\"\naudience = \"orders-api\"\n\
+         scopes = [\"orders:read\"]",
+    );
+    let app = TestApp::spawn(listener, settings).await;
+    let mut browser = Browser::new();
+    assert_eq!(
+        bank_login(&app, &mut browser).await.headers()[LOCATION],
+        "/after"
+    );
+    let call = app
+        .api(&mut browser, Method::GET, "/api/services/orders/x")
+        .await;
+    assert_eq!(call.status(), StatusCode::OK);
+    assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
 }

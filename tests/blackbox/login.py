@@ -75,6 +75,8 @@ client_secret = "${{MAIN_SECRET}}"
 scopes = ["openid", "profile", "email", "offline_access"]
 authorize_params = {{ prompt = "consent" }}
 login = true
+# The state checks below read `state` from the authorization URL: not pushed (PAR).
+par = "off"
 """)
         config.close()
         env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
