@@ -433,3 +433,28 @@ async fn private_key_jwt_authenticates_the_token_exchange_too() {
     assert_eq!(call.status(), StatusCode::OK);
     assert_eq!(provider.grants(TOKEN_EXCHANGE).await, 1);
 }
+
+#[tokio::test]
+async fn a_push_to_an_unreachable_provider_is_an_error_not_a_front_channel_fallback() {
+    let listener = TestApp::bind();
+    let port = listener.local_addr().unwrap().port();
+    let mut provider = NodeProvider::for_courier(port, json!({})).await;
+    let app = TestApp::spawn(listener, AppSettings::new(&provider.issuer)).await;
+    // The metadata (with its PAR endpoint) is loaded; then the provider goes away.
+    provider.stop().await;
+    let mut browser = Browser::new();
+    let response = browser.get(&app.url("/auth/login?return_to=/x")).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/?login_error=provider_unavailable"
+    );
+    // A silent login goes back where it came from, told why.
+    let response = browser
+        .get(&app.url("/auth/login?return_to=/app&prompt=none"))
+        .await;
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/app?login_error=provider_unavailable"
+    );
+}
