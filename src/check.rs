@@ -381,6 +381,32 @@ async fn inspect(
              provider (client_auth)"
         ));
     }
+    if provider.fapi2 {
+        // What the FAPI 2.0 profile needs of the provider beyond PAR (checked above).
+        if !iss_parameter {
+            report.error(
+                "profile fapi2: the metadata does not promise `iss` in authorization responses \
+                 (authorization_response_iss_parameter_supported), which the profile requires",
+            );
+        }
+        if !algs
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|x| x == "PS256" || x == "ES256"))
+        {
+            report.error(
+                "profile fapi2: id_token_signing_alg_values_supported lists neither PS256 nor \
+                 ES256, the only ID token algorithms the profile allows",
+            );
+        }
+        if auth_methods
+            .as_ref()
+            .is_some_and(|m| !m.iter().any(|x| x == "private_key_jwt"))
+        {
+            report.error(
+                "profile fapi2: token_endpoint_auth_methods_supported lacks private_key_jwt",
+            );
+        }
+    }
     if let Some(key) = provider.signing_key() {
         let ps256 = list("token_endpoint_auth_signing_alg_values_supported")
             .is_some_and(|a| a.iter().any(|x| x == "PS256"));

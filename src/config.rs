@@ -145,8 +145,9 @@ impl Default for SessionConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     pub encryption_keys: Vec<SecretString>,
-    /// The SPEC's `profile = "fapi2"` switch; see `not_yet_supported`.
-    pub profile: Option<String>,
+    /// `profile = "fapi2"`: the FAPI 2.0 Security Profile for every provider that does not set
+    /// its own `profile`; see `apply_profiles`.
+    pub profile: Option<Profile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,9 +187,22 @@ pub struct ProviderConfig {
     /// every grant and service call carries a proof signed with it.
     #[serde(default)]
     pub dpop: bool,
-    // The SPEC's FAPI 2.0 switch, still being built: read so that a configuration written from
-    // the SPEC loads, and refused in `not_yet_supported` so that nothing is silently ignored.
-    pub profile: Option<String>,
+    /// This provider's security profile; default: `[security] profile`.
+    pub profile: Option<Profile>,
+    /// Whether the FAPI 2.0 profile applies to this provider (set by `apply_profiles`).
+    #[serde(skip)]
+    pub fapi2: bool,
+}
+
+/// A security profile (the SPEC's `profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// No profile: each setting as configured.
+    None,
+    /// The FAPI 2.0 Security Profile: PAR required, PKCE S256, `private_key_jwt` (RSA keys sign
+    /// PS256), `iss` required in callbacks, DPoP, ID tokens PS256/ES256 only, no secret.
+    Fapi2,
 }
 
 /// Pushed authorization requests (RFC 9126), as the SPEC's `par` key names them.
@@ -385,6 +399,7 @@ impl Config {
             })?;
         let mut config = config;
         config.read_client_keys().map_err(|(k, m)| err(k, m))?;
+        config.apply_profiles().map_err(|(k, m)| err(k, m))?;
         config.validate().map_err(|(k, m)| err(k, m))?;
         config.not_yet_supported().map_err(|(k, m)| err(k, m))?;
         Ok(config)
@@ -519,6 +534,66 @@ impl Config {
         Ok(())
     }
 
+    /// Applies the FAPI 2.0 profile to each provider under it (its own `profile`, else
+    /// `[security] profile`): PAR becomes required and DPoP on, and what cannot meet the
+    /// profile is refused with the key that has to change. A provider that cannot meet it
+    /// (GitHub-style plain OAuth 2.0) sets `profile = "none"`.
+    fn apply_profiles(&mut self) -> Result<(), (String, String)> {
+        let default = self.security.profile.unwrap_or(Profile::None);
+        for (i, p) in self.providers.iter_mut().enumerate() {
+            if p.profile.unwrap_or(default) != Profile::Fapi2 {
+                continue;
+            }
+            let key = |field: &str| format!("providers[{i}].{field}");
+            let why = if p.profile.is_some() {
+                "profile = \"fapi2\""
+            } else {
+                "[security] profile = \"fapi2\""
+            };
+            if p.issuer.is_none() {
+                return Err((
+                    key("profile"),
+                    format!(
+                        "{why} needs an OpenID Connect provider (`issuer`); give this one \
+                         profile = \"none\""
+                    ),
+                ));
+            }
+            if p.client_secret.is_some() {
+                return Err((
+                    key("client_secret"),
+                    format!(
+                        "must not be set under {why}: the client authenticates with private_key_jwt (client_key)"
+                    ),
+                ));
+            }
+            if p.client_keys.is_empty() {
+                return Err((
+                    key("client_key"),
+                    format!("is required under {why} (private_key_jwt client authentication)"),
+                ));
+            }
+            if p.client_auth(true) != ClientAuth::PrivateKeyJwt {
+                return Err((
+                    key("client_auth"),
+                    format!("must be \"private_key_jwt\" under {why}"),
+                ));
+            }
+            if matches!(p.par, Some(ParMode::Off)) {
+                return Err((
+                    key("par"),
+                    format!(
+                        "cannot be \"off\" under {why}: pushed authorization requests are required"
+                    ),
+                ));
+            }
+            p.par = Some(ParMode::Required);
+            p.dpop = true;
+            p.fapi2 = true;
+        }
+        Ok(())
+    }
+
     /// Reads each provider's `client_key` (PEM text, a path to a PEM file, or an array of
     /// them) into `client_keys`, and checks that it goes with `client_auth`. A relative path is
     /// taken from the working directory, as `static_dir` is.
@@ -575,7 +650,7 @@ impl Config {
         Ok(())
     }
 
-    /// The SPEC's keys for features courier does not have yet (FAPI 2.0, live connections).
+    /// The SPEC's keys for features courier does not have yet (live connections).
     /// A setting that asks
     /// for more protection than courier can give is refused with a message naming the key, so that nothing
     /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
@@ -588,19 +663,6 @@ impl Config {
                 format!("{what} is not supported by this version of courier yet"),
             ))
         };
-        if let Some(profile) = self.security.profile.as_deref()
-            && profile != "none"
-        {
-            return refuse("security.profile".into(), "the FAPI 2.0 profile");
-        }
-        for (i, p) in self.providers.iter().enumerate() {
-            let key = |field: &str| format!("providers[{i}].{field}");
-            if let Some(profile) = p.profile.as_deref()
-                && profile != "none"
-            {
-                return refuse(key("profile"), "the FAPI 2.0 profile");
-            }
-        }
         for (i, s) in self.services.iter().enumerate() {
             if s.websocket {
                 return refuse(format!("services[{i}].websocket"), "WebSocket proxying");

@@ -32,13 +32,14 @@ struct Claims<'a> {
 #[error("no client assertion for the provider: {0}")]
 pub struct AssertionError(pub String);
 
-/// Whether the provider accepts PS256 client assertions (its metadata lists it); RSA keys sign
-/// RS256 otherwise.
+/// Whether RSA keys sign PS256 for this provider: always under the FAPI 2.0 profile, else when
+/// its metadata lists PS256 for client assertions; RS256 otherwise.
 pub fn accepts_ps256(provider: &Provider) -> bool {
-    provider.metadata().is_some_and(|m| {
-        m.token_endpoint_auth_signing_alg_values_supported()
-            .is_some_and(|algs| algs.contains(&CoreJwsSigningAlgorithm::RsaSsaPssSha256))
-    })
+    provider.config.fapi2
+        || provider.metadata().is_some_and(|m| {
+            m.token_endpoint_auth_signing_alg_values_supported()
+                .is_some_and(|algs| algs.contains(&CoreJwsSigningAlgorithm::RsaSsaPssSha256))
+        })
 }
 
 /// The audience of assertions for `provider`: its issuer identifier (as its metadata spells

@@ -50,16 +50,27 @@ pub struct VerifiedIdToken {
     pub claims: Map<String, Value>,
 }
 
+/// The only ID token algorithms the FAPI 2.0 profile allows.
+const FAPI2_ALGS: &[CoreJwsSigningAlgorithm] = &[
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+];
+
 /// The signing algorithms courier accepts from this provider: the asymmetric ones it
-/// advertises, RS256 when it advertises none.
-pub fn allowed_algs(metadata: &Metadata) -> Vec<CoreJwsSigningAlgorithm> {
+/// advertises, RS256 when it advertises none; under the FAPI 2.0 profile only PS256 and ES256
+/// (both, when it advertises neither: a token signed otherwise is refused).
+pub fn allowed_algs(provider: &Provider, metadata: &Metadata) -> Vec<CoreJwsSigningAlgorithm> {
+    let fapi2 = provider.config.fapi2;
     let advertised: Vec<_> = metadata
         .id_token_signing_alg_values_supported()
         .iter()
         .filter(|alg| ASYMMETRIC_ALGS.contains(alg))
+        .filter(|alg| !fapi2 || FAPI2_ALGS.contains(alg))
         .cloned()
         .collect();
-    if advertised.is_empty() {
+    if advertised.is_empty() && fapi2 {
+        FAPI2_ALGS.to_vec()
+    } else if advertised.is_empty() {
         vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256]
     } else {
         advertised
@@ -93,7 +104,7 @@ pub async fn verify(
     let client = provider.client(&metadata);
     let verifier = client
         .id_token_verifier()
-        .set_allowed_algs(allowed_algs(&metadata))
+        .set_allowed_algs(allowed_algs(provider, &metadata))
         .set_time_fn(move || now)
         .set_issue_time_verifier_fn(move |iat| {
             if iat > now + IAT_FUTURE_SKEW {

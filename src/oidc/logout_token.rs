@@ -110,7 +110,7 @@ pub async fn verify(
     let mut metadata = provider.metadata().ok_or_else(|| {
         LogoutTokenError::Unavailable("the provider's metadata is not loaded".into())
     })?;
-    let allowed: Vec<Algorithm> = allowed_algs(&metadata)
+    let allowed: Vec<Algorithm> = allowed_algs(provider, &metadata)
         .iter()
         .filter_map(jsonwebtoken_alg)
         .collect();

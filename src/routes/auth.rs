@@ -350,8 +350,9 @@ fn check_issuer(req: &HttpRequest, provider: &Provider) -> Result<(), CallbackEr
     let iss = query_param(req, "iss");
     let refused = match &iss {
         Some(iss) => iss != metadata.issuer().as_str(),
+        // The FAPI 2.0 profile requires `iss` in every authorization response.
         None => {
-            Provider::sends_iss_in_authorization_response(&metadata)
+            (Provider::sends_iss_in_authorization_response(&metadata) || provider.config.fapi2)
                 && query_param(req, "error").is_none()
         }
     };

@@ -288,3 +288,45 @@ async fn check_config_online_reports_par_and_the_client_assertion_algorithm() {
         );
     }
 }
+
+#[tokio::test]
+async fn check_config_online_checks_a_fapi2_provider_for_par_and_passes_one_that_has_it() {
+    let key =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/api/keys/client_p256.pem");
+    let fapi2 = |issuer: &str| {
+        config(
+            issuer,
+            r#""openid""#,
+            &format!("profile = \"fapi2\"\nclient_key = \"{}\"", key.display()),
+        )
+        .replace("client_secret = \"courier-secret\"\n", "")
+    };
+    // The provider's key without its `alg`, so that it may sign (and lists) PS256 ID tokens.
+    let mut jwks: serde_json::Value =
+        serde_json::from_str(include_str!("../oidc-provider/jwks.json")).unwrap();
+    for key in jwks["keys"].as_array_mut().unwrap() {
+        key.as_object_mut().unwrap().remove("alg");
+    }
+    let with_par = NodeProvider::start(json!({ "jwks": jwks })).await;
+    let out = check_online(&fapi2(&with_par.issuer)).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ES256, kid "), "{}", out.stdout);
+    // Its RS256-only twin cannot sign the profile's ID tokens.
+    let rs256_only = NodeProvider::start(json!({})).await;
+    let out = check_online(&fapi2(&rs256_only.issuer)).await;
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("neither PS256 nor ES256"),
+        "{}",
+        out.stderr
+    );
+
+    let without_par = NodeProvider::start(json!({ "par": false, "jwks": jwks })).await;
+    let out = check_online(&fapi2(&without_par.issuer)).await;
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("pushed_authorization_request_endpoint"),
+        "{}",
+        out.stderr
+    );
+}

@@ -463,23 +463,10 @@ fn a_resource_must_be_an_absolute_uri_for_a_service_with_a_token() {
 
 #[test]
 fn settings_asking_for_protection_not_built_yet_are_refused() {
-    let cases = [
-        (
-            SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
-            "providers[0].profile",
-        ),
-        (
-            SPEC_EXAMPLE.replace("websocket = false", "websocket = true"),
-            "services[0].websocket",
-        ),
-        (
-            SPEC_EXAMPLE.replace(
-                "encryption_keys = [\"${TEST_KEY}\"]",
-                "encryption_keys = [\"${TEST_KEY}\"]\nprofile = \"fapi2\"",
-            ),
-            "security.profile",
-        ),
-    ];
+    let cases = [(
+        SPEC_EXAMPLE.replace("websocket = false", "websocket = true"),
+        "services[0].websocket",
+    )];
     for (text, key) in cases {
         let (ok, out) = check(&text, &env());
         assert!(!ok, "{key} was accepted: {out}");
@@ -580,4 +567,80 @@ fn private_key_jwt_without_a_client_key_is_refused() {
     let (ok, out) = check(&text, &env());
     assert!(!ok, "{out}");
     assert!(out.contains("providers[0].client_key"), "{out}");
+}
+
+/// The SPEC's example under `[security] profile = "fapi2"`, its login provider turned into a
+/// `private_key_jwt` client without a secret, and GitHub kept out of the profile.
+fn fapi2_example() -> String {
+    SPEC_EXAMPLE
+        .replace(
+            "encryption_keys = [\"${TEST_KEY}\"]",
+            "encryption_keys = [\"${TEST_KEY}\"]\nprofile = \"fapi2\"",
+        )
+        .replacen(
+            "client_secret = \"${TEST_SECRET}\"",
+            &format!("client_key = \"{}\"", key_file("client_rsa.pem")),
+            1,
+        )
+        .replace("client_auth = \"client_secret_basic\"\n", "")
+        .replace(
+            "client_id = \"gh\"",
+            "client_id = \"gh\"\nprofile = \"none\"",
+        )
+}
+
+#[test]
+fn the_fapi2_profile_loads_for_a_config_that_meets_it() {
+    let (ok, out) = check(&fapi2_example(), &env());
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_fapi2_profile_refuses_what_cannot_meet_it_naming_the_key() {
+    let example = fapi2_example();
+    let cases = [
+        // A secret anywhere under the profile.
+        (
+            example.replacen(
+                "client_id = \"courier\"",
+                "client_id = \"courier\"\nclient_secret = \"${TEST_SECRET}\"",
+                1,
+            ),
+            "providers[0].client_secret",
+        ),
+        // No key to sign with.
+        (
+            example.replacen(
+                &format!("client_key = \"{}\"\n", key_file("client_rsa.pem")),
+                "",
+                1,
+            ),
+            "providers[0].client_key",
+        ),
+        // PAR turned off.
+        (
+            example.replace("par = \"auto\"", "par = \"off\""),
+            "providers[0].par",
+        ),
+        // A plain OAuth 2.0 provider that does not opt out.
+        (
+            example.replace("profile = \"none\"\n", ""),
+            "providers[1].profile",
+        ),
+        // The per-provider switch, without the [security] one.
+        (
+            SPEC_EXAMPLE.replace("dpop = false", "dpop = false\nprofile = \"fapi2\""),
+            "providers[0].client_secret",
+        ),
+        // An unknown profile.
+        (
+            example.replace("profile = \"fapi2\"", "profile = \"fapi3\""),
+            "security.profile",
+        ),
+    ];
+    for (text, key) in cases {
+        let (ok, out) = check(&text, &env());
+        assert!(!ok, "{key} was accepted: {out}");
+        assert!(out.contains(key), "{key}: {out}");
+    }
 }

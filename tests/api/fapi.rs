@@ -458,3 +458,155 @@ async fn a_push_to_an_unreachable_provider_is_an_error_not_a_front_channel_fallb
         "/app?login_error=provider_unavailable"
     );
 }
+
+/// The provider's signing key without its `alg`, so that it may sign PS256 ID tokens.
+fn provider_jwks_for_ps256() -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider/jwks.json");
+    let mut jwks: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for key in jwks["keys"].as_array_mut().unwrap() {
+        key.as_object_mut().unwrap().remove("alg");
+    }
+    jwks
+}
+
+#[tokio::test]
+async fn the_fapi2_profile_logs_in_refreshes_and_calls_a_dpop_service_where_its_absence_is_refused()
+{
+    let fapi_listener = TestApp::bind();
+    let plain_listener = TestApp::bind();
+    let ports = [
+        fapi_listener.local_addr().unwrap().port(),
+        plain_listener.local_addr().unwrap().port(),
+    ];
+    // A provider that requires FAPI 2.0 of `bank`: PAR, private_key_jwt, DPoP-bound tokens,
+    // PS256 ID tokens.
+    let mut bank = bank_client(
+        ports[0],
+        json!({
+            "jwks": { "keys": [public_jwk("client_rsa.pem", "PS256")] },
+            "token_endpoint_auth_signing_alg": "PS256",
+            "id_token_signed_response_alg": "PS256",
+            "dpop_bound_access_tokens": true,
+        }),
+    );
+    bank["redirect_uris"] = json!(
+        ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/auth/callback/bank"))
+            .collect::<Vec<_>>()
+    );
+    let provider = NodeProvider::start(json!({
+        "clients": [main_client(ports[0]), bank],
+        "fapi": true,
+        "require_par": true,
+        "access_token_ttl": 30,
+        "jwks": provider_jwks_for_ps256(),
+    }))
+    .await;
+    let orders = spawn_demo_api_with(
+        &provider.issuer,
+        demo_api::DemoConfig {
+            require_dpop: true,
+            ..Default::default()
+        },
+    );
+    let key = format!("\"{}\"", key_path("client_rsa.pem"));
+
+    // With the switch: nothing else to configure.
+    let mut settings = AppSettings::new(&provider.issuer);
+    settings.extra_toml = bank_provider(&provider.issuer, &key, "profile = \"fapi2\"");
+    let settings = settings.service("orders", &format!("{orders}/"), "provider = \"bank\"");
+    let app = TestApp::spawn(fapi_listener, settings).await;
+    let mut browser = Browser::new();
+    let authorize = browser
+        .get(&app.url("/auth/login?provider=bank&return_to=/after"))
+        .await;
+    let authorize = url::Url::parse(authorize.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert_eq!(query_names(&authorize), ["client_id", "request_uri"]);
+    let response = bank_login(&app, &mut browser).await;
+    assert_eq!(response.headers()[LOCATION], "/after");
+    app.clock.advance(chrono::Duration::seconds(25));
+    let call = app
+        .api(&mut browser, Method::GET, "/api/services/orders/x")
+        .await;
+    assert_eq!(
+        call.status(),
+        StatusCode::OK,
+        "a DPoP-bound token with its proof"
+    );
+    assert_eq!(provider.grants("refresh_token").await, 1);
+
+    // The same configuration without the switch: the provider refuses its tokens request.
+    let mut settings = AppSettings::new(&provider.issuer);
+    settings.extra_toml = bank_provider(&provider.issuer, &key, "");
+    let app = TestApp::spawn(plain_listener, settings).await;
+    let response = bank_login(&app, &mut Browser::new()).await;
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/?login_error=token_exchange_failed"
+    );
+}
+
+#[tokio::test]
+async fn under_fapi2_a_callback_without_iss_is_refused_even_where_none_is_promised() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    // A provider that does not advertise RFC 9207, with a PAR endpoint.
+    let fake = crate::fake_provider::FakeProvider::start().await;
+    fake.advertise(json!({
+        "pushed_authorization_request_endpoint": format!("{}/par", fake.issuer),
+    }))
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/par"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "request_uri": "urn:ietf:params:oauth:request_uri:abc",
+            "expires_in": 60,
+        })))
+        .mount(&fake.server)
+        .await;
+    let mut settings = AppSettings::new(&fake.issuer);
+    settings.main_secret = false;
+    settings.extra_toml = format!(
+        "profile = \"fapi2\"\nclient_key = \"{}\"\n",
+        key_path("client_p256.pem")
+    );
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    let response = browser.get(&app.url("/auth/login?return_to=/after")).await;
+    let authorize = url::Url::parse(response.headers()[LOCATION].to_str().unwrap()).unwrap();
+    assert_eq!(query_names(&authorize), ["client_id", "request_uri"]);
+
+    // The pushed request: authenticated by an ES256 assertion, no secret; it holds `state`.
+    let requests = fake.server.received_requests().await.unwrap();
+    let pushed = requests.iter().find(|r| r.url.path() == "/par").unwrap();
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&pushed.body)
+        .into_owned()
+        .collect();
+    assert!(!form.contains_key("client_secret"));
+    assert!(pushed.headers.get("authorization").is_none());
+    let header = jsonwebtoken::decode_header(&form["client_assertion"]).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(form["code_challenge_method"], "S256");
+
+    let response = browser
+        .get(&app.url(&format!(
+            "/auth/callback/main?code=c&state={}",
+            form["state"]
+        )))
+        .await;
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/?login_error=issuer_mismatch"
+    );
+    let token_requests = fake
+        .server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/token")
+        .count();
+    assert_eq!(token_requests, 0, "no code was exchanged");
+}

@@ -185,6 +185,9 @@ pub struct AppSettings {
     pub server_toml: String,
     /// `database.max_connections`.
     pub max_connections: u32,
+    /// Whether the `main` provider has courier's client secret (a `private_key_jwt` one has
+    /// none).
+    pub main_secret: bool,
 }
 
 impl AppSettings {
@@ -198,6 +201,7 @@ impl AppSettings {
             extra_toml: String::new(),
             server_toml: String::new(),
             max_connections: 5,
+            main_secret: true,
         }
     }
 
@@ -393,7 +397,7 @@ encryption_keys = [{keys}]
 id = "main"
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
+{secret}
 scopes = [{scopes}]
 login = true
 {extra}
@@ -406,6 +410,11 @@ login = true
         extra = s.extra_toml,
         server_extra = s.server_toml,
         max_connections = s.max_connections,
+        secret = if s.main_secret {
+            format!("client_secret = \"{CLIENT_SECRET}\"")
+        } else {
+            String::new()
+        },
     )
 }
 

@@ -61,6 +61,7 @@ const cfg = {
   par: input.par ?? true,
   require_par: input.require_par ?? false,
   client_auth_signing_algs: input.client_auth_signing_algs,
+  fapi: input.fapi ?? false,
   clients: input.clients ?? [{
     client_id: 'courier',
     client_secret: 'courier-secret',
@@ -234,6 +235,7 @@ function buildConfiguration() {
 
     features: {
       devInteractions: { enabled: false },
+      fapi: cfg.fapi ? { enabled: true, profile: '2.0' } : { enabled: false },
       pushedAuthorizationRequests: {
         enabled: cfg.par,
         requirePushedAuthorizationRequests: cfg.require_par,
