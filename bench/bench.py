@@ -16,6 +16,9 @@ runs wrk (-t2) against:
   (c) once more at 256 connections, for courier's RSS there;
   (c) once more with courier's per-request INFO log line on (RUST_LOG=info, written to a file;
       every other row runs with RUST_LOG=error, so without it);
+  (c) once more with DPoP (`dpop = true` on the provider, users logged in again): each call
+      carries `Authorization: DPoP` and a fresh ES256 proof signed by the session's key (the
+      demo API does not check it here, so the row shows courier's cost of signing);
   (g) the floor of courier's stack: a bare actix-web + reqwest pass-through (bench/floor);
   (gw) (g) with one reqwest client per actix worker instead of one shared client;
   (g2) actix-web with hyper-util's client, one per worker, instead of reqwest (bench/floor): what
@@ -184,6 +187,16 @@ def start(procs, cmd, **kwargs):
     return procs[-1]
 
 
+def log_in(app, port, users, prefix):
+    """Logs `users` users in; their session cookies."""
+    cookies = []
+    for n in range(users):
+        browser = Browser()
+        login(browser, app, f"{prefix}{n}")
+        cookies.append(browser.cookie(f"127.0.0.1:{port}", "__Host-courier"))
+    return cookies
+
+
 def measure(args, db, tmp, procs):
     port, demo_port, nginx_port = free_port(), free_port(), free_port()
     app = f"http://127.0.0.1:{port}"
@@ -203,22 +216,18 @@ def measure(args, db, tmp, procs):
                                      f"127.0.0.1:{floor_port}", f"http://127.0.0.1:{demo_port}", *extra]),
                        f"http://127.0.0.1:{floor_port}{PATH}")
     config = os.path.join(tmp, "courier.toml")
+    key = base64.b64encode(os.urandom(32)).decode()
     with open(config, "w") as f:
-        f.write(demo_config(port, db, issuer, demo_port, base64.b64encode(os.urandom(32)).decode()))
+        f.write(demo_config(port, db, issuer, demo_port, key))
     courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
                     env={**os.environ, "RUST_LOG": "error"})
     for url in (f"http://127.0.0.1:{demo_port}/v1/x", f"http://127.0.0.1:{nginx_port}/v1/x",
                 f"{app}/readyz", *(url for _, url in floors.values())):
         wait_ready(url)
 
-    cookies = []
-    for n in range(args.users):
-        browser = Browser()
-        login(browser, app, f"bench{n}")
-        cookies.append(browser.cookie(f"127.0.0.1:{port}", "__Host-courier"))
     script = os.path.join(tmp, "sessions.lua")
     with open(script, "w") as f:
-        f.write(LUA % ", ".join(json.dumps(c) for c in cookies))
+        f.write(LUA % ", ".join(json.dumps(c) for c in log_in(app, port, args.users, "bench")))
 
     hwm = 0
     sampler = RssSampler(courier.pid)
@@ -228,7 +237,7 @@ def measure(args, db, tmp, procs):
     # CPU per request, read from /proc over the row, of the process that proxies it (nginx's
     # master and workers, courier, or a floor binary) and of the demo API (the downstream of
     # every row).
-    def row(key, url, proxy, bare=False, connections=args.connections):
+    def row(key, url, proxy, bare=False, connections=args.connections, script=script):
         print(f"{key}: {url} ({connections} connections)", file=sys.stderr)
         sampler.phase = key
         pids = {"proxy": proxy.pid if proxy else None, "demo": demo.pid}
@@ -258,6 +267,23 @@ def measure(args, db, tmp, procs):
     wait_ready(f"{app}/readyz")
     sampler.pid = courier.pid
     row("clog", f"{app}/api/services/demo{PATH}", courier)
+
+    # DPoP: the provider binds the sessions' tokens to their keys, so the users log in again.
+    hwm = max(hwm, status_kib(courier.pid, "VmHWM"))
+    courier.terminate()
+    courier.wait()
+    with open(config, "w") as f:
+        f.write(demo_config(port, db, issuer, demo_port, key).replace("login = true", "login = true\ndpop = true"))
+    courier = start(procs, [os.path.join(ROOT, "target/release/courier"), "serve", "--config", config],
+                    env={**os.environ, "RUST_LOG": "error"})
+    wait_ready(f"{app}/readyz")
+    sampler.pid = courier.pid
+    dpop_script = os.path.join(tmp, "dpop-sessions.lua")
+    with open(dpop_script, "w") as f:
+        f.write(LUA % ", ".join(json.dumps(c) for c in log_in(app, port, args.users, "dpop")))
+    row("cdpop", f"{app}/api/services/demo{PATH}", courier, script=dpop_script)
+    with open(config, "w") as f:
+        f.write(demo_config(port, db, issuer, demo_port, key))
     print(f"inserting {MILLION:,} sessions", file=sys.stderr)
     sampler.phase = "insert"
     started = time.monotonic()
@@ -287,6 +313,7 @@ def report(args, r, hwm_kib, rss256_kib):
               "c": f"(c) courier proxy path, {args.users} sessions", "d": "(d) courier /api/me",
               "e": "(e) courier /healthz", "c256": "(c) at 256 connections",
               "clog": "(c) with the INFO log line per request on",
+              "cdpop": "(c) with DPoP: a fresh ES256 proof per call",
               "fc": f"(f) (c) with {MILLION:,} more sessions",
               "fd": f"(f) (d) with {MILLION:,} more sessions"}
     lines = ["| row | req/s | p50 ms | p99 ms | non-2xx/errors | CPU µs/req: proxy | demo API |",
@@ -317,6 +344,7 @@ def report(args, r, hwm_kib, rss256_kib):
               f"| courier's CPU per proxied request above its stack's floor (c − g), above hyper's (c − h) "
               f"| {cpu('c') - cpu('g'):.1f} µs, {cpu('c') - cpu('h'):.1f} µs | | |",
               f"| reqwest's share of the floor: CPU of (g) − (g2) | {cpu('g') - cpu('g2'):.1f} µs | | |",
+              f"| a DPoP proof's CPU per call (cdpop − c) | {cpu('cdpop') - cpu('c'):.1f} µs | | |",
               f"| the INFO log line's CPU per request (clog − c) | {cpu('clog') - cpu('c'):.1f} µs | | |",
               f"| d/e (req/s) | {de:.3f} | ≥ 0.5 | {target(de >= 0.5)} |",
               f"| p50 added by courier (c − a) | {added:.2f} ms | < 1 ms | {target(added < 1)} |",

@@ -80,13 +80,14 @@ class Browser:
         raise RuntimeError("too many redirects")
 
 
-def start_provider(app_url, **extra):
-    """Starts node-oidc-provider with courier's client registered for `app_url`.
-    Returns (process, issuer)."""
+def start_provider(app_url, provider_id="main", more_app_urls=(), **extra):
+    """Starts node-oidc-provider with courier's client registered for `app_url` (and the
+    instances at `more_app_urls`) as courier's provider `provider_id`. Returns (process, issuer)."""
+    apps = [app_url, *more_app_urls]
     config = {"clients": [{
         "client_id": "courier", "client_secret": extra.pop("secret", "courier-secret"),
-        "redirect_uris": [f"{app_url}/auth/callback/main"],
-        "post_logout_redirect_uris": [f"{app_url}/"],
+        "redirect_uris": [f"{a}/auth/callback/{provider_id}" for a in apps],
+        "post_logout_redirect_uris": [f"{a}/" for a in apps],
         "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types": ["code"]}], **extra}
     node = subprocess.Popen(["node", "server.mjs"], cwd=os.path.join(ROOT, "tests/oidc-provider"),
@@ -96,9 +97,11 @@ def start_provider(app_url, **extra):
     return node, issuer
 
 
-def login(browser, app_url, user, return_to="/after"):
-    """Logs `user` in through the provider's pages; returns courier's callback response."""
-    url, resp = browser.follow(f"{app_url}/auth/login?return_to={return_to}")
+def login(browser, app_url, user, return_to="/after", provider=None):
+    """Logs `user` in through the provider's pages (the default login provider's, or
+    `provider`'s); returns courier's callback response."""
+    query = f"return_to={return_to}" + (f"&provider={provider}" if provider else "")
+    url, resp = browser.follow(f"{app_url}/auth/login?{query}")
     assert resp.status == 200 and "/interaction/" in url, (resp.status, url)
     u = urllib.parse.urlsplit(url)
     post = f"{u.scheme}://{u.netloc}{u.path}/login"
