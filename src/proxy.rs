@@ -205,8 +205,10 @@ fn forwarded_headers(incoming: &Incoming<'_>) -> reqwest::header::HeaderMap {
             out.append(n, v);
         }
     }
+    // A value built here is handed over as it is: `from_maybe_shared` takes the bytes without
+    // copying them again.
     let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+        if let Ok(v) = reqwest::header::HeaderValue::from_maybe_shared(Bytes::from(value)) {
             out.insert(name, v);
         }
     };

@@ -433,13 +433,18 @@ impl TokenService {
         access: &CachedAccess,
         rejected: Option<&SecretString>,
     ) -> Result<Option<AccessToken>, TokenError> {
+        Ok(self.is_usable(access, rejected)?.then(|| access.token()))
+    }
+
+    fn is_usable(
+        &self,
+        access: &CachedAccess,
+        rejected: Option<&SecretString>,
+    ) -> Result<bool, TokenError> {
         if access.needs_reauth {
             return Err(TokenError::ConnectionNeedsReauth);
         }
-        Ok(
-            (!access.is(rejected) && self.is_fresh(access.obtained_at, access.expires_at))
-                .then(|| access.token()),
-        )
+        Ok(!access.is(rejected) && self.is_fresh(access.obtained_at, access.expires_at))
     }
 
     // Debug, not info: an info span here would cost every proxied call a span of its own when
@@ -452,8 +457,8 @@ impl TokenService {
     ) -> Result<AccessToken, TokenError> {
         let key = owner.key();
         let seen = self.current(owner, &key).await?;
-        if let Some(token) = self.usable(&seen, rejected)? {
-            return Ok(token);
+        if self.is_usable(&seen, rejected)? {
+            return Ok(seen.into_token());
         }
 
         let _in_process = self.locks.lock(&key).await;

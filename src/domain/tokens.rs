@@ -57,6 +57,16 @@ impl CachedAccess {
         }
     }
 
+    /// The token, without copying its secret (the proxy path's common case: a copy is a
+    /// kilobyte allocated, copied and zeroed again).
+    pub fn into_token(self) -> AccessToken {
+        AccessToken {
+            secret: self.access_token,
+            after_rejection: self.after_rejection,
+            dpop: self.dpop,
+        }
+    }
+
     /// Whether this is `token`.
     pub fn is(&self, token: Option<&SecretString>) -> bool {
         token.is_some_and(|t| t.expose_secret() == self.access_token.expose_secret())
