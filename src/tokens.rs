@@ -436,6 +436,39 @@ impl TokenService {
         Ok(self.is_usable(access, rejected)?.then(|| access.token()))
     }
 
+    /// A request whose grant another holds up. While the provider backs off, the token it has
+    /// (`meanwhile`) is used if it still works, else 503 with `Retry-After`. While another
+    /// instance holds the lease, it waits for its result or for its lease to free (the holder
+    /// renews it while it works; a dead holder's lapses in 10 s): `Ok(None)` after a pause
+    /// that doubles up to 250 ms, until `WAIT_FOR_OTHERS` has passed.
+    async fn while_blocked(
+        &self,
+        blocked: Blocked,
+        meanwhile: Option<&CachedAccess>,
+        rejected: Option<&SecretString>,
+        waiting_since: Instant,
+        pause: &mut std::time::Duration,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        match blocked {
+            Blocked::BackingOff { retry_at } => match meanwhile {
+                Some(access) if !access.is(rejected) && self.is_unexpired(access.expires_at) => {
+                    Ok(Some(access.token()))
+                }
+                _ => Err(self.retry_after(retry_at)),
+            },
+            Blocked::Held => {
+                if waiting_since.elapsed() > WAIT_FOR_OTHERS {
+                    return Err(TokenError::ProviderUnavailable {
+                        retry_after_secs: 1,
+                    });
+                }
+                tokio::time::sleep(*pause).await;
+                *pause = (*pause * 2).min(std::time::Duration::from_millis(250));
+                Ok(None)
+            }
+        }
+    }
+
     fn is_usable(
         &self,
         access: &CachedAccess,
@@ -491,23 +524,14 @@ impl TokenService {
                         .refresh_under_lease(owner, &key, stored, None, rejected)
                         .await;
                 }
-                Some(Blocked::BackingOff { retry_at }) => {
-                    // The provider failed a moment ago: a token that still works is used.
-                    if !access.is(rejected) && self.is_unexpired(access.expires_at) {
-                        return Ok(access.token());
+                Some(blocked) => {
+                    let meanwhile = Some(&access);
+                    if let Some(token) = self
+                        .while_blocked(blocked, meanwhile, rejected, waiting_since, &mut pause)
+                        .await?
+                    {
+                        return Ok(token);
                     }
-                    return Err(self.retry_after(retry_at));
-                }
-                Some(Blocked::Held) => {
-                    // Another instance is refreshing: wait for its result or for its lease to
-                    // free (it renews it while it works; a dead holder's lapses in 10 s).
-                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
-                        return Err(TokenError::ProviderUnavailable {
-                            retry_after_secs: 1,
-                        });
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
                 }
             }
         }
@@ -585,23 +609,13 @@ impl TokenService {
                         .refresh_under_lease(owner, &key, stored, Some((resource, mine)), rejected)
                         .await;
                 }
-                Some(Blocked::BackingOff { retry_at }) => {
-                    if let Some(access) = &mine
-                        && !access.is(rejected)
-                        && self.is_unexpired(access.expires_at)
+                Some(blocked) => {
+                    if let Some(token) = self
+                        .while_blocked(blocked, mine.as_ref(), rejected, waiting_since, &mut pause)
+                        .await?
                     {
-                        return Ok(access.token());
+                        return Ok(token);
                     }
-                    return Err(self.retry_after(retry_at));
-                }
-                Some(Blocked::Held) => {
-                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
-                        return Err(TokenError::ProviderUnavailable {
-                            retry_after_secs: 1,
-                        });
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
                 }
             }
         }
@@ -681,23 +695,13 @@ impl TokenService {
                         )
                         .await;
                 }
-                Some(Blocked::BackingOff { retry_at }) => {
-                    if let Some(access) = &mine
-                        && !access.is(rejected)
-                        && self.is_unexpired(access.expires_at)
+                Some(blocked) => {
+                    if let Some(token) = self
+                        .while_blocked(blocked, mine.as_ref(), rejected, waiting_since, &mut pause)
+                        .await?
                     {
-                        return Ok(access.token());
+                        return Ok(token);
                     }
-                    return Err(self.retry_after(retry_at));
-                }
-                Some(Blocked::Held) => {
-                    if waiting_since.elapsed() > WAIT_FOR_OTHERS {
-                        return Err(TokenError::ProviderUnavailable {
-                            retry_after_secs: 1,
-                        });
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(std::time::Duration::from_millis(250));
                 }
             }
         }
