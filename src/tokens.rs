@@ -520,6 +520,14 @@ impl TokenService {
             }
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
+                    // The row was read before the lease was taken: a holder that stored its
+                    // refresh and let go in between leaves it stale, and its refresh token
+                    // already used. Read it again under the lease.
+                    let now = self.load(owner).await?.map(|s| s.generation);
+                    if now != Some(stored.generation) {
+                        self.release(&key).await;
+                        continue;
+                    }
                     return self
                         .refresh_under_lease(owner, &key, stored, None, rejected)
                         .await;
