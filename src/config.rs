@@ -104,9 +104,10 @@ pub struct ServerConfig {
     /// starting to read it, else 408 (a proxied call's body gets its service's `timeout_secs`).
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
-    /// The SPEC's cap on live connections (WebSocket, streams) per instance; see
-    /// `not_yet_supported`.
-    pub max_live_connections: Option<u64>,
+    /// Live connections (WebSockets and event streams) this instance carries at once; one more
+    /// is refused 429. Each holds two sockets and a few buffers.
+    #[serde(default = "default_server_max_live")]
+    pub max_live_connections: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,8 +127,9 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_absolute_timeout")]
     pub absolute_timeout_secs: u64,
-    /// The SPEC's cap on live connections per session; see `not_yet_supported`.
-    pub max_live_connections: Option<u64>,
+    /// Live connections one session may hold on an instance at once; one more is refused 429.
+    #[serde(default = "default_session_max_live")]
+    pub max_live_connections: usize,
 }
 
 impl Default for SessionConfig {
@@ -136,7 +138,7 @@ impl Default for SessionConfig {
             cookie_name: default_cookie_name(),
             idle_timeout_secs: default_idle_timeout(),
             absolute_timeout_secs: default_absolute_timeout(),
-            max_live_connections: None,
+            max_live_connections: default_session_max_live(),
         }
     }
 }
@@ -283,10 +285,13 @@ pub struct ServiceConfig {
     /// RFC 8693: the audience asked for when the user's token is exchanged (`token =
     /// "exchange"`).
     pub audience: Option<String>,
-    // The SPEC's keys for live connections, still being built: see `not_yet_supported`.
+    /// WebSocket upgrades to this service are relayed (bound to the session); without it
+    /// they are refused 400.
     #[serde(default)]
     pub websocket: bool,
-    pub stream_idle_timeout_secs: Option<u64>,
+    /// A WebSocket or a streamed response with no frame or chunk for this long is closed (4408).
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout_secs: u64,
 }
 
 fn default_post_logout_redirect() -> String {
@@ -327,6 +332,15 @@ fn default_token_mode() -> TokenMode {
 }
 fn default_service_timeout() -> u64 {
     30
+}
+fn default_stream_idle_timeout() -> u64 {
+    300
+}
+fn default_server_max_live() -> usize {
+    10_000
+}
+fn default_session_max_live() -> usize {
+    32
 }
 fn default_retry_buffer_bytes() -> usize {
     64 * 1024
@@ -401,7 +415,6 @@ impl Config {
         config.read_client_keys().map_err(|(k, m)| err(k, m))?;
         config.apply_profiles().map_err(|(k, m)| err(k, m))?;
         config.validate().map_err(|(k, m)| err(k, m))?;
-        config.not_yet_supported().map_err(|(k, m)| err(k, m))?;
         Ok(config)
     }
 
@@ -461,6 +474,12 @@ impl Config {
         }
         if self.server.body_timeout_secs == 0 {
             return fail("server.body_timeout_secs", "must be at least 1");
+        }
+        if self.server.max_live_connections == 0 {
+            return fail("server.max_live_connections", "must be at least 1");
+        }
+        if self.session.max_live_connections == 0 {
+            return fail("session.max_live_connections", "must be at least 1");
         }
         if self.rate_limit.requests_per_minute == 0 || self.rate_limit.burst == 0 {
             return fail(
@@ -650,27 +669,6 @@ impl Config {
         Ok(())
     }
 
-    /// The SPEC's keys for features courier does not have yet (live connections).
-    /// A setting that asks
-    /// for more protection than courier can give is refused with a message naming the key, so that nothing
-    /// the SPEC promises is silently skipped; values that ask for nothing (`dpop = false`,
-    /// `par = "off"`, `websocket = false`) are accepted. The harmless rest is warned about in
-    /// `warnings`.
-    fn not_yet_supported(&self) -> Result<(), (String, String)> {
-        let refuse = |key: String, what: &str| {
-            Err((
-                key,
-                format!("{what} is not supported by this version of courier yet"),
-            ))
-        };
-        for (i, s) in self.services.iter().enumerate() {
-            if s.websocket {
-                return refuse(format!("services[{i}].websocket"), "WebSocket proxying");
-            }
-        }
-        Ok(())
-    }
-
     /// Settings that work but are probably not meant (the SPEC's "Command line" list):
     /// `check-config` prints them and `serve` logs them; neither refuses them.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
@@ -711,30 +709,6 @@ impl Config {
                     format!("services[{i}].audience"),
                     "applies only to token = \"exchange\" and is ignored here; tokens \
                      restricted to this service otherwise come with `resource`",
-                );
-            }
-            if s.stream_idle_timeout_secs.is_some() {
-                warn(
-                    format!("services[{i}].stream_idle_timeout_secs"),
-                    "is not enforced by this version yet: a streamed response is bounded only \
-                     by the client and the service",
-                );
-            }
-        }
-        for (key, cap) in [
-            (
-                "server.max_live_connections",
-                self.server.max_live_connections,
-            ),
-            (
-                "session.max_live_connections",
-                self.session.max_live_connections,
-            ),
-        ] {
-            if cap.is_some() {
-                warn(
-                    key.into(),
-                    "is not enforced by this version yet (it has no WebSocket proxying)",
                 );
             }
         }
@@ -889,6 +863,9 @@ impl Config {
             }
             if s.timeout_secs == 0 {
                 return Err((key("timeout_secs"), "must be at least 1".into()));
+            }
+            if s.stream_idle_timeout_secs == 0 {
+                return Err((key("stream_idle_timeout_secs"), "must be at least 1".into()));
             }
             if s.token == TokenMode::Exchange && s.audience.is_none() && s.resource.is_none() {
                 return Err((

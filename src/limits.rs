@@ -2,7 +2,7 @@
 //! upgrades (400), deadlines on request bodies (408), and per-client rate limits on the login
 //! endpoints (429).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub struct Limits {
     body_timeout: Duration,
     /// The same for a call to each service: its `timeout_secs`.
     service_body_timeouts: HashMap<String, Duration>,
+    /// The services that take WebSockets (`websocket = true`).
+    websocket_services: HashSet<String>,
 }
 
 impl Limits {
@@ -57,6 +59,32 @@ impl Limits {
                 .iter()
                 .map(|s| (s.name.clone(), Duration::from_secs(s.timeout_secs)))
                 .collect(),
+            websocket_services: config
+                .services
+                .iter()
+                .filter(|s| s.websocket)
+                .map(|s| s.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Whether a request that asks for a protocol switch is a WebSocket handshake to a service
+    /// that takes them. Every other upgrade is refused before anything reads its body: actix
+    /// would read an upgrade request's body to the end of the connection, which never comes.
+    /// (A name the router would decode differently is no such service: the handler then
+    /// refuses it as a plain call with an `Upgrade` header.)
+    fn is_websocket_to_service(&self, req: &ServiceRequest) -> bool {
+        let named = req
+            .path()
+            .strip_prefix("/api/services/")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|name| self.websocket_services.contains(name));
+        named && req.method() == actix_web::http::Method::GET && {
+            let upgrade = req.headers().get_all(UPGRADE).collect::<Vec<_>>();
+            upgrade.len() == 1
+                && upgrade[0]
+                    .to_str()
+                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         }
     }
 
@@ -157,13 +185,12 @@ pub async fn request_guard(
             "bad_request",
             "the request target must be a path",
         ))
-    } else if headers.contains_key(UPGRADE) {
-        // No protocol switch is served (WebSocket proxying does not exist yet). Refused at once:
-        // actix reads an upgrade request's body to the end of the connection, which never comes.
+    } else if headers.contains_key(UPGRADE) && !limits.is_websocket_to_service(&req) {
+        // See `is_websocket_to_service`.
         Some(refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "protocol upgrades (WebSocket) are not supported",
+            "only a WebSocket to a service with `websocket = true` may switch protocols",
         ))
     } else if headers.get_all(HOST).count() > 1 {
         Some(refuse(
@@ -203,14 +230,19 @@ pub async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limits = req
+        .app_data::<web::Data<Arc<Limits>>>()
+        .ok_or_else(not_registered)?
+        .clone();
+    // A WebSocket's "body" is its frames, for as long as it lives: the relay bounds it.
+    if limits.is_websocket_to_service(&req) {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
     let payload = req.take_payload();
     if matches!(payload, Payload::None) {
         return Ok(next.call(req).await?.map_into_left_body());
     }
-    let timeout = req
-        .app_data::<web::Data<Arc<Limits>>>()
-        .ok_or_else(not_registered)?
-        .body_timeout(req.path());
+    let timeout = limits.body_timeout(req.path());
     let (deadline, body) = BodyDeadline::start(payload, timeout);
     req.set_payload(Payload::Stream {
         payload: Box::pin(body),

@@ -181,6 +181,9 @@ pub async fn request_log(
 
 /// The CSRF guard on `/api/*`: every request carries `X-CSRF: 1`. A cross-site form cannot set
 /// a custom header, and a cross-site fetch that does needs a CORS preflight courier never grants.
+/// A browser's WebSocket and `EventSource` cannot set one either: a WebSocket handshake or a GET
+/// that asks for `text/event-stream` may come without it, when its `Origin` is courier's own
+/// (`live_origin_ok`).
 pub async fn require_csrf_header(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -189,11 +192,42 @@ pub async fn require_csrf_header(
         .headers()
         .get("x-csrf")
         .is_some_and(|v| v.as_bytes() == b"1");
-    if has_header {
+    if has_header || (is_live_request(&req) && live_origin_ok(&req)) {
         Ok(next.call(req).await?.map_into_left_body())
     } else {
         Ok(req
             .error_response(ApiError::CsrfRequired)
             .map_into_right_body())
+    }
+}
+
+/// A request that a browser's WebSocket or `EventSource` makes.
+fn is_live_request(req: &ServiceRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && (req.headers().contains_key(actix_web::http::header::UPGRADE)
+            || req
+                .headers()
+                .get_all(actix_web::http::header::ACCEPT)
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|v| {
+                    v.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+                }))
+}
+
+/// Whether a live request comes from courier's own origin: `Origin` is `public_url`'s exactly
+/// (a missing, `null` or other origin is not). Browsers send `Origin` on every WebSocket
+/// handshake and every `EventSource` request, and a page cannot forge it.
+fn live_origin_ok(req: &ServiceRequest) -> bool {
+    let Some(state) = req.app_data::<actix_web::web::Data<crate::state::AppState>>() else {
+        return false;
+    };
+    let ours = state.config.server.public_url.origin().ascii_serialization();
+    let mut origins = req.headers().get_all(actix_web::http::header::ORIGIN);
+    match (origins.next(), origins.next()) {
+        (Some(origin), None) => origin.as_bytes() == ours.as_bytes(),
+        _ => false,
     }
 }

@@ -5,20 +5,24 @@
 //! own), and `X-Original-URL`/`X-Rewrite-URL`. Dropped on the way back: hop-by-hop headers and
 //! `Set-Cookie`. Redirects are not followed: the SPA gets the service's 3xx as it is.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderName;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use url::Url;
 
 use crate::error::ApiError;
+use crate::live::{Binding, CloseCause};
 use crate::request_context::{Proxied, TraceContext};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus ones courier
@@ -52,6 +56,12 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
     "x-request-id",
+    // A WebSocket is two connections, each with its own handshake (`websocket`): the browser's
+    // key and extensions are for courier, and `send` makes the service's.
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
 ];
 
 const DROPPED_RESPONSE_HEADERS: &[&str] = &[
@@ -66,6 +76,8 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "upgrade",
     "content-length",
     "set-cookie",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
 ];
 
 /// The client for service calls on this thread: one per actix worker. reqwest runs each pooled
@@ -242,7 +254,15 @@ pub struct Credentials<'a> {
     pub dpop_proof: Option<String>,
 }
 
-/// One call to the service. `Err` carries the problem to answer with.
+/// The key of the WebSocket handshake `send` made with the service, kept in the response's
+/// extensions for `websocket` to check the service's `Sec-WebSocket-Accept` against.
+#[derive(Clone)]
+pub struct WebSocketKey(pub String);
+
+/// One call to the service. `timeout` bounds the wait for the response's headers (and so the
+/// request body's upload); the response body then streams for as long as data flows (see
+/// `StreamRules`). A browser's WebSocket handshake (`is_websocket_upgrade`) becomes one of
+/// courier's own with the service. `Err` carries the problem to answer with.
 pub async fn send(
     client: &reqwest::Client,
     incoming: &Incoming<'_>,
@@ -274,10 +294,21 @@ pub async fn send(
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    let mut request = client
-        .request(method, target.clone())
-        .headers(headers)
-        .timeout(timeout);
+    let websocket_key = is_websocket_upgrade(incoming.req).then(|| {
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        for (name, value) in [
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", key.as_str()),
+        ] {
+            if let Ok(value) = reqwest::header::HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+        WebSocketKey(key)
+    });
+    let mut request = client.request(method, target.clone()).headers(headers);
     let mut too_large = None;
     request = match body {
         OutgoingBody::Buffered(bytes) if bytes.is_empty() => request,
@@ -297,7 +328,15 @@ pub async fn send(
             request.body(reqwest::Body::wrap_stream(stream))
         }
     };
-    request.send().await.map_err(|e| {
+    let sent = match tokio::time::timeout(timeout, request.send()).await {
+        Ok(sent) => sent,
+        Err(_) => {
+            return Err(ApiError::UpstreamTimeout(
+                "the service did not answer in time".into(),
+            ));
+        }
+    };
+    let mut response = sent.map_err(|e| {
         // reqwest's errors show the URL, query and all (`error sending request for url
         // (…?api_key=…)`); the query may carry secrets, so no error keeps it.
         let e = e.without_url();
@@ -312,13 +351,35 @@ pub async fn send(
             tracing::warn!(error = %crate::oidc::registry::error_chain(&e), "service call failed");
             ApiError::ServiceUnreachable("the service cannot be reached".into())
         }
-    })
+    })?;
+    if let Some(key) = websocket_key {
+        response.extensions_mut().insert(key);
+    }
+    Ok(response)
+}
+
+/// Whether a request asks to become a WebSocket (`Upgrade: websocket`, RFC 6455 §4.1).
+pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    req.method() == actix_web::http::Method::GET
+        && req
+            .headers()
+            .get_all(actix_web::http::header::UPGRADE)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// How a response body may stream: closed after `idle` without a chunk, and, for a live
+/// connection (server-sent events), when its binding says so.
+pub struct StreamRules {
+    pub idle: Duration,
+    pub binding: Option<Binding>,
 }
 
 /// The service's answer, streamed back without hop-by-hop headers and cookies. A redirect is
 /// not passed on: `/api/*` never redirects, or the SPA's fetch would follow it off to wherever
 /// the service pointed.
-pub fn respond(upstream: reqwest::Response) -> Result<HttpResponse, ApiError> {
+pub fn respond(upstream: reqwest::Response, rules: StreamRules) -> Result<HttpResponse, ApiError> {
     let status =
         StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
@@ -351,11 +412,108 @@ pub fn respond(upstream: reqwest::Response) -> Result<HttpResponse, ApiError> {
     // reqwest 0.13 sets none on body errors today, and this keeps it so.
     let stream = upstream
         .bytes_stream()
-        .map(|chunk| chunk.map_err(reqwest::Error::without_url));
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.without_url())));
+    let stream = GuardedBody::new(stream, rules);
     let mut response = match length {
         Some(length) => response.no_chunking(length).streaming(stream),
         None => response.streaming(stream),
     };
     response.extensions_mut().insert(Proxied);
     Ok(response)
+}
+
+/// Whether a response is a stream of server-sent events (bound to the session as a live
+/// connection).
+pub fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A service's response body on its way to the browser, under its `StreamRules`. A body idle
+/// for too long fails (the browser sees the response cut short, not a complete one); a live
+/// connection told to close ends cleanly, so that an `EventSource` tries again and then learns
+/// that the session is gone.
+struct GuardedBody {
+    inner: BodyStream,
+    idle: Duration,
+    /// Armed when the body first waits, so that an answer that is there at once costs no timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    closed: Option<Pin<Box<dyn Future<Output = CloseCause> + Send>>>,
+    /// Holds the connection's place among the live connections while the body streams.
+    _binding: Option<Binding>,
+}
+
+impl GuardedBody {
+    fn new(
+        inner: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        rules: StreamRules,
+    ) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            idle: rules.idle,
+            deadline: None,
+            closed: rules
+                .binding
+                .as_ref()
+                .map(|b| Box::pin(b.closed_owned()) as Pin<Box<_>>),
+            _binding: rules.binding,
+        }
+    }
+}
+
+impl Stream for GuardedBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(closed) = &mut this.closed
+            && let Poll::Ready(cause) = closed.as_mut().poll(cx)
+        {
+            tracing::info!(
+                code = cause.code(),
+                reason = cause.reason(),
+                "streamed response closed"
+            );
+            this.closed = None;
+            this.inner = Box::pin(futures_util::stream::empty());
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(item) => {
+                if let Some(deadline) = &mut this.deadline {
+                    deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+                Poll::Ready(item)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::info!(
+                            idle_secs = idle.as_secs(),
+                            "streamed response closed: idle"
+                        );
+                        this.inner = Box::pin(futures_util::stream::empty());
+                        this.closed = None;
+                        Poll::Ready(Some(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the service sent nothing for stream_idle_timeout_secs",
+                        ))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }

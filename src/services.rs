@@ -351,7 +351,7 @@ mod tests {
             audience: None,
             resource: None,
             websocket: false,
-            stream_idle_timeout_secs: None,
+            stream_idle_timeout_secs: 300,
         };
         let allowed_paths = config.allowed_paths.as_ref().map(|ps| {
             let mut set = GlobSetBuilder::new();

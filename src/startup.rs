@@ -27,6 +27,7 @@ use crate::middleware::require_csrf_header;
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
 use crate::session::PgSessionStore;
+use crate::live::LiveConnections;
 use crate::state::AppState;
 use crate::tokens::TokenService;
 use crate::{db, housekeeping, middleware, routes};
@@ -41,6 +42,7 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 25;
 pub struct Application {
     port: u16,
     server: Server,
+    live: Arc<LiveConnections>,
 }
 
 impl Application {
@@ -94,6 +96,11 @@ impl Application {
             providers.clone(),
             clock.clone(),
         );
+        let live = LiveConnections::new(
+            config.server.max_live_connections,
+            config.session.max_live_connections,
+        );
+        tokio::spawn(live.clone().watch(pool.clone(), clock.clone()));
         let state = web::Data::new(AppState {
             services: ServiceRegistry::new(&config)?,
             config: Arc::new(config),
@@ -103,6 +110,7 @@ impl Application {
             tokens,
             cache,
             clock: clock.clone(),
+            live: live.clone(),
         });
         let cookie_key = Key::from(&cookie_key);
         let limits = web::Data::new(Arc::new(Limits::new(&state.config)));
@@ -239,7 +247,7 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
         .run();
 
-        Ok(Application { port, server })
+        Ok(Application { port, server, live })
     }
 
     pub fn port(&self) -> u16 {
@@ -250,18 +258,26 @@ impl Application {
         self.server.await
     }
 
+    /// The live connections this instance carries (tests count them).
+    pub fn live_connections(&self) -> Arc<LiveConnections> {
+        self.live.clone()
+    }
+
     /// Serves until SIGTERM or SIGINT (Ctrl-C), then stops gracefully: no new connections,
-    /// in-flight requests may run on for up to `SHUTDOWN_TIMEOUT_SECS`. A second signal stops
-    /// at once.
+    /// live connections (WebSockets, event streams) get a close frame (1001), in-flight requests
+    /// may run on for up to `SHUTDOWN_TIMEOUT_SECS`. A second signal stops at once.
     pub async fn run_until_signalled(self) -> std::io::Result<()> {
         let mut signals = StopSignals::install()?;
         let handle = self.server.handle();
+        let live = self.live.clone();
         actix_web::rt::spawn(async move {
             let name = signals.next().await;
+            let closing = live.shut_down();
             tracing::info!(
                 signal = name,
                 grace_secs = SHUTDOWN_TIMEOUT_SECS,
-                "stopping: no new connections; in-flight requests may finish"
+                live_connections = closing,
+                "stopping: no new connections; live connections closed; in-flight requests may finish"
             );
             let graceful = handle.stop(true);
             tokio::select! {

@@ -10,6 +10,7 @@ use crate::app_cache::AppCache;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::KeyRing;
+use crate::live::LiveConnections;
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
 use crate::tokens::TokenService;
@@ -24,4 +25,6 @@ pub struct AppState {
     pub tokens: TokenService,
     pub cache: Arc<AppCache>,
     pub clock: SharedClock,
+    /// This instance's WebSockets and event streams, bound to their sessions.
+    pub live: Arc<LiveConnections>,
 }

@@ -289,3 +289,23 @@ mod tests {
         assert!(Status::parse("").is_err());
     }
 }
+
+/// The linked accounts among `(user id, provider)` pairs that are still connected (not
+/// disconnected, not waiting for the user to connect again after a dead refresh).
+pub async fn still_connected(
+    pool: &PgPool,
+    accounts: &[(Uuid, String)],
+) -> Result<Vec<(Uuid, String)>, DbError> {
+    let (users, providers): (Vec<Uuid>, Vec<String>) = accounts.iter().cloned().unzip();
+    sqlx::query_as(
+        "SELECT a.user_id, a.provider FROM linked_accounts a
+         JOIN unnest($1::uuid[], $2::text[]) AS w(user_id, provider)
+           ON a.user_id = w.user_id AND a.provider = w.provider
+         WHERE a.status = 'connected'",
+    )
+    .bind(users)
+    .bind(providers)
+    .fetch_all(pool)
+    .await
+    .map_err(DbError::from)
+}

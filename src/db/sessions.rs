@@ -386,3 +386,31 @@ pub async fn auth_time(pool: &PgPool, id: Uuid) -> Result<Option<DateTime<Utc>>,
             .await?,
     )
 }
+
+/// What `standing` found of a session that live connections are bound to.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Standing {
+    pub id: Uuid,
+    /// Its idle expiry has passed.
+    pub idle: bool,
+    /// Its absolute expiry (or its grant's end) has passed.
+    pub over: bool,
+}
+
+/// The bound sessions among `ids`, with whether each has timed out at `now`; a session not
+/// returned has ended (logged out, ended from a list, its grant dead).
+pub async fn standing(
+    pool: &PgPool,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Standing>, DbError> {
+    sqlx::query_as(
+        "SELECT id, idle_expires_at <= $2 AS idle, absolute_expires_at <= $2 AS over
+         FROM sessions WHERE id = ANY($1) AND key_hash IS NOT NULL",
+    )
+    .bind(ids)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(DbError::from)
+}

@@ -11,6 +11,8 @@ use url::Url;
 
 use crate::connections;
 use crate::error::ApiError;
+use crate::live::{Binding, LinkedAccount, LiveKind, Refused};
+use crate::websocket;
 use crate::oidc::grants::ExchangeTarget;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{CallToken, Service, ServiceStatus};
@@ -332,7 +334,55 @@ fn asks_for_dpop_nonce(service: &Service, response: &reqwest::Response) -> bool 
             .any(|v| v.contains("use_dpop_nonce"))
 }
 
-/// `ANY /api/services/{service}/{path…}`: the call, made for the session user.
+/// The linked account a call's token comes from, whose end closes a live connection too.
+fn linked_account(service: &Service, current: &CurrentSession) -> Option<LinkedAccount> {
+    match service.call_token(&current.provider) {
+        CallToken::Linked { provider } | CallToken::Exchange { provider, linked: true } => {
+            Some((current.user_id, provider.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// A live connection's place, or 429/503 when there is none.
+fn bind_live(
+    state: &AppState,
+    service: &Service,
+    current: &CurrentSession,
+    kind: LiveKind,
+) -> Result<Binding, ApiError> {
+    state
+        .live
+        .bind(current.id, linked_account(service, current), kind)
+        .map_err(|refused| match refused {
+            Refused::InstanceFull | Refused::SessionFull => {
+                tracing::info!(service = service.name(), %refused, "live connection refused");
+                ApiError::RateLimited
+            }
+            Refused::ShuttingDown => ApiError::UpstreamUnavailable(refused.to_string()),
+        })
+}
+
+/// How the service's answer streams back: with the service's idle bound, and, for server-sent
+/// events, bound to the session.
+fn stream_rules(
+    state: &AppState,
+    service: &Service,
+    current: &CurrentSession,
+    response: &reqwest::Response,
+) -> Result<proxy::StreamRules, ApiError> {
+    let binding = proxy::is_event_stream(response)
+        .then(|| bind_live(state, service, current, LiveKind::Stream))
+        .transpose()?;
+    Ok(proxy::StreamRules {
+        idle: Duration::from_secs(service.config.stream_idle_timeout_secs),
+        binding,
+    })
+}
+
+/// `ANY /api/services/{service}/{path…}`: the call, made for the session user. A WebSocket
+/// handshake (to a service with `websocket = true`; `limits` refuses the rest) is the same call
+/// without a body, whose 101 starts a relay.
 pub async fn call(
     req: HttpRequest,
     payload: web::Payload,
@@ -340,8 +390,25 @@ pub async fn call(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (service, target) = resolve(&req, &state)?;
+    let max_message = state.config.server.max_body_bytes as usize;
+    let (live, payload) = if websocket::is_upgrade(&req) {
+        if !service.config.websocket {
+            return Err(ApiError::BadRequest(format!(
+                "service `{}` takes no WebSocket",
+                service.name()
+            )));
+        }
+        let browser = websocket::accept(&req, payload, max_message)?;
+        let binding = bind_live(&state, service, &current, LiveKind::WebSocket)?;
+        (Some((browser, binding)), None)
+    } else {
+        (None, Some(payload))
+    };
     let token = token_for(&state, service, &current, None).await?;
-    let body = read_body(&req, payload, service, &state).await?;
+    let body = match payload {
+        None => OutgoingBody::Buffered(web::Bytes::new()),
+        Some(payload) => read_body(&req, payload, service, &state).await?,
+    };
     let retry_body = match &body {
         OutgoingBody::Buffered(bytes) => Some(bytes.clone()),
         OutgoingBody::Streaming { .. } => None,
@@ -371,10 +438,22 @@ pub async fn call(
         && !rejected.after_rejection
         && let Some(fresh) = token_for(&state, service, &current, Some(&rejected.secret)).await?
     {
-        let again = send_retry(&state, &req, service, &target, bytes, &fresh).await?;
-        return proxy::respond(again);
+        response = send_retry(&state, &req, service, &target, bytes, &fresh).await?;
     }
-    proxy::respond(response)
+    match live {
+        Some((browser, binding)) => {
+            let rules = websocket::RelayRules {
+                service: service.name().to_owned(),
+                idle: Duration::from_secs(service.config.stream_idle_timeout_secs),
+                max_message,
+            };
+            websocket::relay(browser, response, binding, rules).await
+        }
+        None => {
+            let rules = stream_rules(&state, service, &current, &response)?;
+            proxy::respond(response, rules)
+        }
+    }
 }
 
 /// The client's address for `X-Forwarded-For`: believed from a trusted proxy only.

@@ -402,13 +402,12 @@ provider = "github"
 "#;
 
 #[test]
-fn the_specs_whole_example_loads_and_what_is_not_built_yet_is_named() {
+fn the_specs_whole_example_loads_and_only_what_is_ignored_is_named() {
     let (ok, out) = check(SPEC_EXAMPLE, &env());
     assert!(ok, "{out}");
-    assert!(
-        out.contains("services[0].stream_idle_timeout_secs"),
-        "stream_idle_timeout_secs is warned about: {out}"
-    );
+    // Live connections are built: their keys are used, not warned about.
+    assert!(!out.contains("stream_idle_timeout_secs"), "{out}");
+    assert!(!out.contains("websocket"), "{out}");
     // PAR and private_key_jwt are built: `par = "auto"` is used, not warned about.
     assert!(!out.contains("providers[0].par"), "{out}");
     // Resource indicators are built: the key is used, not warned about. The example's
@@ -462,18 +461,34 @@ fn a_resource_must_be_an_absolute_uri_for_a_service_with_a_token() {
 }
 
 #[test]
-fn settings_asking_for_protection_not_built_yet_are_refused() {
-    let cases = [(
-        SPEC_EXAMPLE.replace("websocket = false", "websocket = true"),
-        "services[0].websocket",
-    )];
-    for (text, key) in cases {
+fn live_connection_settings_load_and_zero_bounds_are_refused() {
+    let live = SPEC_EXAMPLE
+        .replace("websocket = false", "websocket = true")
+        .replace("[session]\n", "[session]\nmax_live_connections = 4\n")
+        .replacen("[server]\n", "[server]\nmax_live_connections = 100\n", 1);
+    let (ok, out) = check(&live, &env());
+    assert!(ok, "{out}");
+    for (text, key) in [
+        (
+            live.replace("stream_idle_timeout_secs = 300", "stream_idle_timeout_secs = 0"),
+            "services[0].stream_idle_timeout_secs",
+        ),
+        (
+            live.replace("max_live_connections = 4", "max_live_connections = 0"),
+            "session.max_live_connections",
+        ),
+        (
+            live.replace("max_live_connections = 100", "max_live_connections = 0"),
+            "server.max_live_connections",
+        ),
+        (
+            live.replace("websocket = true", "websocket = \"yes\""),
+            "websocket",
+        ),
+    ] {
         let (ok, out) = check(&text, &env());
         assert!(!ok, "{key} was accepted: {out}");
-        assert!(
-            out.contains(key) && out.contains("not supported"),
-            "{key}: {out}"
-        );
+        assert!(out.contains(key), "{key}: {out}");
     }
 }
 

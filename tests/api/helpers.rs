@@ -183,6 +183,8 @@ pub struct AppSettings {
     pub extra_toml: String,
     /// Extra keys of the `[server]` table.
     pub server_toml: String,
+    /// Extra keys of the `[session]` table.
+    pub session_toml: String,
     /// `database.max_connections`.
     pub max_connections: u32,
     /// Whether the `main` provider has courier's client secret (a `private_key_jwt` one has
@@ -200,6 +202,7 @@ impl AppSettings {
             encryption_keys: vec![courier::crypto::generate_key()],
             extra_toml: String::new(),
             server_toml: String::new(),
+            session_toml: String::new(),
             max_connections: 5,
             main_secret: true,
         }
@@ -389,6 +392,7 @@ max_connections = {max_connections}
 [session]
 idle_timeout_secs = {idle}
 absolute_timeout_secs = {absolute}
+{session_extra}
 
 [security]
 encryption_keys = [{keys}]
@@ -409,6 +413,7 @@ login = true
         scopes = quoted(&s.scopes),
         extra = s.extra_toml,
         server_extra = s.server_toml,
+        session_extra = s.session_toml,
         max_connections = s.max_connections,
         secret = if s.main_secret {
             format!("client_secret = \"{CLIENT_SECRET}\"")

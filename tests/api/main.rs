@@ -18,6 +18,7 @@ mod id_token;
 mod issuer_param;
 mod labels;
 mod linked;
+mod live;
 mod login;
 mod login_state;
 mod logout;

@@ -10,8 +10,20 @@
 //!
 //! Paths under `/_demo/` misbehave on purpose: `status/{code}`, `slow?ms=`, `cookie`,
 //! `redirect`, `stream?chunks=&size=`.
+//!
+//! Live connections (courier's `websocket = true` services and streamed responses):
+//! - `/_demo/ws`: a WebSocket, its token checked like any call's. Its first message is a JSON
+//!   `{"hello": {"token": …, "authorization": "<scheme> <redacted>"}}`; then it echoes every
+//!   text and binary message, except the text commands `flood:<frames>:<bytes>` (that many binary
+//!   frames as fast as the connection takes them, for back-pressure) and `close:<code>` (it
+//!   closes with that code).
+//! - `/_demo/events?count=&interval_ms=&silence_after=`: server-sent events, `count` of them (0:
+//!   without end) `interval_ms` apart, or silence without end after `silence_after` of them.
+//! - `/_demo/live`: what the live endpoints saw: open WebSockets, bytes a flood has sent so far,
+//!   the close codes received, and open event streams.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::Server;
@@ -41,8 +53,18 @@ pub struct DemoConfig {
     pub dpop_nonce: Option<String>,
 }
 
+/// What the live endpoints report at `/_demo/live`.
+#[derive(Default)]
+struct LiveStats {
+    open_sockets: AtomicI64,
+    flood_sent_bytes: AtomicU64,
+    open_streams: AtomicI64,
+    close_codes: std::sync::Mutex<Vec<u16>>,
+}
+
 struct State {
     config: DemoConfig,
+    live: LiveStats,
     http: reqwest::Client,
     /// DPoP proof ids seen: a replayed proof is refused.
     seen_jtis: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -154,11 +176,15 @@ pub fn run(listener: TcpListener, config: DemoConfig) -> std::io::Result<Server>
             .build()
             .expect("client builds"),
         seen_jtis: std::sync::Mutex::new(std::collections::HashSet::new()),
+        live: LiveStats::default(),
     });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+            .route("/_demo/ws", web::get().to(websocket))
+            .route("/_demo/events", web::get().to(events))
+            .route("/_demo/live", web::get().to(live_stats))
             .default_service(web::to(handle))
     })
     .listen(listener)?
@@ -229,6 +255,139 @@ async fn introspect(state: &State, req: &HttpRequest) -> Result<Value, HttpRespo
         "aud": answer["aud"],
         "token_type": answer["token_type"],
         "jkt": answer["cnf"]["jkt"],
+    }))
+}
+
+/// `/_demo/ws`: see the module's comment.
+async fn websocket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let token = match introspect(&state, &req).await {
+        Ok(token) => token,
+        Err(response) => return response,
+    };
+    let scheme = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(' ').next())
+        .unwrap_or("none")
+        .to_owned();
+    let (response, mut session, messages) = match actix_ws::handle(&req, payload) {
+        Ok(parts) => parts,
+        Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
+    };
+    let mut messages = messages
+        .max_frame_size(16 * 1024 * 1024)
+        .aggregate_continuations()
+        .max_continuation_size(16 * 1024 * 1024);
+    actix_web::rt::spawn(async move {
+        state.live.open_sockets.fetch_add(1, Ordering::SeqCst);
+        let hello = json!({"hello": {"token": token, "authorization": format!("{scheme} <redacted>")}});
+        let mut closing = None;
+        if session.text(hello.to_string()).await.is_ok() {
+            while let Some(Ok(message)) = messages.recv().await {
+                use actix_ws::AggregatedMessage as M;
+                let sent = match message {
+                    M::Text(text) => match text.split(':').collect::<Vec<_>>()[..] {
+                        ["flood", frames, bytes] => {
+                            flood(&state, &mut session, frames.parse().unwrap_or(0), bytes.parse().unwrap_or(0)).await
+                        }
+                        ["close", code] => {
+                            closing = Some(actix_ws::CloseReason {
+                                code: actix_ws::CloseCode::from(code.parse::<u16>().unwrap_or(1000)),
+                                description: Some("asked to".into()),
+                            });
+                            break;
+                        }
+                        _ => session.text(text).await,
+                    },
+                    M::Binary(bytes) => session.binary(bytes).await,
+                    M::Ping(bytes) => session.pong(&bytes).await,
+                    M::Pong(_) => Ok(()),
+                    M::Close(reason) => {
+                        let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
+                        state.live.close_codes.lock().expect("not poisoned").push(code);
+                        closing = reason;
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = session.close(closing).await;
+        state.live.open_sockets.fetch_sub(1, Ordering::SeqCst);
+    });
+    response
+}
+
+/// Sends `frames` binary frames of `bytes` each, as fast as the connection takes them, counting
+/// what went out in `/_demo/live`'s `flood_sent_bytes`.
+async fn flood(
+    state: &State,
+    session: &mut actix_ws::Session,
+    frames: u64,
+    bytes: usize,
+) -> Result<(), actix_ws::Closed> {
+    let frame = Bytes::from(vec![b'x'; bytes]);
+    for _ in 0..frames {
+        session.binary(frame.clone()).await?;
+        state
+            .live
+            .flood_sent_bytes
+            .fetch_add(bytes as u64, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// `/_demo/events`: see the module's comment.
+async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Err(response) = introspect(&state, &req).await {
+        return response;
+    }
+    let count = query_param(&req, "count").unwrap_or(10);
+    let interval = Duration::from_millis(query_param(&req, "interval_ms").unwrap_or(200));
+    let silence_after = query_param(&req, "silence_after");
+    /// Counts the stream as open while it lives.
+    struct Open(web::Data<State>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.live.open_streams.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    state.live.open_streams.fetch_add(1, Ordering::SeqCst);
+    let open = Open(state.clone());
+    let stream = futures_util::stream::unfold((0u64, open), move |(n, open)| async move {
+        if count != 0 && n >= count {
+            return None;
+        }
+        if silence_after.is_some_and(|s| n >= s) {
+            std::future::pending::<()>().await;
+        }
+        if n > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let event = format!("id: {n}\ndata: {{\"n\":{n}}}\n\n");
+        Some((Ok::<_, std::io::Error>(Bytes::from(event)), (n + 1, open)))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
+}
+
+/// `/_demo/live`: see the module's comment.
+async fn live_stats(state: web::Data<State>) -> HttpResponse {
+    let live = &state.live;
+    HttpResponse::Ok().json(json!({
+        "open_sockets": live.open_sockets.load(Ordering::SeqCst),
+        "flood_sent_bytes": live.flood_sent_bytes.load(Ordering::SeqCst),
+        "open_streams": live.open_streams.load(Ordering::SeqCst),
+        "close_codes": *live.close_codes.lock().expect("not poisoned"),
     }))
 }
 

@@ -1,0 +1,393 @@
+//! Live connections — relayed WebSockets and streamed responses such as server-sent events —
+//! bound to the session that opened them.
+//!
+//! Each connection takes a `Binding` from `LiveConnections` before it is opened: the binding
+//! counts it against the instance's and the session's caps, and tells the relay when to close
+//! and why. An instance learns that a session ended elsewhere from Postgres: `watch` asks, a
+//! few times a second while any connection is open, which of the bound sessions are still live
+//! and which bound linked accounts still connected, in two queries whatever the number of
+//! connections. A logout, a back-channel logout, a session ended from `/api/sessions` or the
+//! command line, a dead refresh (which ends the session, or marks a linked account for
+//! reconnection) and a timeout are all visible there, on every instance, within `POLL` plus a
+//! query. Postgres being down closes nothing: the connections keep running on the state last
+//! read, and the next successful read catches up.
+//!
+//! Frames do not count as activity: the session's idle expiry moves only with requests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::db;
+
+/// How often the bound sessions are checked while any connection is open.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What a live connection is, for the caps' metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveKind {
+    WebSocket,
+    /// A streamed response: server-sent events, a long download.
+    Stream,
+}
+
+impl LiveKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveKind::WebSocket => "websocket",
+            LiveKind::Stream => "stream",
+        }
+    }
+}
+
+/// Why courier closes a live connection; a WebSocket's close code says it (SPEC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The session ended (logout, back-channel logout, ended from a list or the command line,
+    /// absolute timeout, dead refresh) or the linked account it uses did.
+    SessionEnded,
+    /// The session's idle timeout, or no frame for the service's `stream_idle_timeout_secs`.
+    Idle,
+    /// courier is stopping.
+    Shutdown,
+    /// The service failed or broke the connection.
+    ServiceFailed,
+}
+
+impl CloseCause {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCause::SessionEnded => 4401,
+            CloseCause::Idle => 4408,
+            CloseCause::Shutdown => 1001,
+            CloseCause::ServiceFailed => 1011,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCause::SessionEnded => "session ended",
+            CloseCause::Idle => "idle",
+            CloseCause::Shutdown => "courier is stopping",
+            CloseCause::ServiceFailed => "service failed",
+        }
+    }
+}
+
+/// Why a connection could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this instance carries as many live connections as it may")]
+    InstanceFull,
+    #[error("this session holds as many live connections as it may")]
+    SessionFull,
+    #[error("courier is stopping")]
+    ShuttingDown,
+}
+
+/// The linked account a connection's token comes from: its end closes the connection too.
+pub type LinkedAccount = (Uuid, String);
+
+struct Entry {
+    session: Uuid,
+    linked: Option<LinkedAccount>,
+    kind: LiveKind,
+    close: watch::Sender<Option<CloseCause>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    entries: HashMap<u64, Entry>,
+    per_session: HashMap<Uuid, usize>,
+}
+
+/// This instance's live connections.
+pub struct LiveConnections {
+    instance_max: usize,
+    session_max: usize,
+    stopping: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+impl LiveConnections {
+    pub fn new(instance_max: usize, session_max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            instance_max,
+            session_max,
+            stopping: AtomicBool::new(false),
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every change under the lock is a few map operations that cannot panic half-way.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Binds a connection about to be opened to its session (and linked account), within the
+    /// caps.
+    pub fn bind(
+        self: &Arc<Self>,
+        session: Uuid,
+        linked: Option<LinkedAccount>,
+        kind: LiveKind,
+    ) -> Result<Binding, Refused> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(Refused::ShuttingDown);
+        }
+        let mut inner = self.lock();
+        if inner.entries.len() >= self.instance_max {
+            return Err(Refused::InstanceFull);
+        }
+        let held = inner.per_session.get(&session).copied().unwrap_or(0);
+        if held >= self.session_max {
+            return Err(Refused::SessionFull);
+        }
+        inner.per_session.insert(session, held + 1);
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let (close, closed) = watch::channel(None);
+        inner.entries.insert(
+            id,
+            Entry {
+                session,
+                linked,
+                kind,
+                close,
+            },
+        );
+        drop(inner);
+        metrics::gauge!("courier_live_connections", "kind" => kind.label()).increment(1.0);
+        Ok(Binding {
+            id,
+            kind,
+            registry: self.clone(),
+            closed,
+        })
+    }
+
+    fn unbind(&self, id: u64) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.remove(&id) else {
+            return;
+        };
+        if let Some(held) = inner.per_session.get_mut(&entry.session) {
+            *held -= 1;
+            if *held == 0 {
+                inner.per_session.remove(&entry.session);
+            }
+        }
+        drop(inner);
+        metrics::gauge!("courier_live_connections", "kind" => entry.kind.label()).decrement(1.0);
+    }
+
+    /// How many connections are open on this instance.
+    pub fn count(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Closes every connection that `cause_of` names a cause for.
+    fn close_where(&self, cause_of: impl Fn(&Entry) -> Option<CloseCause>) -> usize {
+        let inner = self.lock();
+        let mut closed = 0;
+        for entry in inner.entries.values() {
+            if let Some(cause) = cause_of(entry) {
+                // The first cause wins: a connection already closing for shutdown stays so.
+                entry.close.send_if_modified(|current| {
+                    let fresh = current.is_none();
+                    if fresh {
+                        *current = Some(cause);
+                        closed += 1;
+                    }
+                    fresh
+                });
+            }
+        }
+        closed
+    }
+
+    /// Closes every connection with 1001 and refuses new ones: courier is stopping.
+    pub fn shut_down(&self) -> usize {
+        self.stopping.store(true, Ordering::Release);
+        self.close_where(|_| Some(CloseCause::Shutdown))
+    }
+
+    /// What the bound sessions and linked accounts are, for one check.
+    fn watched(&self) -> (Vec<Uuid>, Vec<LinkedAccount>) {
+        let inner = self.lock();
+        let sessions = inner.per_session.keys().copied().collect();
+        let linked: HashSet<&LinkedAccount> = inner
+            .entries
+            .values()
+            .filter_map(|e| e.linked.as_ref())
+            .collect();
+        (sessions, linked.into_iter().cloned().collect())
+    }
+
+    /// One check of the bound sessions and linked accounts in Postgres; closes the
+    /// connections of those that ended. Returns how many it closed.
+    pub async fn check(&self, pool: &PgPool, clock: &SharedClock) -> Result<usize, db::DbError> {
+        let (sessions, linked) = self.watched();
+        if sessions.is_empty() {
+            return Ok(0);
+        }
+        let standing = db::sessions::standing(pool, &sessions, clock.now()).await?;
+        let connected: HashSet<LinkedAccount> = if linked.is_empty() {
+            HashSet::new()
+        } else {
+            db::linked_accounts::still_connected(pool, &linked)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let standing: HashMap<Uuid, db::sessions::Standing> =
+            standing.into_iter().map(|s| (s.id, s)).collect();
+        let closed = self.close_where(|entry| match standing.get(&entry.session) {
+            None => Some(CloseCause::SessionEnded),
+            Some(s) if s.over => Some(CloseCause::SessionEnded),
+            Some(s) if s.idle => Some(CloseCause::Idle),
+            Some(_) => entry
+                .linked
+                .as_ref()
+                .filter(|account| !connected.contains(*account))
+                .map(|_| CloseCause::SessionEnded),
+        });
+        Ok(closed)
+    }
+
+    /// Checks the bound sessions every `POLL` while connections are open, until the pool
+    /// closes. A failed check is logged once per outage and closes nothing.
+    pub async fn watch(self: Arc<Self>, pool: PgPool, clock: SharedClock) {
+        let mut ticker = tokio::time::interval(POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        while !pool.is_closed() {
+            ticker.tick().await;
+            match self.check(&pool, &clock).await {
+                Ok(closed) => {
+                    if failing {
+                        tracing::info!("live connections: sessions can be checked again");
+                    }
+                    failing = false;
+                    if closed > 0 {
+                        tracing::info!(closed, "live connections closed: their session ended");
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "live connections: sessions cannot be checked; \
+                        open connections stay open until they can");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A live connection's place among the caps, and its word on when to close. Dropping it frees
+/// the place.
+pub struct Binding {
+    id: u64,
+    kind: LiveKind,
+    registry: Arc<LiveConnections>,
+    closed: watch::Receiver<Option<CloseCause>>,
+}
+
+impl Binding {
+    pub fn kind(&self) -> LiveKind {
+        self.kind
+    }
+
+    /// Waits until the connection must close, and says why.
+    pub async fn closed(&mut self) -> CloseCause {
+        match self.closed.wait_for(Option::is_some).await {
+            Ok(cause) => cause.unwrap_or(CloseCause::Shutdown),
+            // The sender lives in the registry for as long as this binding does.
+            Err(_) => CloseCause::Shutdown,
+        }
+    }
+
+    /// `closed`, as a future that owns what it waits on (for a response body to hold).
+    pub fn closed_owned(&self) -> impl std::future::Future<Output = CloseCause> + Send + 'static {
+        let mut closed = self.closed.clone();
+        async move {
+            match closed.wait_for(Option::is_some).await {
+                Ok(cause) => cause.unwrap_or(CloseCause::Shutdown),
+                Err(_) => CloseCause::Shutdown,
+            }
+        }
+    }
+
+    /// Whether it must close already.
+    pub fn must_close(&self) -> Option<CloseCause> {
+        *self.closed.borrow()
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        self.registry.unbind(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caps_count_per_instance_and_per_session_and_free_on_drop() {
+        let live = LiveConnections::new(3, 2);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = live.bind(a, None, LiveKind::WebSocket).unwrap();
+        let _second = live.bind(a, None, LiveKind::Stream).unwrap();
+        assert_eq!(
+            live.bind(a, None, LiveKind::WebSocket).err(),
+            Some(Refused::SessionFull)
+        );
+        let _third = live.bind(b, None, LiveKind::WebSocket).unwrap();
+        assert_eq!(
+            live.bind(b, None, LiveKind::WebSocket).err(),
+            Some(Refused::InstanceFull)
+        );
+        drop(first);
+        assert_eq!(live.count(), 2);
+        live.bind(a, None, LiveKind::WebSocket).unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutting_down_closes_everything_once_and_refuses_new_ones() {
+        let live = LiveConnections::new(10, 10);
+        let mut binding = live.bind(Uuid::new_v4(), None, LiveKind::WebSocket).unwrap();
+        assert_eq!(binding.must_close(), None);
+        assert_eq!(live.shut_down(), 1);
+        assert_eq!(binding.closed().await, CloseCause::Shutdown);
+        assert_eq!(live.shut_down(), 0, "a cause is given once");
+        assert_eq!(
+            live.bind(Uuid::new_v4(), None, LiveKind::Stream).err(),
+            Some(Refused::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn close_codes_are_the_specs() {
+        let codes: Vec<u16> = [
+            CloseCause::SessionEnded,
+            CloseCause::Idle,
+            CloseCause::Shutdown,
+            CloseCause::ServiceFailed,
+        ]
+        .iter()
+        .map(|c| c.code())
+        .collect();
+        assert_eq!(codes, [4401, 4408, 1001, 1011]);
+    }
+}
