@@ -136,6 +136,9 @@ enum End {
 
 type ServiceSocket = WebSocketStream<reqwest::Upgraded>;
 
+/// How long the closing handshakes may take before both connections are dropped anyway.
+const CLOSING_WAIT: Duration = Duration::from_secs(3);
+
 async fn run(
     browser: Session,
     mut from_browser: AggregatedMessageStream,
@@ -248,10 +251,18 @@ async fn run(
     let code = to_browser.as_ref().map_or(1005, |r| u16::from(r.code));
     // Each side gets its close frame; a side that is gone already makes these fail, which
     // changes nothing.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(CLOSING_WAIT, async {
         let _ = browser.close(to_browser).await;
         if let Some(frame) = to_service_frame {
             let _ = to_service.send(ServiceMessage::Close(Some(frame))).await;
+            // As the client of the service's connection, courier lets the service close it
+            // (RFC 6455 §7.1.1): dropping it at once could reach the service before the close
+            // frame is read.
+            while let Some(Ok(message)) = from_service.next().await {
+                if matches!(message, ServiceMessage::Close(_)) {
+                    break;
+                }
+            }
         }
         let _ = to_service.close().await;
     })
