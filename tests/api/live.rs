@@ -659,3 +659,84 @@ websocket = true
     // The session itself lives on.
     assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn sigterm_closes_live_connections_with_1001_and_exits_within_the_shutdown_bound() {
+    let fake = FakeProvider::start().await;
+    let demo = spawn_demo_api(None);
+    let port = crate::helpers::CourierProcess::free_port();
+    let settings = live_service(AppSettings::new(&fake.issuer), &demo, "");
+    let mut courier = crate::helpers::CourierProcess::start(
+        std::sync::Arc::new(crate::helpers::TestDb::new().await),
+        port,
+        &settings,
+        &[],
+    )
+    .await;
+    let app = &courier.app;
+    let mut browser = Browser::new();
+    login_with_fake(app, &fake, &mut browser, "/").await;
+    let (mut socket, _) = open(app, &browser).await;
+    let mut stream = one_stream(app, &browser, "count=0&interval_ms=100").await;
+    assert!(stream.chunk().await.unwrap().is_some());
+
+    let started = Instant::now();
+    courier.signal("TERM");
+    assert_eq!(closed_with(&mut socket, started).await.0, 1001);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream ended");
+    let status = tokio::time::timeout(Duration::from_secs(30), courier.child.wait())
+        .await
+        .expect("courier exits within its shutdown bound")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "live connections do not hold the exit up: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_does_not_cut_a_websocket_but_a_dead_refresh_on_another_instance_does() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    let t = TwoInstances::start("").await;
+    let mut on_second = Browser::new();
+    on_second.set_cookie(
+        &t.second.address,
+        "__Host-courier",
+        &t.browser.cookie(&t.first.address, "__Host-courier").unwrap(),
+    );
+    let (mut socket, _) = open(&t.first, &t.browser).await;
+
+    // The access token expires (by the first instance's clock) while the connection is open:
+    // the connection does not care.
+    t.first.clock.advance(chrono::Duration::seconds(3600));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    socket.send(Message::text("after expiry")).await.unwrap();
+    assert_eq!(next_text(&mut socket).await, "after expiry");
+
+    // The second instance refreshes, and the provider says the grant is dead.
+    wiremock::Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(400).set_body_string(r#"{"error":"invalid_grant"}"#),
+        )
+        .with_priority(1)
+        .mount(&t.fake.server)
+        .await;
+    t.second.clock.advance(chrono::Duration::seconds(3600));
+    let started = Instant::now();
+    let response = t
+        .second
+        .api(&mut on_second, Method::GET, "/api/services/live/_demo/x")
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let (code, after) = closed_with(&mut socket, started).await;
+    assert_eq!(code, 4401);
+    assert!(after < Duration::from_secs(1), "{after:?}");
+}
