@@ -7,6 +7,8 @@
 //   `login_error` (the provider's answer to that very attempt) and never right after signing out;
 // - the profile (`GET /api/me`), a warning before the session times out;
 // - services (`GET /api/services`), connect / reconnect / disconnect, and a form to call one;
+// - a live connection: a WebSocket to the `live` service through courier, which closes it when
+//   the session ends (4401: the page then shows the signed-out view);
 // - the user's sessions (`GET /api/sessions`) and signing out other devices (`DELETE`);
 // - sign-out: `POST /auth/logout`, then the provider's `logout_url`.
 
@@ -52,6 +54,19 @@ const PROBLEMS = {
   not_found: 'Not found.',
   internal: 'Something went wrong in courier.',
 };
+
+// A live connection's close codes: courier's own (4401, 4408, 1001, 1011) and the browser's.
+const LIVE_CLOSES = {
+  1000: 'closed',
+  1001: 'courier restarting',
+  1006: 'connection lost or refused',
+  1011: 'service failed',
+  4401: 'session ended',
+  4408: 'idle',
+};
+
+// The service the Live panel talks to; the panel shows only when courier lists it.
+const LIVE_SERVICE = 'live';
 
 const state = {
   providers: null, // [{id, name}] from /auth/providers, or null when it could not be loaded
@@ -244,6 +259,8 @@ function trySilentSignIn(params) {
 
 async function signOut() {
   $('sign-out').disabled = true;
+  // Closed first: courier's 4401 for this very logout is not a session ended elsewhere.
+  closeLive();
   // After this, no silent sign-in in this tab: the user asked to be signed out.
   sessionStorage.setItem(SIGNED_OUT, '1');
   let target = '/';
@@ -421,6 +438,7 @@ function renderServices() {
       el('div', { class: 'row-actions' }, actions));
   });
   $('services').replaceChildren(...(rows.length ? rows : [el('li', { class: 'row row-empty muted' }, 'No services are configured.')]));
+  $('live-section').hidden = !state.services.some((s) => s.name === LIVE_SERVICE);
 
   const select = $('call-service');
   const chosen = select.value;
@@ -515,6 +533,95 @@ async function callService() {
   else text = JSON.stringify(body, null, 2);
   parts.push(el('pre', { class: 'code answer-body', tabindex: '0', 'aria-label': 'Response body' }, text));
   answer.replaceChildren(...parts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the live connection
+
+let live = null; // the WebSocket, while it is connecting or open
+
+function liveUrl() {
+  // Same origin, so the browser sends courier's Origin and the session cookie with the
+  // handshake; a WebSocket cannot send X-CSRF and needs none.
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/api/services/${LIVE_SERVICE}/ws`;
+}
+
+function liveState(name, text, code) {
+  const node = $('live-state');
+  node.className = `status status-live-${name}`;
+  node.dataset.state = name;
+  if (code === undefined) delete node.dataset.code;
+  else node.dataset.code = String(code);
+  node.replaceChildren(el('span', { class: 'dot', 'aria-hidden': 'true' }), text);
+  const open = name === 'open';
+  $('live-open').hidden = name !== 'closed';
+  $('live-close').hidden = name === 'closed';
+  $('live-input').disabled = !open;
+  $('live-send').disabled = !open;
+}
+
+/** Adds a line to the log: `way` is "in", "out" or "note". Only the last 50 stay. */
+function liveLog(way, text) {
+  const log = $('live-log');
+  const marks = { in: '←', out: '→', note: '·' };
+  log.append(el('li', { class: `live-line live-${way}` },
+    el('span', { class: 'live-mark', 'aria-hidden': 'true' }, marks[way]), el('span', {}, text)));
+  while (log.children.length > 50) log.firstElementChild.remove();
+  log.scrollTop = log.scrollHeight;
+}
+
+function openLive() {
+  if (live) return;
+  $('live-sub').textContent = '…';
+  liveState('connecting', 'Connecting…');
+  const socket = new WebSocket(liveUrl());
+  socket.binaryType = 'arraybuffer';
+  live = socket;
+  socket.addEventListener('open', () => {
+    liveState('open', 'Open');
+    liveLog('note', 'Connected.');
+  });
+  socket.addEventListener('message', (event) => {
+    if (typeof event.data !== 'string') {
+      liveLog('in', `(${event.data.byteLength} bytes of binary)`);
+      return;
+    }
+    // The service greets first with what it knows of the token courier sent for us.
+    let hello = null;
+    try { hello = JSON.parse(event.data)?.hello ?? null; } catch { /* an echo */ }
+    if (hello && typeof hello === 'object') {
+      const sub = typeof hello.token?.sub === 'string' ? hello.token.sub : 'someone unknown';
+      $('live-sub').textContent = sub;
+      liveLog('note', `The service sees you as ${sub} (${hello.authorization ?? 'no token'}).`);
+      return;
+    }
+    liveLog('in', event.data);
+  });
+  // Before `open`, a refused handshake (no session, a service to connect first) is only a
+  // 1006 here: the browser keeps the HTTP answer to itself.
+  socket.addEventListener('close', (event) => {
+    if (live === socket) live = null;
+    const text = Object.hasOwn(LIVE_CLOSES, event.code) ? LIVE_CLOSES[event.code] : (event.reason || 'closed');
+    liveState('closed', `Closed (${event.code}: ${text})`, event.code);
+    liveLog('note', `Closed: ${event.code} ${text}.`);
+    // courier ended the connection because the session ended (here or in another tab).
+    if (event.code === 4401) sessionEnded();
+  });
+}
+
+/** Closes the connection from this side; the `close` event updates the panel. */
+function closeLive() {
+  live?.close(1000, 'closed by the user');
+}
+
+function sendLive() {
+  const input = $('live-input');
+  if (!live || live.readyState !== WebSocket.OPEN || !input.value) return;
+  live.send(input.value);
+  liveLog('out', input.value);
+  input.value = '';
+  input.focus();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -706,6 +813,12 @@ function wire() {
   $('call-form').addEventListener('submit', (event) => {
     event.preventDefault();
     callService().catch(ignoreEnded);
+  });
+  $('live-open').addEventListener('click', openLive);
+  $('live-close').addEventListener('click', closeLive);
+  $('live-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    sendLive();
   });
   // Back to this tab: refresh what may have changed elsewhere (and notice an ended session).
   document.addEventListener('visibilitychange', () => {

@@ -6,9 +6,11 @@
 // It signs in on the providers' real pages with each login provider, calls a service, connects
 // the calendar provider, lists the sessions of one user signed in from two browser contexts, ends
 // the other one from the first (the second's next call gets a 401 and the page shows the
-// signed-out view), signs out everywhere else, signs in silently in a fresh tab while the
-// provider's session is alive and shows the sign-in buttons without a loop when it is not, and
-// signs out. Screenshots go to target/e2e/.
+// signed-out view), signs out everywhere else, opens a live connection (a WebSocket to the demo
+// API through courier: the hello names the user, a message comes back) and signs out in another
+// tab (courier closes the first tab's WebSocket with 4401 and that page shows the signed-out
+// view), signs in silently in a fresh tab while the provider's session is alive and shows the
+// sign-in buttons without a loop when it is not, and signs out. Screenshots go to target/e2e/.
 //
 //   cargo build -p courier -p demo-api && (cd tests/e2e && npm ci && npm test)
 
@@ -162,6 +164,13 @@ name = "calendar"
 base_url = "${demos.calendar}/calendar/"
 provider = "calendar"
 scopes = ["calendar:read"]
+
+[[services]]
+name = "live"
+base_url = "${demos.orders}/_demo/"
+provider = "main"
+websocket = true
+allowed_paths = ["/ws", "/events"]
 `);
   start(join(root, 'target/debug/courier'), ['serve', '--config', config], {
     env: { ...process.env, RUST_LOG: 'warn' },
@@ -375,9 +384,36 @@ scopes = ["calendar:read"]
   await page.unroute(`${app}/api/sessions`);
   await page.waitForSelector('#signed-in:not([hidden])');
 
-  // --- Silent sign-in: signed out at courier only (the provider's session lives on), a fresh tab
-  // signs in by itself, once.
-  assert.equal(await apiStatus(page, 'POST', '/auth/logout'), 200);
+  // --- A live connection: a WebSocket to the demo API through courier, with the user's token.
+  await page.waitForSelector('#live-section:not([hidden])');
+  assert.equal(await page.getAttribute('#live-state', 'data-state'), 'closed');
+  assert.equal(await page.isDisabled('#live-send'), true);
+  await page.click('#live-open');
+  await page.waitForSelector('#live-state[data-state="open"]');
+  await page.waitForFunction(() => document.querySelector('#live-sub').textContent === 'alice');
+  assert.match(await page.textContent('#live-log'), /sees you as alice \(Bearer <redacted>\)/);
+  await page.fill('#live-input', 'hello over the wire');
+  await page.click('#live-send');
+  await page.waitForSelector('#live-log li.live-in:has-text("hello over the wire")');
+  assert.equal(await page.inputValue('#live-input'), '');
+  await page.screenshot({ path: join(shots, 'live.png'), fullPage: true });
+
+  // Signed out at courier only, in another tab of the same browser (the provider's session lives
+  // on, for the silent sign-in below): courier closes the first tab's WebSocket with 4401 within
+  // a second, and that page shows the signed-out view as after a 401.
+  const elsewhere = await newPage(first);
+  await elsewhere.goto(app);
+  await elsewhere.waitForSelector('#signed-in:not([hidden])');
+  assert.equal(await apiStatus(elsewhere, 'POST', '/auth/logout'), 200);
+  await page.waitForSelector('#live-state[data-state="closed"][data-code="4401"]', { state: 'attached', timeout: 5000 });
+  assert.equal(await page.textContent('#live-state'), 'Closed (4401: session ended)');
+  await page.waitForSelector('#signed-out:not([hidden])', { timeout: 5000 });
+  assert.equal(await page.textContent('#notice .notice-text'), 'Your session has ended. Please sign in again.');
+  assert.equal(await apiStatus(page, 'GET', '/api/me'), 401);
+  await elsewhere.close();
+
+  // --- Silent sign-in: signed out at courier only (above; the provider's session lives on), a
+  // fresh tab signs in by itself, once.
   const fresh = await newPage(first);
   await fresh.goto(app);
   await fresh.waitForSelector('#signed-in:not([hidden])');
