@@ -28,6 +28,10 @@ pub enum ApiError {
     RecentLoginRequired(String),
     #[error("too many requests")]
     RateLimited,
+    /// One live connection too many for the instance's or the session's cap (429
+    /// `rate_limited`, without `Retry-After`: a place frees when a connection closes).
+    #[error("{0}")]
+    TooManyLiveConnections(String),
     #[error("{0}")]
     UpstreamUnavailable(String),
     /// A provider that failed or refused courier's request: 503 with `Retry-After`.
@@ -67,7 +71,7 @@ impl ApiError {
             ApiError::NotAllowed(_) => "not_allowed",
             ApiError::ConnectRequired { .. } => "connect_required",
             ApiError::ReauthRequired | ApiError::RecentLoginRequired(_) => "reauth_required",
-            ApiError::RateLimited => "rate_limited",
+            ApiError::RateLimited | ApiError::TooManyLiveConnections(_) => "rate_limited",
             ApiError::UpstreamUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
             | ApiError::RetryLater { .. }
@@ -112,7 +116,9 @@ impl ResponseError for ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::ServiceNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited | ApiError::TooManyLiveConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::UpstreamUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
             | ApiError::RetryLater { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -218,16 +218,26 @@ fn is_live_request(req: &ServiceRequest) -> bool {
 }
 
 /// Whether a live request comes from courier's own origin: `Origin` is `public_url`'s exactly
-/// (a missing, `null` or other origin is not). Browsers send `Origin` on every WebSocket
-/// handshake and every `EventSource` request, and a page cannot forge it.
+/// (a `null` or other origin is not). Without `Origin`, the browser's own word that the request
+/// is same-origin, `Sec-Fetch-Site: same-origin`, counts instead: Chromium sends no `Origin` on
+/// a same-origin `EventSource` request (nor on a same-origin `GET` fetch), but always sends
+/// `Sec-Fetch-Site`. Neither header can be set by a page, and a cross-site request carries both
+/// (its own origin, `cross-site`); a request with neither is refused.
 fn live_origin_ok(req: &ServiceRequest) -> bool {
     let Some(state) = req.app_data::<actix_web::web::Data<crate::state::AppState>>() else {
         return false;
     };
-    let ours = state.config.server.public_url.origin().ascii_serialization();
-    let mut origins = req.headers().get_all(actix_web::http::header::ORIGIN);
+    let headers = req.headers();
+    let mut origins = headers.get_all(actix_web::http::header::ORIGIN);
     match (origins.next(), origins.next()) {
-        (Some(origin), None) => origin.as_bytes() == ours.as_bytes(),
+        (Some(origin), None) => {
+            let ours = state.config.server.public_url.origin().ascii_serialization();
+            origin.as_bytes() == ours.as_bytes()
+        }
+        (None, _) => {
+            let mut sites = headers.get_all("sec-fetch-site");
+            matches!((sites.next(), sites.next()), (Some(site), None) if site.as_bytes() == b"same-origin")
+        }
         _ => false,
     }
 }

@@ -357,7 +357,7 @@ fn bind_live(
         .map_err(|refused| match refused {
             Refused::InstanceFull | Refused::SessionFull => {
                 tracing::info!(service = service.name(), %refused, "live connection refused");
-                ApiError::RateLimited
+                ApiError::TooManyLiveConnections(refused.to_string())
             }
             Refused::ShuttingDown => ApiError::UpstreamUnavailable(refused.to_string()),
         })

@@ -210,7 +210,8 @@ async fn postgres_restarted_under_load_gives_503s_and_loses_nothing() {
 }
 
 /// A service that misbehaves as its path says: `/hang` never answers, `/reset` resets the
-/// connection, `/truncate` promises 1000 bytes and sends 10, `/endless` streams forever.
+/// connection, `/truncate` promises 1000 bytes and sends 10, `/endless` streams forever,
+/// `/stall` sends one chunk and then nothing.
 async fn spawn_bad_service() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
@@ -238,6 +239,12 @@ async fn spawn_bad_service() -> String {
                         let _ = socket
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
                             .await;
+                    }
+                    "/stall" => {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
                     "/endless" => {
                         let _ = socket
@@ -267,7 +274,7 @@ async fn services_that_hang_reset_truncate_or_never_stop_get_bounded_clear_answe
     let settings = AppSettings::new(&fake.issuer).service(
         "bad",
         &format!("{bad}/"),
-        "provider = \"main\"\ntimeout_secs = 2",
+        "provider = \"main\"\ntimeout_secs = 2\nstream_idle_timeout_secs = 1",
     );
     let app = TestApp::spawn(TestApp::bind(), settings).await;
     let mut browser = Browser::new();
@@ -308,18 +315,24 @@ async fn services_that_hang_reset_truncate_or_never_stop_get_bounded_clear_answe
     assert_eq!(truncated.status(), StatusCode::OK);
     assert!(truncated.bytes().await.is_err(), "the truncation shows");
 
-    // An endless body is cut at the service's timeout.
+    // A body that keeps flowing is not cut at `timeout_secs` (which bounds the wait for the
+    // head): well past it, it still streams.
     let endless = endless.await.unwrap().unwrap();
     assert_eq!(endless.status(), StatusCode::OK);
     let mut stream = endless;
+    let started = std::time::Instant::now();
     let mut received = 0usize;
-    let ended = loop {
+    while started.elapsed() < Duration::from_secs(4) {
         match stream.chunk().await {
             Ok(Some(chunk)) => received += chunk.len(),
-            Ok(None) => break "complete",
-            Err(_) => break "cut",
+            other => panic!("the stream stopped after {received} bytes: {other:?}"),
         }
-    };
-    assert_eq!(ended, "cut", "after {received} bytes");
+    }
+    drop(stream);
+
+    // A body that stops flowing is cut after `stream_idle_timeout_secs`, visibly.
+    let stalled = call("/stall").await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    assert!(stalled.bytes().await.is_err(), "the stall shows as a cut");
     assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
 }

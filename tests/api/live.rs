@@ -584,15 +584,34 @@ async fn server_sent_events_outlive_timeout_secs_while_data_flows_and_end_with_t
     let body = response.text().await;
     assert!(body.is_err(), "an idle stream is cut, not completed: {body:?}");
 
-    // Without courier's origin it is refused like any call without the CSRF header.
-    let response = reqwest::Client::new()
-        .get(app.url("/api/services/live/_demo/events"))
-        .header("accept", "text/event-stream")
-        .header("cookie", cookie_header(&app, &browser))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Without courier's origin it is refused like any call without the CSRF header. Chromium
+    // sends no `Origin` on a same-origin `EventSource`, only `Sec-Fetch-Site: same-origin`:
+    // that passes; `cross-site`, `same-site`, another origin, or neither header does not.
+    let events = |headers: &[(&str, &str)]| {
+        let mut request = reqwest::Client::new()
+            .get(app.url("/api/services/live/_demo/events?count=1"))
+            .header("accept", "text/event-stream")
+            .header("cookie", cookie_header(&app, &browser));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    for headers in [
+        &[][..],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "http://evil.example"), ("sec-fetch-site", "same-origin")],
+        &[("origin", "null")],
+    ] {
+        let response = events(headers).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "csrf_required");
+    }
+    let response = events(&[("sec-fetch-site", "same-origin")]).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap().matches("data: ").count(), 1);
 
     // A stream without end stops when the session does (logout elsewhere). (The silent stream
     // above stays open at the service until it next writes: its count is the baseline.)
