@@ -366,7 +366,9 @@ mod tests {
     #[tokio::test]
     async fn shutting_down_closes_everything_once_and_refuses_new_ones() {
         let live = LiveConnections::new(10, 10);
-        let mut binding = live.bind(Uuid::new_v4(), None, LiveKind::WebSocket).unwrap();
+        let mut binding = live
+            .bind(Uuid::new_v4(), None, LiveKind::WebSocket)
+            .unwrap();
         assert_eq!(binding.must_close(), None);
         assert_eq!(live.shut_down(), 1);
         assert_eq!(binding.closed().await, CloseCause::Shutdown);

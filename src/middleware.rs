@@ -231,7 +231,12 @@ fn live_origin_ok(req: &ServiceRequest) -> bool {
     let mut origins = headers.get_all(actix_web::http::header::ORIGIN);
     match (origins.next(), origins.next()) {
         (Some(origin), None) => {
-            let ours = state.config.server.public_url.origin().ascii_serialization();
+            let ours = state
+                .config
+                .server
+                .public_url
+                .origin()
+                .ascii_serialization();
             origin.as_bytes() == ours.as_bytes()
         }
         (None, _) => {

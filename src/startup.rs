@@ -23,11 +23,11 @@ use crate::error::ApiError;
 use crate::limits::{
     Limits, body_deadline, close_after_unread_body, login_rate_limit, request_guard,
 };
+use crate::live::LiveConnections;
 use crate::middleware::require_csrf_header;
 use crate::oidc::ProviderRegistry;
 use crate::services::ServiceRegistry;
 use crate::session::PgSessionStore;
-use crate::live::LiveConnections;
 use crate::state::AppState;
 use crate::tokens::TokenService;
 use crate::{db, housekeeping, middleware, routes};

@@ -114,7 +114,9 @@ pub async fn relay(
     } = browser;
     // The service chose among the protocols the browser offered (passed on by `proxy::send`).
     if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_bytes(p.as_bytes()).ok()) {
-        response.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     actix_web::rt::spawn(run(session, messages, service, binding, rules));
     Ok(response)
@@ -229,10 +231,7 @@ async fn run(
             });
             (reason, frame)
         }
-        End::BrowserGone => (
-            None,
-            Some(frame_for_service(1001, "the browser went away")),
-        ),
+        End::BrowserGone => (None, Some(frame_for_service(1001, "the browser went away"))),
         // tungstenite answers the service's close frame itself.
         End::ServiceClosed(frame) => (
             frame

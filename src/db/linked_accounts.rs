@@ -274,22 +274,6 @@ pub async fn delete(conn: &mut PgConnection, user_id: Uuid, provider: &str) -> R
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Status;
-
-    #[test]
-    fn an_unknown_link_status_is_an_error_not_connected() {
-        assert_eq!(Status::parse("connected").unwrap(), Status::Connected);
-        assert_eq!(
-            Status::parse("reauth_required").unwrap(),
-            Status::ReauthRequired
-        );
-        assert!(Status::parse("revoked").is_err());
-        assert!(Status::parse("").is_err());
-    }
-}
-
 /// The linked accounts among `(user id, provider)` pairs that are still connected (not
 /// disconnected, not waiting for the user to connect again after a dead refresh).
 pub async fn still_connected(
@@ -308,4 +292,20 @@ pub async fn still_connected(
     .fetch_all(pool)
     .await
     .map_err(DbError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn an_unknown_link_status_is_an_error_not_connected() {
+        assert_eq!(Status::parse("connected").unwrap(), Status::Connected);
+        assert_eq!(
+            Status::parse("reauth_required").unwrap(),
+            Status::ReauthRequired
+        );
+        assert!(Status::parse("revoked").is_err());
+        assert!(Status::parse("").is_err());
+    }
 }

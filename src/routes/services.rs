@@ -12,13 +12,13 @@ use url::Url;
 use crate::connections;
 use crate::error::ApiError;
 use crate::live::{Binding, LinkedAccount, LiveKind, Refused};
-use crate::websocket;
 use crate::oidc::grants::ExchangeTarget;
 use crate::proxy::{self, Incoming, OutgoingBody};
 use crate::services::{CallToken, Service, ServiceStatus};
 use crate::session::CurrentSession;
 use crate::state::AppState;
 use crate::tokens::{AccessToken, ExchangeFor, TokenError};
+use crate::websocket;
 
 fn connect_url(service: &Service) -> String {
     format!("/auth/connect/{}", service.name())
@@ -337,9 +337,11 @@ fn asks_for_dpop_nonce(service: &Service, response: &reqwest::Response) -> bool 
 /// The linked account a call's token comes from, whose end closes a live connection too.
 fn linked_account(service: &Service, current: &CurrentSession) -> Option<LinkedAccount> {
     match service.call_token(&current.provider) {
-        CallToken::Linked { provider } | CallToken::Exchange { provider, linked: true } => {
-            Some((current.user_id, provider.to_owned()))
-        }
+        CallToken::Linked { provider }
+        | CallToken::Exchange {
+            provider,
+            linked: true,
+        } => Some((current.user_id, provider.to_owned())),
         _ => None,
     }
 }

@@ -470,7 +470,10 @@ fn live_connection_settings_load_and_zero_bounds_are_refused() {
     assert!(ok, "{out}");
     for (text, key) in [
         (
-            live.replace("stream_idle_timeout_secs = 300", "stream_idle_timeout_secs = 0"),
+            live.replace(
+                "stream_idle_timeout_secs = 300",
+                "stream_idle_timeout_secs = 0",
+            ),
             "services[0].stream_idle_timeout_secs",
         ),
         (

@@ -41,7 +41,11 @@ fn cookie_header(app: &TestApp, browser: &Browser) -> String {
 }
 
 /// The handshake a browser page on courier's origin makes to `path`, with `browser`'s cookie.
-fn handshake(app: &TestApp, browser: &Browser, path: &str) -> tungstenite::handshake::client::Request {
+fn handshake(
+    app: &TestApp,
+    browser: &Browser,
+    path: &str,
+) -> tungstenite::handshake::client::Request {
     let mut request = format!("ws://127.0.0.1:{}{path}", app.port)
         .into_client_request()
         .unwrap();
@@ -120,7 +124,8 @@ async fn demo_live(demo: &str) -> Value {
 #[tokio::test]
 async fn a_websocket_carries_the_users_token_and_relays_messages_both_ways() {
     let listener = TestApp::bind();
-    let provider = NodeProvider::for_courier(listener.local_addr().unwrap().port(), json!({})).await;
+    let provider =
+        NodeProvider::for_courier(listener.local_addr().unwrap().port(), json!({})).await;
     let demo = spawn_demo_api(Some(&provider.issuer));
     let app = TestApp::spawn(
         listener,
@@ -158,11 +163,20 @@ async fn a_websocket_carries_the_users_token_and_relays_messages_both_ways() {
         .unwrap();
     let started = Instant::now();
     while demo_live(&demo).await["close_codes"] != json!([4321]) {
-        assert!(started.elapsed() < Duration::from_secs(5), "{}", demo_live(&demo).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            demo_live(&demo).await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Frames are counted in /metrics.
-    let metrics = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("courier_live_frames_total{service=\"live\",direction=\"to_service\"}"),
         "{metrics}"
@@ -185,18 +199,29 @@ async fn a_handshake_needs_a_session_courier_s_origin_and_a_websocket_service() 
     login_with_fake(&app, &fake, &mut browser, "/").await;
     let path = "/api/services/live/_demo/ws";
 
-    for origin in [None, Some("null"), Some("http://evil.example"), Some("http://127.0.0.1:1")] {
+    for origin in [
+        None,
+        Some("null"),
+        Some("http://evil.example"),
+        Some("http://127.0.0.1:1"),
+    ] {
         let mut request = handshake(&app, &browser, path);
         match origin {
             None => {
                 request.headers_mut().remove("origin");
             }
             Some(origin) => {
-                request.headers_mut().insert("origin", origin.parse().unwrap());
+                request
+                    .headers_mut()
+                    .insert("origin", origin.parse().unwrap());
             }
         }
         let (status, problem) = refused(request).await;
-        assert_eq!((status, &problem["code"]), (403, &json!("csrf_required")), "{origin:?}");
+        assert_eq!(
+            (status, &problem["code"]),
+            (403, &json!("csrf_required")),
+            "{origin:?}"
+        );
     }
     let mut request = handshake(&app, &browser, path);
     request.headers_mut().remove("cookie");
@@ -205,11 +230,23 @@ async fn a_handshake_needs_a_session_courier_s_origin_and_a_websocket_service() 
 
     let (status, problem) =
         refused(handshake(&app, &browser, "/api/services/plain/_demo/ws")).await;
-    assert_eq!((status, &problem["code"]), (400, &json!("bad_request")), "{problem}");
+    assert_eq!(
+        (status, &problem["code"]),
+        (400, &json!("bad_request")),
+        "{problem}"
+    );
     let (status, problem) = refused(handshake(&app, &browser, "/api/services/live/ws")).await;
-    assert_eq!((status, &problem["code"]), (403, &json!("not_allowed")), "{problem}");
+    assert_eq!(
+        (status, &problem["code"]),
+        (403, &json!("not_allowed")),
+        "{problem}"
+    );
     let (status, problem) = refused(handshake(&app, &browser, "/api/me")).await;
-    assert_eq!((status, &problem["code"]), (400, &json!("bad_request")), "{problem}");
+    assert_eq!(
+        (status, &problem["code"]),
+        (400, &json!("bad_request")),
+        "{problem}"
+    );
 
     // None of the refusals reached the service; a proper one does.
     assert_eq!(demo_live(&demo).await["open_sockets"], 0);
@@ -350,13 +387,20 @@ async fn a_session_ended_from_the_list_closes_its_websockets_and_no_other_sessio
     let started = Instant::now();
     let response = t
         .first
-        .api(&mut laptop, Method::DELETE, &format!("/api/sessions/{other}"))
+        .api(
+            &mut laptop,
+            Method::DELETE,
+            &format!("/api/sessions/{other}"),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     both_closed(sockets, 4401, started, Duration::from_secs(1)).await;
 
     // The laptop's own connection is untouched.
-    laptop_socket.send(Message::text("still here")).await.unwrap();
+    laptop_socket
+        .send(Message::text("still here"))
+        .await
+        .unwrap();
     assert_eq!(next_text(&mut laptop_socket).await, "still here");
 }
 
@@ -431,7 +475,10 @@ async fn an_idle_or_expired_session_closes_its_websockets_and_frames_do_not_keep
     }
     app.clock.advance(chrono::Duration::seconds(601));
     assert_eq!(closed_with(&mut socket, Instant::now()).await.0, 4408);
-    assert_eq!(app.me(&mut browser).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.me(&mut browser).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -460,7 +507,11 @@ async fn a_websocket_silent_for_stream_idle_timeout_secs_is_closed_on_both_sides
     assert_eq!(closed_with(&mut socket, Instant::now()).await.0, 4408);
     let started = Instant::now();
     while demo_live(&demo).await["close_codes"] != json!([4408]) {
-        assert!(started.elapsed() < Duration::from_secs(5), "{}", demo_live(&demo).await);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}",
+            demo_live(&demo).await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -480,7 +531,11 @@ async fn the_caps_refuse_one_connection_too_many_with_429() {
     let first = open(&app, &one).await.0;
     let _second = open(&app, &one).await.0;
     let (status, problem) = refused(handshake(&app, &one, "/api/services/live/_demo/ws")).await;
-    assert_eq!((status, &problem["code"]), (429, &json!("rate_limited")), "the session's cap");
+    assert_eq!(
+        (status, &problem["code"]),
+        (429, &json!("rate_limited")),
+        "the session's cap"
+    );
     // An event stream counts too.
     let response = one_stream(&app, &one, "count=1").await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -521,8 +576,11 @@ async fn one_stream(app: &TestApp, browser: &Browser, query: &str) -> reqwest::R
 async fn a_websocket_relay_keeps_to_the_slower_sides_pace() {
     let fake = FakeProvider::start().await;
     let demo = spawn_demo_api(None);
-    let app = TestApp::spawn(TestApp::bind(), live_service(AppSettings::new(&fake.issuer), &demo, ""))
-        .await;
+    let app = TestApp::spawn(
+        TestApp::bind(),
+        live_service(AppSettings::new(&fake.issuer), &demo, ""),
+    )
+    .await;
     let mut browser = Browser::new();
     login_with_fake(&app, &fake, &mut browser, "/").await;
     let (mut socket, _) = open(&app, &browser).await;
@@ -582,7 +640,10 @@ async fn server_sent_events_outlive_timeout_secs_while_data_flows_and_end_with_t
     // Silence past `stream_idle_timeout_secs` cuts the stream after what came.
     let response = one_stream(&app, &browser, "silence_after=2").await;
     let body = response.text().await;
-    assert!(body.is_err(), "an idle stream is cut, not completed: {body:?}");
+    assert!(
+        body.is_err(),
+        "an idle stream is cut, not completed: {body:?}"
+    );
 
     // Without courier's origin it is refused like any call without the CSRF header. Chromium
     // sends no `Origin` on a same-origin `EventSource`, only `Sec-Fetch-Site: same-origin`:
@@ -601,7 +662,10 @@ async fn server_sent_events_outlive_timeout_secs_while_data_flows_and_end_with_t
         &[][..],
         &[("sec-fetch-site", "cross-site")],
         &[("sec-fetch-site", "same-site")],
-        &[("origin", "http://evil.example"), ("sec-fetch-site", "same-origin")],
+        &[
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "same-origin"),
+        ],
         &[("origin", "null")],
     ] {
         let response = events(headers).await.unwrap();
@@ -628,7 +692,10 @@ async fn server_sent_events_outlive_timeout_secs_while_data_flows_and_end_with_t
     assert!(logged_out.elapsed() < Duration::from_secs(2));
     let started = Instant::now();
     while demo_live(&demo).await["open_streams"] != baseline {
-        assert!(started.elapsed() < Duration::from_secs(5), "the service's stream was dropped");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the service's stream was dropped"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -727,7 +794,9 @@ async fn an_expired_token_does_not_cut_a_websocket_but_a_dead_refresh_on_another
     on_second.set_cookie(
         &t.second.address,
         "__Host-courier",
-        &t.browser.cookie(&t.first.address, "__Host-courier").unwrap(),
+        &t.browser
+            .cookie(&t.first.address, "__Host-courier")
+            .unwrap(),
     );
     let (mut socket, _) = open(&t.first, &t.browser).await;
 

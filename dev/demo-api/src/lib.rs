@@ -285,7 +285,8 @@ async fn websocket(
         .max_continuation_size(16 * 1024 * 1024);
     actix_web::rt::spawn(async move {
         state.live.open_sockets.fetch_add(1, Ordering::SeqCst);
-        let hello = json!({"hello": {"token": token, "authorization": format!("{scheme} <redacted>")}});
+        let hello =
+            json!({"hello": {"token": token, "authorization": format!("{scheme} <redacted>")}});
         let mut closing = None;
         if session.text(hello.to_string()).await.is_ok() {
             while let Some(Ok(message)) = messages.recv().await {
@@ -293,11 +294,19 @@ async fn websocket(
                 let sent = match message {
                     M::Text(text) => match text.split(':').collect::<Vec<_>>()[..] {
                         ["flood", frames, bytes] => {
-                            flood(&state, &mut session, frames.parse().unwrap_or(0), bytes.parse().unwrap_or(0)).await
+                            flood(
+                                &state,
+                                &mut session,
+                                frames.parse().unwrap_or(0),
+                                bytes.parse().unwrap_or(0),
+                            )
+                            .await
                         }
                         ["close", code] => {
                             closing = Some(actix_ws::CloseReason {
-                                code: actix_ws::CloseCode::from(code.parse::<u16>().unwrap_or(1000)),
+                                code: actix_ws::CloseCode::from(
+                                    code.parse::<u16>().unwrap_or(1000),
+                                ),
                                 description: Some("asked to".into()),
                             });
                             break;
@@ -309,7 +318,12 @@ async fn websocket(
                     M::Pong(_) => Ok(()),
                     M::Close(reason) => {
                         let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
-                        state.live.close_codes.lock().expect("not poisoned").push(code);
+                        state
+                            .live
+                            .close_codes
+                            .lock()
+                            .expect("not poisoned")
+                            .push(code);
                         closing = reason;
                         break;
                     }
