@@ -331,6 +331,8 @@ provider = "main"
             r = ws(app_a, alice, **kw)
             check(f"WebSocket with {label}: {expected[0]} {expected[1]}",
                   isinstance(r, Refused) and (r.status, r.code) == expected, r)
+            if isinstance(r, WebSocket):
+                r.close()
         r = ws(app_a, None)
         check("WebSocket without a cookie: 401 login_required",
               isinstance(r, Refused) and (r.status, r.code) == (401, "login_required"), r)
