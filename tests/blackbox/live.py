@@ -173,8 +173,9 @@ def watch(ws, since):
             out["error"] = repr(e)
         out["after"] = time.monotonic() - since[0]
 
-    out["thread"] = threading.Thread(target=run, daemon=True)
-    out["thread"].start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    out["join"] = lambda: thread.join(5)
     return out
 
 
@@ -210,7 +211,7 @@ def main():
     net_a = f"127.0.0.1:{port_a}"
     demo = f"http://127.0.0.1:{demo_port}"
     client_secret = "live-" + secrets.token_hex(8)
-    procs, logs, cookies = [], [], []
+    procs, logs, configs, cookies = [], [], [], []
     try:
         provider, issuer = start_provider(app_a, clients=[{
             "client_id": "courier", "client_secret": client_secret,
@@ -226,7 +227,7 @@ def main():
             env={**os.environ, "DEMO_API_CLIENT_SECRET": client_secret}, stderr=subprocess.DEVNULL))
         env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
                "COURIER_KEY": base64.b64encode(os.urandom(32)).decode(), "MAIN_SECRET": client_secret,
-               "RUST_LOG": "info"}
+               "RUST_LOG": os.environ.get("RUST_LOG", "info")}
         couriers = {}
         # Both instances serve one app behind a load balancer: one public_url, one Origin.
         for port in (port_a, port_b):
@@ -274,6 +275,7 @@ base_url = "{demo}/"
 provider = "main"
 """)
             config.close()
+            configs.append(config.name)
             log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
             logs.append(log.name)
             couriers[port] = subprocess.Popen([binary, "serve", "--config", config.name], env=env,
@@ -300,7 +302,7 @@ provider = "main"
         def demo_live():
             return json.loads(Browser().get(f"{demo}/_demo/live").body)
 
-        # --- 2. Through both instances -------------------------------------------------------
+        # --- Through both instances -------------------------------------------------------
         alice = session("alice")
         sockets = {}
         for name, app in [("A", app_a), ("B", app_b)]:
@@ -317,10 +319,10 @@ provider = "main"
             sock.send("héllo ✓")
             sock.send(blob)
             echoes = [sock.recv(), sock.recv()]
-            check(f"... text and a 70 kB binary message come back as sent",
-                  echoes == [("text", "héllo ✓"), ("binary", blob)], [e[:2] for e in echoes])
+            check(f"... through {name}, text and a 70 kB binary message come back as sent",
+                  echoes == [("text", "héllo ✓"), ("binary", blob)], [(e[0], len(e[1])) for e in echoes])
 
-        # --- 3. Refusals ---------------------------------------------------------------------
+        # --- Refusals ---------------------------------------------------------------------
         for label, kw, expected in [
             ("no Origin", {"origin": None}, (403, "csrf_required")),
             ("another origin", {"origin": "http://evil.example"}, (403, "csrf_required")),
@@ -357,7 +359,7 @@ provider = "main"
                   resp.status == expected and code in (None, "csrf_required")
                   and (expected == 403 or body.count(b"data: ") == 1), (resp.status, body[:200]))
 
-        # --- 4. An event stream outlives timeout_secs -------------------------------------------
+        # --- An event stream outlives timeout_secs -------------------------------------------
         started = time.monotonic()
         resp = event_stream(f"{app_b}/api/services/live/_demo/events?count=13&interval_ms=400", headers(alice))
         out = {}
@@ -369,62 +371,73 @@ provider = "main"
               and out["events"] == list(range(13)) and out["end"] == "complete" and took > 4.5,
               (resp.status, out, took))
 
-        # --- 5. A back-channel logout closes them on both instances -----------------------------
+        # --- A back-channel logout closes them on both instances -----------------------------
+        def closed_within(watchers, stream=None):
+            for w in watchers.values():
+                w["join"]()
+            if stream is not None:
+                stream["thread"].join(5)
+            return {name: (w.get("code"), round(w.get("after", 99), 3)) for name, w in watchers.items()}
+
+        def report(closes, stream=None):
+            return ", ".join(f"{n}: {c} after {t:.3f} s" for n, (c, t) in closes.items()) + (
+                f"; the event stream on A ended ({stream.get('end')}) after {stream.get('after', 99):.3f} s"
+                if stream is not None else "")
+
+        # Alice: a logout token signed by the provider's key, posted to A; measured from the post.
         since = [0.0]
         watchers = {name: watch(s, since) for name, s in sockets.items() if isinstance(s, WebSocket)}
-        stream = {}
         resp = event_stream(f"{app_a}/api/services/live/_demo/events?count=0&interval_ms=100", headers(alice))
         check("an endless event stream opens on A beside the WebSocket (two live connections)",
               resp.status == 200, (resp.status, resp.read()[:200] if resp.status != 200 else ""))
-        reader = threading.Thread(target=read_events, args=(resp, stream, since), daemon=True)
-        reader.start()
+        stream = {}
+        stream["thread"] = threading.Thread(target=read_events, args=(resp, stream, since), daemon=True)
+        stream["thread"].start()
         time.sleep(0.5)
-        page = alice.get(f"{issuer}/session/end?client_id=courier&post_logout_redirect_uri="
-                         + urllib.parse.quote(f"{app_a}/", safe=""))
-        xsrf = page.body.decode().split('name="xsrf" value="', 1)[1].split('"', 1)[0]
-        since[0] = time.monotonic()
-        alice.request("POST", f"{issuer}/session/end/confirm", body={"xsrf": xsrf, "logout": "yes"})
-        confirmed = time.monotonic() - since[0]
-        for w in watchers.values():
-            w["thread"].join(5)
-        reader.join(5)
-        closes = {name: (w.get("code"), round(w.get("after", 99), 3)) for name, w in watchers.items()}
-        print(f"     logout at the provider (confirm answered after {confirmed:.3f} s): WebSockets closed "
-              + ", ".join(f"{n}: {c} after {t:.3f} s" for n, (c, t) in closes.items())
-              + f"; event stream ended ({stream.get('end')}) after {stream.get('after', 99):.3f} s", flush=True)
-        check("a logout at the provider (back-channel to A) closes the WebSockets on A and B with 4401 within 1 s",
-              len(closes) == 2 and all(c == 4401 and t <= 1.0 for c, t in closes.values()),
-              {n: w.get("error", closes[n]) for n, w in watchers.items()})
-        check("... and ends the event stream on A within 1 s",
-              "end" in stream and stream["after"] <= 1.0 and len(stream["events"]) > 0, stream)
-        r = ws(app_b, alice)
-        check("... and a new WebSocket with the old cookie is refused: 401",
-              isinstance(r, Refused) and r.status == 401, r)
-
-        bob = session("bob")
-        bob_socket = ws(app_a, bob)
-        bob_socket.recv()
-        since = [0.0]
-        w = watch(bob_socket, since)
         now = int(time.time())
         token = sign(issuer, {"iss": issuer, "aud": "courier", "iat": now, "exp": now + 120,
-                              "jti": str(uuid.uuid4()), "events": {EVENT: {}}, "sub": "bob"})
+                              "jti": str(uuid.uuid4()), "events": {EVENT: {}}, "sub": "alice"})
         since[0] = time.monotonic()
-        status = Browser().request("POST", f"{app_b}/auth/backchannel-logout/main",
-                                   body={"logout_token": token}).status
-        w["thread"].join(5)
-        print(f"     signed logout token posted to B ({status}): bob's WebSocket on A closed "
-              f"{w.get('code')} after {w.get('after', 99):.3f} s", flush=True)
-        check("a logout token (signed by the provider) posted to B closes bob's WebSocket on A with 4401 within 1 s",
-              status == 200 and w.get("code") == 4401 and w["after"] <= 1.0, w)
+        status = Browser().request("POST", f"{app_a}/auth/backchannel-logout/main", body={"logout_token": token}).status
+        closes = closed_within(watchers, stream)
+        print(f"     logout token for alice posted to A ({status}): WebSockets closed {report(closes, stream)}", flush=True)
+        check("a back-channel logout posted to A closes alice's WebSockets on A and B with 4401 within 1 s",
+              status == 200 and len(closes) == 2 and all(c == 4401 and t <= 1.0 for c, t in closes.values()),
+              {n: w.get("error", closes[n]) for n, w in watchers.items()})
+        check("... and ends her event stream on A within 1 s, after events",
+              "end" in stream and stream["after"] <= 1.0 and len(stream["events"]) > 0,
+              {k: v for k, v in stream.items() if k != "thread"})
+        r = ws(app_b, alice)
+        check("... and a new WebSocket with her old cookie is refused: 401", isinstance(r, Refused) and r.status == 401, r)
+
+        # Bob: logs out at the provider, which sends the back-channel logout to A (public_url)
+        # before it answers; measured from the confirmation's start.
+        bob = session("bob")
+        bob_sockets = {"A": ws(app_a, bob), "B": ws(app_b, bob)}
+        for sock in bob_sockets.values():
+            sock.recv()
+        since = [0.0]
+        watchers = {name: watch(sock, since) for name, sock in bob_sockets.items()}
+        page = bob.get(f"{issuer}/session/end?client_id=courier&post_logout_redirect_uri="
+                       + urllib.parse.quote(f"{app_a}/", safe=""))
+        xsrf = page.body.decode().split('name="xsrf" value="', 1)[1].split('"', 1)[0]
+        since[0] = time.monotonic()
+        bob.request("POST", f"{issuer}/session/end/confirm", body={"xsrf": xsrf, "logout": "yes"})
+        confirmed = time.monotonic() - since[0]
+        closes = closed_within(watchers)
+        print(f"     bob's logout at the provider (its answer after {confirmed:.3f} s): WebSockets closed "
+              f"{report(closes)}", flush=True)
+        check("a logout at the provider closes bob's WebSockets on A and B with 4401, within 1 s of its answer",
+              all(c == 4401 and t <= confirmed + 1.0 for c, t in closes.values()),
+              {n: w.get("error", closes[n]) for n, w in watchers.items()})
         for _ in range(20):
             codes = demo_live()["close_codes"]
-            if codes.count(4401) >= 3:
+            if codes.count(4401) >= 4:
                 break
             time.sleep(0.1)
-        check("... and the service's side of each was closed with 4401 too", codes.count(4401) == 3, codes)
+        check("... and the service's side of all four was closed with 4401 too", codes.count(4401) == 4, codes)
 
-        # --- 6. The per-session cap, and the idle bound -----------------------------------------
+        # --- The per-session cap, and the idle bound -----------------------------------------
         carol = session("carol")
         quiet = ws(app_b, carol, "quiet/_demo/ws")
         quiet_opened = time.monotonic()
@@ -455,14 +468,14 @@ provider = "main"
         check("a WebSocket silent for stream_idle_timeout_secs = 2 is closed with 4408",
               closed[:2] == ("close", 4408) and 1.8 <= idle <= 4, (closed, idle))
 
-        # --- 7. SIGTERM ---------------------------------------------------------------------
+        # --- SIGTERM ---------------------------------------------------------------------
         on_b = ws(app_b, carol)
         on_b.recv()
         since = [0.0]
         watchers = [watch(on_b, since)] + [watch(s, since) for s in (second, again)]
         since[0] = time.monotonic()
         couriers[port_b].send_signal(signal.SIGTERM)
-        watchers[0]["thread"].join(5)
+        watchers[0]["join"]()
         try:
             code = couriers[port_b].wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -472,21 +485,21 @@ provider = "main"
         print(f"     SIGTERM to B: its WebSocket closed {w.get('code')} after {w.get('after', 99):.3f} s; "
               f"B exited {code} after {exited:.3f} s", flush=True)
         check("SIGTERM to B closes its WebSocket with 1001 and B exits 0 within 5 s",
-              w.get("code") == 1001 and code == 0, (w, code))
+              w.get("code") == 1001 and code == 0, (w.get("code"), w.get("error"), code))
         check("... and carol's WebSockets on A go on", all("after" not in w for w in watchers[1:])
-              and couriers[port_a].poll() is None, watchers[1:])
+              and couriers[port_a].poll() is None, [w.get("code") for w in watchers[1:]])
         since[0] = time.monotonic()
         couriers[port_a].send_signal(signal.SIGTERM)
         for w in watchers[1:]:
-            w["thread"].join(5)
+            w["join"]()
         try:
             code = couriers[port_a].wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
         check("SIGTERM to A closes its two WebSockets with 1001 and A exits 0",
-              [w.get("code") for w in watchers[1:]] == [1001, 1001] and code == 0, (watchers[1:], code))
+              [w.get("code") for w in watchers[1:]] == [1001, 1001] and code == 0, ([w.get("code") for w in watchers[1:]], code))
 
-        # --- 8. Nothing secret in the logs ----------------------------------------------------
+        # --- Nothing secret in the logs ----------------------------------------------------
         text = "".join(open(path).read() for path in logs)
         leaked = [s for s in (client_secret, env["COURIER_KEY"], *cookies) if s and s in text]
         leaked += re.findall(r"eyJ[\w-]+\.eyJ", text) + re.findall(r"(?i)(?:bearer|dpop) (?!<redacted>)[\w.~+/-]{8,}", text)
@@ -495,6 +508,8 @@ provider = "main"
     finally:
         for p in procs:
             p.kill()
+        for path in configs + (logs if all(results) else []):
+            os.remove(path)
         if not all(results):
             print("courier's logs:", *logs)
         subprocess.run(["psql", ADMIN, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"])
