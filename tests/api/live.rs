@@ -33,6 +33,31 @@ fn live_service(settings: AppSettings, demo: &str, fields: &str) -> AppSettings 
     )
 }
 
+/// The fake provider, the demo API (no token check), courier with the demo API as `live`
+/// (`fields` added, then `edit`ed), and a browser signed in.
+struct One {
+    fake: FakeProvider,
+    demo: String,
+    app: TestApp,
+    browser: Browser,
+}
+
+async fn one_instance(fields: &str, edit: impl FnOnce(&mut AppSettings)) -> One {
+    let fake = FakeProvider::start().await;
+    let demo = spawn_demo_api(None);
+    let mut settings = live_service(AppSettings::new(&fake.issuer), &demo, fields);
+    edit(&mut settings);
+    let app = TestApp::spawn(TestApp::bind(), settings).await;
+    let mut browser = Browser::new();
+    login_with_fake(&app, &fake, &mut browser, "/").await;
+    One {
+        fake,
+        demo,
+        app,
+        browser,
+    }
+}
+
 fn cookie_header(app: &TestApp, browser: &Browser) -> String {
     format!(
         "__Host-courier={}",
@@ -431,14 +456,16 @@ async fn the_command_line_ending_sessions_closes_their_websockets() {
 
 #[tokio::test]
 async fn an_idle_or_expired_session_closes_its_websockets_and_frames_do_not_keep_it_alive() {
-    let fake = FakeProvider::start().await;
-    let demo = spawn_demo_api(None);
-    let mut settings = live_service(AppSettings::new(&fake.issuer), &demo, "");
-    settings.idle_timeout_secs = 600;
-    settings.absolute_timeout_secs = 3600;
-    let app = TestApp::spawn(TestApp::bind(), settings).await;
-    let mut browser = Browser::new();
-    login_with_fake(&app, &fake, &mut browser, "/").await;
+    let One {
+        fake,
+        app,
+        mut browser,
+        ..
+    } = one_instance("", |s| {
+        s.idle_timeout_secs = 600;
+        s.absolute_timeout_secs = 3600;
+    })
+    .await;
 
     // A session past its absolute expiry has ended: 4401.
     let mut ending = Browser::new();
@@ -483,19 +510,9 @@ async fn an_idle_or_expired_session_closes_its_websockets_and_frames_do_not_keep
 
 #[tokio::test]
 async fn a_websocket_silent_for_stream_idle_timeout_secs_is_closed_on_both_sides() {
-    let fake = FakeProvider::start().await;
-    let demo = spawn_demo_api(None);
-    let app = TestApp::spawn(
-        TestApp::bind(),
-        live_service(
-            AppSettings::new(&fake.issuer),
-            &demo,
-            "stream_idle_timeout_secs = 1",
-        ),
-    )
-    .await;
-    let mut browser = Browser::new();
-    login_with_fake(&app, &fake, &mut browser, "/").await;
+    let One {
+        demo, app, browser, ..
+    } = one_instance("stream_idle_timeout_secs = 1", |_| {}).await;
     let (mut socket, _) = open(&app, &browser).await;
     // Talking keeps it open past the idle bound…
     for _ in 0..5 {
@@ -518,14 +535,17 @@ async fn a_websocket_silent_for_stream_idle_timeout_secs_is_closed_on_both_sides
 
 #[tokio::test]
 async fn the_caps_refuse_one_connection_too_many_with_429() {
-    let fake = FakeProvider::start().await;
-    let demo = spawn_demo_api(None);
-    let mut settings = live_service(AppSettings::new(&fake.issuer), &demo, "");
-    settings.server_toml = "max_live_connections = 3".into();
-    settings.session_toml = "max_live_connections = 2".into();
-    let app = TestApp::spawn(TestApp::bind(), settings).await;
-    let (mut one, mut two) = (Browser::new(), Browser::new());
-    login_with_fake(&app, &fake, &mut one, "/").await;
+    let One {
+        fake,
+        app,
+        browser: one,
+        ..
+    } = one_instance("", |s| {
+        s.server_toml = "max_live_connections = 3".into();
+        s.session_toml = "max_live_connections = 2".into();
+    })
+    .await;
+    let mut two = Browser::new();
     login_with_fake(&app, &fake, &mut two, "/").await;
 
     let first = open(&app, &one).await.0;
@@ -574,15 +594,9 @@ async fn one_stream(app: &TestApp, browser: &Browser, query: &str) -> reqwest::R
 
 #[tokio::test]
 async fn a_websocket_relay_keeps_to_the_slower_sides_pace() {
-    let fake = FakeProvider::start().await;
-    let demo = spawn_demo_api(None);
-    let app = TestApp::spawn(
-        TestApp::bind(),
-        live_service(AppSettings::new(&fake.issuer), &demo, ""),
-    )
-    .await;
-    let mut browser = Browser::new();
-    login_with_fake(&app, &fake, &mut browser, "/").await;
+    let One {
+        demo, app, browser, ..
+    } = one_instance("", |_| {}).await;
     let (mut socket, _) = open(&app, &browser).await;
 
     // The service floods 256 MiB while the browser reads nothing for a while: what the service
@@ -614,19 +628,12 @@ async fn a_websocket_relay_keeps_to_the_slower_sides_pace() {
 
 #[tokio::test]
 async fn server_sent_events_outlive_timeout_secs_while_data_flows_and_end_with_the_session() {
-    let fake = FakeProvider::start().await;
-    let demo = spawn_demo_api(None);
-    let app = TestApp::spawn(
-        TestApp::bind(),
-        live_service(
-            AppSettings::new(&fake.issuer),
-            &demo,
-            "timeout_secs = 1\nstream_idle_timeout_secs = 2",
-        ),
-    )
-    .await;
-    let mut browser = Browser::new();
-    login_with_fake(&app, &fake, &mut browser, "/").await;
+    let One {
+        demo,
+        app,
+        mut browser,
+        ..
+    } = one_instance("timeout_secs = 1\nstream_idle_timeout_secs = 2", |_| {}).await;
 
     // Eight events 400 ms apart: about three seconds, three times `timeout_secs`.
     let started = Instant::now();
