@@ -7,9 +7,9 @@
 // the calendar provider, lists the sessions of one user signed in from two browser contexts, ends
 // the other one from the first (the second's next call gets a 401 and the page shows the
 // signed-out view), signs out everywhere else, opens a live connection (a WebSocket to the demo
-// API through courier: the hello names the user, a message comes back) and signs out in another
-// tab (courier closes the first tab's WebSocket with 4401 and that page shows the signed-out
-// view), signs in silently in a fresh tab while the provider's session is alive and shows the
+// API through courier: the hello names the user, a message comes back; an EventSource gets its
+// events) and signs out in another tab (courier closes the first tab's WebSocket with 4401 and
+// that page shows the signed-out view), signs in silently in a fresh tab while the provider's session is alive and shows the
 // sign-in buttons without a loop when it is not, and signs out. Screenshots go to target/e2e/.
 //
 //   cargo build -p courier -p demo-api && (cd tests/e2e && npm ci && npm test)
@@ -397,6 +397,18 @@ allowed_paths = ["/ws", "/events"]
   await page.waitForSelector('#live-log li.live-in:has-text("hello over the wire")');
   assert.equal(await page.inputValue('#live-input'), '');
   await page.screenshot({ path: join(shots, 'live.png'), fullPage: true });
+  // Server-sent events through courier from the page: Chromium sends no Origin on a
+  // same-origin EventSource, only Sec-Fetch-Site, and courier lets that through.
+  const events = await page.evaluate(() => new Promise((resolve, reject) => {
+    const seen = [];
+    const source = new EventSource('/api/services/live/events?count=3&interval_ms=50');
+    source.onmessage = (e) => {
+      seen.push(JSON.parse(e.data).n);
+      if (seen.length === 3) { source.close(); resolve(seen); }
+    };
+    source.onerror = () => { source.close(); reject(new Error(`EventSource failed after ${seen.length} events`)); };
+  }));
+  assert.deepEqual(events, [0, 1, 2]);
 
   // Signed out at courier only, in another tab of the same browser (the provider's session lives
   // on, for the silent sign-in below): courier closes the first tab's WebSocket with 4401 within
