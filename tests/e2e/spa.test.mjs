@@ -9,8 +9,8 @@
 // signed-out view), signs out everywhere else, opens a live connection (a WebSocket to the demo
 // API through courier: the hello names the user, a message comes back; an EventSource gets its
 // events) and signs out in another tab (courier closes the first tab's WebSocket with 4401 and
-// that page shows the signed-out view), signs in silently in a fresh tab while the provider's session is alive and shows the
-// sign-in buttons without a loop when it is not, and signs out. Screenshots go to target/e2e/.
+// that page shows the signed-out view), signs in silently in a fresh tab while the provider's
+// session is alive and shows the sign-in buttons without a loop when it is not, and signs out. Screenshots go to target/e2e/.
 //
 //   cargo build -p courier -p demo-api && (cd tests/e2e && npm ci && npm test)
 
