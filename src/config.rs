@@ -127,7 +127,8 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     #[serde(default = "default_absolute_timeout")]
     pub absolute_timeout_secs: u64,
-    /// Live connections one session may hold on an instance at once; one more is refused 429.
+    /// Live connections one session may hold at once, on all instances together; one more is
+    /// refused 429.
     #[serde(default = "default_session_max_live")]
     pub max_live_connections: usize,
 }

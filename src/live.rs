@@ -28,6 +28,10 @@ use crate::db;
 
 /// How often the bound sessions are checked while any connection is open.
 const POLL: Duration = Duration::from_millis(250);
+/// A connection's row in `live_connections` (the per-session cap across instances) lapses
+/// this long after its instance last renewed it, which it does every `RENEW`.
+const ROW_TTL: Duration = Duration::from_secs(30);
+const RENEW: Duration = Duration::from_secs(5);
 
 /// What a live connection is, for the caps' metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +85,7 @@ impl CloseCause {
 }
 
 /// Why a connection could not be bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Refused {
     #[error("this instance carries as many live connections as it may")]
     InstanceFull,
@@ -89,6 +93,9 @@ pub enum Refused {
     SessionFull,
     #[error("courier is stopping")]
     ShuttingDown,
+    /// The per-session count, kept in Postgres, cannot be read.
+    #[error("live connections cannot be counted: {0}")]
+    Unavailable(#[source] db::DbError),
 }
 
 /// The linked account a connection's token comes from: its end closes the connection too.
@@ -110,6 +117,9 @@ struct Inner {
 
 /// This instance's live connections.
 pub struct LiveConnections {
+    pool: PgPool,
+    /// This instance, as `live_connections` knows it.
+    instance: Uuid,
     instance_max: usize,
     session_max: usize,
     stopping: AtomicBool,
@@ -117,8 +127,10 @@ pub struct LiveConnections {
 }
 
 impl LiveConnections {
-    pub fn new(instance_max: usize, session_max: usize) -> Arc<Self> {
+    pub fn new(pool: PgPool, instance_max: usize, session_max: usize) -> Arc<Self> {
         Arc::new(Self {
+            pool,
+            instance: Uuid::new_v4(),
             instance_max,
             session_max,
             stopping: AtomicBool::new(false),
@@ -134,8 +146,36 @@ impl LiveConnections {
     }
 
     /// Binds a connection about to be opened to its session (and linked account), within the
-    /// caps.
-    pub fn bind(
+    /// caps: this instance's, then the session's on all instances together (in Postgres).
+    pub async fn bind(
+        self: &Arc<Self>,
+        session: Uuid,
+        linked: Option<LinkedAccount>,
+        kind: LiveKind,
+    ) -> Result<Binding, Refused> {
+        let mut binding = self.reserve(session, linked, kind)?;
+        let row = Uuid::new_v4();
+        match db::live_connections::claim(
+            &self.pool,
+            row,
+            session,
+            self.instance,
+            self.session_max,
+            ROW_TTL,
+        )
+        .await
+        {
+            Ok(true) => {
+                binding.row = Some(row);
+                Ok(binding)
+            }
+            Ok(false) => Err(Refused::SessionFull),
+            Err(e) => Err(Refused::Unavailable(e)),
+        }
+    }
+
+    /// A place among this instance's connections (not yet counted for the session).
+    fn reserve(
         self: &Arc<Self>,
         session: Uuid,
         linked: Option<LinkedAccount>,
@@ -148,11 +188,7 @@ impl LiveConnections {
         if inner.entries.len() >= self.instance_max {
             return Err(Refused::InstanceFull);
         }
-        let held = inner.per_session.get(&session).copied().unwrap_or(0);
-        if held >= self.session_max {
-            return Err(Refused::SessionFull);
-        }
-        inner.per_session.insert(session, held + 1);
+        *inner.per_session.entry(session).or_insert(0) += 1;
         let id = inner.next_id;
         inner.next_id += 1;
         let (close, closed) = watch::channel(None);
@@ -170,12 +206,20 @@ impl LiveConnections {
         Ok(Binding {
             id,
             kind,
+            row: None,
             registry: self.clone(),
             closed,
         })
     }
 
-    fn unbind(&self, id: u64) {
+    fn unbind(&self, id: u64, row: Option<Uuid>) {
+        if let Some(row) = row
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let pool = self.pool.clone();
+            // A row that cannot be deleted now lapses by itself (`ROW_TTL`).
+            runtime.spawn(async move { db::live_connections::release(&pool, row).await });
+        }
         let mut inner = self.lock();
         let Some(entry) = inner.entries.remove(&id) else {
             return;
@@ -270,8 +314,15 @@ impl LiveConnections {
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut renewed = tokio::time::Instant::now();
         while !pool.is_closed() {
             ticker.tick().await;
+            if renewed.elapsed() >= RENEW {
+                renewed = tokio::time::Instant::now();
+                if let Err(e) = db::live_connections::renew(&pool, self.instance, ROW_TTL).await {
+                    tracing::debug!(error = %e, "live connections: rows not renewed");
+                }
+            }
             match self.check(&pool, &clock).await {
                 Ok(closed) => {
                     if failing {
@@ -298,6 +349,8 @@ impl LiveConnections {
 pub struct Binding {
     id: u64,
     kind: LiveKind,
+    /// Its row in `live_connections`, once claimed.
+    row: Option<Uuid>,
     registry: Arc<LiveConnections>,
     closed: watch::Receiver<Option<CloseCause>>,
 }
@@ -335,7 +388,7 @@ impl Binding {
 
 impl Drop for Binding {
     fn drop(&mut self) {
-        self.registry.unbind(self.id);
+        self.registry.unbind(self.id, self.row);
     }
 }
 
@@ -343,40 +396,45 @@ impl Drop for Binding {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_caps_count_per_instance_and_per_session_and_free_on_drop() {
-        let live = LiveConnections::new(3, 2);
+    /// A registry whose pool never connects: these tests stay within the instance.
+    fn registry(instance_max: usize) -> Arc<LiveConnections> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        LiveConnections::new(pool, instance_max, 1)
+    }
+
+    #[tokio::test]
+    async fn the_instance_cap_counts_places_and_a_drop_frees_one() {
+        let live = registry(2);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = live.bind(a, None, LiveKind::WebSocket).unwrap();
-        let _second = live.bind(a, None, LiveKind::Stream).unwrap();
-        assert_eq!(
-            live.bind(a, None, LiveKind::WebSocket).err(),
-            Some(Refused::SessionFull)
-        );
-        let _third = live.bind(b, None, LiveKind::WebSocket).unwrap();
-        assert_eq!(
-            live.bind(b, None, LiveKind::WebSocket).err(),
-            Some(Refused::InstanceFull)
-        );
+        let first = live.reserve(a, None, LiveKind::WebSocket).unwrap();
+        let _second = live.reserve(b, None, LiveKind::Stream).unwrap();
+        assert!(matches!(
+            live.reserve(b, None, LiveKind::WebSocket),
+            Err(Refused::InstanceFull)
+        ));
+        assert_eq!(live.watched().0.len(), 2);
         drop(first);
-        assert_eq!(live.count(), 2);
-        live.bind(a, None, LiveKind::WebSocket).unwrap();
+        assert_eq!(live.count(), 1);
+        assert_eq!(live.watched().0, vec![b]);
+        live.reserve(a, None, LiveKind::WebSocket).unwrap();
     }
 
     #[tokio::test]
     async fn shutting_down_closes_everything_once_and_refuses_new_ones() {
-        let live = LiveConnections::new(10, 10);
+        let live = registry(10);
         let mut binding = live
-            .bind(Uuid::new_v4(), None, LiveKind::WebSocket)
+            .reserve(Uuid::new_v4(), None, LiveKind::WebSocket)
             .unwrap();
         assert_eq!(binding.must_close(), None);
         assert_eq!(live.shut_down(), 1);
         assert_eq!(binding.closed().await, CloseCause::Shutdown);
         assert_eq!(live.shut_down(), 0, "a cause is given once");
-        assert_eq!(
-            live.bind(Uuid::new_v4(), None, LiveKind::Stream).err(),
-            Some(Refused::ShuttingDown)
-        );
+        assert!(matches!(
+            live.reserve(Uuid::new_v4(), None, LiveKind::Stream),
+            Err(Refused::ShuttingDown)
+        ));
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl Application {
             clock.clone(),
         );
         let live = LiveConnections::new(
+            pool.clone(),
             config.server.max_live_connections,
             config.session.max_live_connections,
         );

@@ -6,6 +6,7 @@ pub mod client_dpop_keys;
 mod error;
 pub mod health;
 pub mod linked_accounts;
+pub mod live_connections;
 pub mod login_states;
 pub mod logout_tokens;
 pub mod refresh_leases;

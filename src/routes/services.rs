@@ -347,7 +347,7 @@ fn linked_account(service: &Service, current: &CurrentSession) -> Option<LinkedA
 }
 
 /// A live connection's place, or 429/503 when there is none.
-fn bind_live(
+async fn bind_live(
     state: &AppState,
     service: &Service,
     current: &CurrentSession,
@@ -356,26 +356,30 @@ fn bind_live(
     state
         .live
         .bind(current.id, linked_account(service, current), kind)
+        .await
         .map_err(|refused| match refused {
             Refused::InstanceFull | Refused::SessionFull => {
                 tracing::info!(service = service.name(), %refused, "live connection refused");
                 ApiError::TooManyLiveConnections(refused.to_string())
             }
             Refused::ShuttingDown => ApiError::UpstreamUnavailable(refused.to_string()),
+            Refused::Unavailable(e) => ApiError::DatabaseUnavailable(e),
         })
 }
 
 /// How the service's answer streams back: with the service's idle bound, and, for server-sent
 /// events, bound to the session.
-fn stream_rules(
+async fn stream_rules(
     state: &AppState,
     service: &Service,
     current: &CurrentSession,
     response: &reqwest::Response,
 ) -> Result<proxy::StreamRules, ApiError> {
-    let binding = proxy::is_event_stream(response)
-        .then(|| bind_live(state, service, current, LiveKind::Stream))
-        .transpose()?;
+    let binding = if proxy::is_event_stream(response) {
+        Some(bind_live(state, service, current, LiveKind::Stream).await?)
+    } else {
+        None
+    };
     Ok(proxy::StreamRules {
         idle: Duration::from_secs(service.config.stream_idle_timeout_secs),
         binding,
@@ -401,7 +405,7 @@ pub async fn call(
             )));
         }
         let browser = websocket::accept(&req, payload, max_message)?;
-        let binding = bind_live(&state, service, &current, LiveKind::WebSocket)?;
+        let binding = bind_live(&state, service, &current, LiveKind::WebSocket).await?;
         (Some((browser, binding)), None)
     } else {
         (None, Some(payload))
@@ -452,7 +456,7 @@ pub async fn call(
             websocket::relay(browser, response, binding, rules).await
         }
         None => {
-            let rules = stream_rules(&state, service, &current, &response)?;
+            let rules = stream_rules(&state, service, &current, &response).await?;
             proxy::respond(response, rules)
         }
     }

@@ -309,12 +309,18 @@ struct TwoInstances {
 
 impl TwoInstances {
     async fn start(fields: &str) -> Self {
+        Self::start_with(fields, |_| {}).await
+    }
+
+    async fn start_with(fields: &str, edit: impl Fn(&mut AppSettings)) -> Self {
         let fake = FakeProvider::start().await;
         let demo = spawn_demo_api(None);
-        let settings = live_service(AppSettings::new(&fake.issuer), &demo, fields);
+        let mut settings = live_service(AppSettings::new(&fake.issuer), &demo, fields);
+        edit(&mut settings);
         let keys = settings.encryption_keys.clone();
         let first = TestApp::spawn(TestApp::bind(), settings).await;
         let mut settings = live_service(AppSettings::new(&fake.issuer), &demo, fields);
+        edit(&mut settings);
         settings.encryption_keys = keys;
         let second = first.spawn_sibling(settings).await;
         let mut browser = Browser::new();
@@ -577,6 +583,34 @@ async fn the_caps_refuse_one_connection_too_many_with_429() {
             }
             Err(e) => panic!("the place was not freed: {e}"),
         }
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_cap_holds_across_instances() {
+    let t = TwoInstances::start_with("", |s| {
+        s.session_toml = "max_live_connections = 2".into();
+    })
+    .await;
+    let path = "/api/services/live/_demo/ws";
+    let _on_first = open(&t.first, &t.browser).await.0;
+    let on_second = open(&t.second, &t.on_second).await.0;
+    for (app, browser) in [(&t.first, &t.browser), (&t.second, &t.on_second)] {
+        let (status, problem) = refused(handshake(app, browser, path)).await;
+        assert_eq!((status, &problem["code"]), (429, &json!("rate_limited")));
+    }
+    // Closing one on the second instance frees a place for the session on the first.
+    drop(on_second);
+    let started = Instant::now();
+    while tokio_tungstenite::connect_async(handshake(&t.first, &t.browser, path))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
