@@ -2,8 +2,8 @@
 //! bound to the session that opened them.
 //!
 //! Each connection takes a `Binding` from `LiveConnections` before it is opened: the binding
-//! counts it against the instance's and the session's caps, and tells the relay when to close
-//! and why. An instance learns that a session ended elsewhere from Postgres: `watch` asks, a
+//! counts it against the instance's cap (in memory) and the session's (in Postgres, so that it
+//! holds across instances: `db::live_connections`), and tells the relay when to close and why. An instance learns that a session ended elsewhere from Postgres: `watch` asks, a
 //! few times a second while any connection is open, which of the bound sessions are still live
 //! and which bound linked accounts still connected, in two queries whatever the number of
 //! connections. A logout, a back-channel logout, a session ended from `/api/sessions` or the
