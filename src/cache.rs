@@ -144,6 +144,8 @@ pub struct Cache<S, T, V> {
     instance: Uuid,
     live: AtomicBool,
     inner: Mutex<Inner<S, T, V>>,
+    /// Woken by every change announced (`changes`).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
@@ -151,6 +153,7 @@ impl<S: Clone, T: Clone, V: Clone> Default for Cache<S, T, V> {
         Self {
             instance: Uuid::new_v4(),
             live: AtomicBool::new(false),
+            changed: Arc::new(tokio::sync::Notify::new()),
             inner: Mutex::new(Inner {
                 epoch: 0,
                 sessions: Table::new(ENTRY_MAX_AGE),
@@ -308,9 +311,17 @@ impl<S: Clone, T: Clone, V: Clone> Cache<S, T, V> {
         }
     }
 
+    /// Woken after each change announced by any instance (a session ended, a token changed),
+    /// for whoever must react at once rather than at its next poll (live connections). A wake
+    /// while nobody waits is kept for the next wait.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
     /// A notification's payload: an owner key drops its entries; anything else (a trigger
     /// this version does not know) empties everything, which is always safe.
     fn invalidate_payload(&self, payload: &str) {
+        self.changed.notify_one();
         match payload.parse::<OwnerKey>() {
             Ok(key) => self.invalidate(&key),
             Err(_) => clear(&mut self.lock()),

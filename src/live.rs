@@ -3,14 +3,17 @@
 //!
 //! Each connection takes a `Binding` from `LiveConnections` before it is opened: the binding
 //! counts it against the instance's cap (in memory) and the session's (in Postgres, so that it
-//! holds across instances: `db::live_connections`), and tells the relay when to close and why. An instance learns that a session ended elsewhere from Postgres: `watch` asks, a
-//! few times a second while any connection is open, which of the bound sessions are still live
-//! and which bound linked accounts still connected, in two queries whatever the number of
-//! connections. A logout, a back-channel logout, a session ended from `/api/sessions` or the
-//! command line, a dead refresh (which ends the session, or marks a linked account for
-//! reconnection) and a timeout are all visible there, on every instance, within `POLL` plus a
-//! query. Postgres being down closes nothing: the connections keep running on the state last
-//! read, and the next successful read catches up.
+//! holds across instances: `db::live_connections`), and tells the relay when to close and why.
+//!
+//! An instance learns that a session ended elsewhere from Postgres: `watch` asks which of the
+//! bound sessions are still live and which bound linked accounts still connected, in two
+//! queries whatever the number of connections — at once when the cache's notifications announce
+//! a change (an ended session always does), and every `POLL` anyway while any connection is open
+//! (timeouts announce nothing, and notifications are lost while the listener reconnects). A
+//! logout, a back-channel logout, a session ended from `/api/sessions` or the command line, a
+//! dead refresh (which ends the session, or marks a linked account for reconnection) and a
+//! timeout are all visible there, on every instance. Postgres being down closes nothing: the
+//! connections keep running on the state last read, and the next successful read catches up.
 //!
 //! Frames do not count as activity: the session's idle expiry moves only with requests.
 
@@ -308,15 +311,25 @@ impl LiveConnections {
         Ok(closed)
     }
 
-    /// Checks the bound sessions every `POLL` while connections are open, until the pool
-    /// closes. A failed check is logged once per outage and closes nothing.
-    pub async fn watch(self: Arc<Self>, pool: PgPool, clock: SharedClock) {
+    /// Checks the bound sessions every `POLL` while connections are open, and at once when
+    /// `changes` wakes it (the cache's notification that a session or token changed on some
+    /// instance: an ended session is then closed in milliseconds, not at the next poll), until
+    /// the pool closes. A failed check is logged once per outage and closes nothing.
+    pub async fn watch(
+        self: Arc<Self>,
+        pool: PgPool,
+        clock: SharedClock,
+        changes: Arc<tokio::sync::Notify>,
+    ) {
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut renewed = tokio::time::Instant::now();
         while !pool.is_closed() {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = changes.notified() => {}
+            }
             if renewed.elapsed() >= RENEW {
                 renewed = tokio::time::Instant::now();
                 if let Err(e) = db::live_connections::renew(&pool, self.instance, ROW_TTL).await {

@@ -101,7 +101,10 @@ impl Application {
             config.server.max_live_connections,
             config.session.max_live_connections,
         );
-        tokio::spawn(live.clone().watch(pool.clone(), clock.clone()));
+        tokio::spawn(
+            live.clone()
+                .watch(pool.clone(), clock.clone(), cache.changes()),
+        );
         let state = web::Data::new(AppState {
             services: ServiceRegistry::new(&config)?,
             config: Arc::new(config),

@@ -354,6 +354,7 @@ async fn both_closed(sockets: [Socket; 2], code: u16, since: Instant, within: Du
     for (i, mut socket) in sockets.into_iter().enumerate() {
         let (got, after) = closed_with(&mut socket, since).await;
         assert_eq!(got, code, "instance {i}");
+        eprintln!("instance {i}: closed with {got} after {after:?}");
         assert!(after < within, "instance {i} closed after {after:?}");
     }
 }
