@@ -296,18 +296,13 @@ impl LiveConnections {
                 .into_iter()
                 .collect()
         };
-        let standing: HashMap<Uuid, db::sessions::Standing> =
-            standing.into_iter().map(|s| (s.id, s)).collect();
-        let closed = self.close_where(|entry| match standing.get(&entry.session) {
-            None => Some(CloseCause::SessionEnded),
-            Some(s) if s.over => Some(CloseCause::SessionEnded),
-            Some(s) if s.idle => Some(CloseCause::Idle),
-            Some(_) => entry
-                .linked
-                .as_ref()
-                .filter(|account| !connected.contains(*account))
-                .map(|_| CloseCause::SessionEnded),
-        });
+        let asked = Asked {
+            sessions: sessions.into_iter().collect(),
+            linked: linked.into_iter().collect(),
+            standing: standing.into_iter().map(|s| (s.id, s)).collect(),
+            connected,
+        };
+        let closed = self.close_where(|entry| asked.verdict(entry.session, entry.linked.as_ref()));
         Ok(closed)
     }
 
@@ -353,6 +348,37 @@ impl LiveConnections {
                 }
                 Err(_) => {}
             }
+        }
+    }
+}
+
+/// One check's question (the sessions and linked accounts bound when it began) and Postgres's
+/// answer.
+struct Asked {
+    sessions: HashSet<Uuid>,
+    linked: HashSet<LinkedAccount>,
+    /// The sessions asked about that still exist.
+    standing: HashMap<Uuid, db::sessions::Standing>,
+    /// The linked accounts asked about that are still connected.
+    connected: HashSet<LinkedAccount>,
+}
+
+impl Asked {
+    /// Why a connection bound to `session` (and `linked`) must close, if it must. Only what was
+    /// asked about is judged: a connection bound since the check began is missing from the
+    /// answer because nobody asked, not because its session ended.
+    fn verdict(&self, session: Uuid, linked: Option<&LinkedAccount>) -> Option<CloseCause> {
+        if !self.sessions.contains(&session) {
+            return None;
+        }
+        match self.standing.get(&session) {
+            None => Some(CloseCause::SessionEnded),
+            Some(s) if s.over => Some(CloseCause::SessionEnded),
+            Some(s) if s.idle => Some(CloseCause::Idle),
+            Some(_) => linked
+                .filter(|account| self.linked.contains(*account))
+                .filter(|account| !self.connected.contains(*account))
+                .map(|_| CloseCause::SessionEnded),
         }
     }
 }
@@ -448,6 +474,41 @@ mod tests {
             live.reserve(Uuid::new_v4(), None, LiveKind::Stream),
             Err(Refused::ShuttingDown)
         ));
+    }
+
+    #[test]
+    fn a_check_judges_only_what_it_asked_about() {
+        let (ended, idle, live, since) = (
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+        );
+        let standing = |id, idle, over| db::sessions::Standing { id, idle, over };
+        let (kept, gone): (LinkedAccount, LinkedAccount) =
+            ((live, "calendar".into()), (live, "github".into()));
+        let asked = Asked {
+            sessions: [ended, idle, live].into(),
+            linked: [kept.clone(), gone.clone()].into(),
+            standing: [
+                (idle, standing(idle, true, false)),
+                (live, standing(live, false, false)),
+            ]
+            .into(),
+            connected: [kept.clone()].into(),
+        };
+        assert_eq!(asked.verdict(ended, None), Some(CloseCause::SessionEnded));
+        assert_eq!(asked.verdict(idle, None), Some(CloseCause::Idle));
+        assert_eq!(asked.verdict(live, None), None);
+        assert_eq!(asked.verdict(live, Some(&kept)), None);
+        assert_eq!(
+            asked.verdict(live, Some(&gone)),
+            Some(CloseCause::SessionEnded)
+        );
+        // Bound after the question was asked: not in the answer, and not judged by it.
+        assert_eq!(asked.verdict(since, None), None);
+        let later: LinkedAccount = (live, "later".into());
+        assert_eq!(asked.verdict(live, Some(&later)), None);
     }
 
     #[test]

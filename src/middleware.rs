@@ -192,7 +192,7 @@ pub async fn require_csrf_header(
         .headers()
         .get("x-csrf")
         .is_some_and(|v| v.as_bytes() == b"1");
-    if has_header || (is_live_request(&req) && live_origin_ok(&req)) {
+    if has_header || live_request(&req).is_some_and(|kind| live_origin_ok(&req, kind)) {
         Ok(next.call(req).await?.map_into_left_body())
     } else {
         Ok(req
@@ -201,29 +201,40 @@ pub async fn require_csrf_header(
     }
 }
 
-/// A request that a browser's WebSocket or `EventSource` makes.
-fn is_live_request(req: &ServiceRequest) -> bool {
-    req.method() == actix_web::http::Method::GET
-        && (req.headers().contains_key(actix_web::http::header::UPGRADE)
-            || req
-                .headers()
-                .get_all(actix_web::http::header::ACCEPT)
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|v| {
-                    v.split(';')
-                        .next()
-                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
-                }))
+/// What a browser's WebSocket or `EventSource` sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LiveRequest {
+    WebSocket,
+    EventStream,
+}
+
+fn live_request(req: &ServiceRequest) -> Option<LiveRequest> {
+    if req.method() != actix_web::http::Method::GET {
+        return None;
+    }
+    if req.headers().contains_key(actix_web::http::header::UPGRADE) {
+        return Some(LiveRequest::WebSocket);
+    }
+    req.headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+        .then_some(LiveRequest::EventStream)
 }
 
 /// Whether a live request comes from courier's own origin: `Origin` is `public_url`'s exactly
-/// (a `null` or other origin is not). Without `Origin`, the browser's own word that the request
-/// is same-origin, `Sec-Fetch-Site: same-origin`, counts instead: Chromium sends no `Origin` on
-/// a same-origin `EventSource` request (nor on a same-origin `GET` fetch), but always sends
-/// `Sec-Fetch-Site`. Neither header can be set by a page, and a cross-site request carries both
-/// (its own origin, `cross-site`); a request with neither is refused.
-fn live_origin_ok(req: &ServiceRequest) -> bool {
+/// (a `null` or other origin is not). For an event stream without `Origin`, the browser's own
+/// word that the request is same-origin, `Sec-Fetch-Site: same-origin`, counts instead:
+/// Chromium sends no `Origin` on a same-origin `EventSource` request (nor on a same-origin `GET`
+/// fetch), but always sends `Sec-Fetch-Site`. Neither header can be set by a page, and a
+/// cross-site request carries both (its own origin, `cross-site`); a request with neither is
+/// refused. A WebSocket handshake always carries `Origin` in a browser: one without is refused.
+fn live_origin_ok(req: &ServiceRequest, kind: LiveRequest) -> bool {
     let Some(state) = req.app_data::<actix_web::web::Data<crate::state::AppState>>() else {
         return false;
     };
@@ -239,7 +250,7 @@ fn live_origin_ok(req: &ServiceRequest) -> bool {
                 .ascii_serialization();
             origin.as_bytes() == ours.as_bytes()
         }
-        (None, _) => {
+        (None, _) if kind == LiveRequest::EventStream => {
             let mut sites = headers.get_all("sec-fetch-site");
             matches!((sites.next(), sites.next()), (Some(site), None) if site.as_bytes() == b"same-origin")
         }

@@ -248,6 +248,15 @@ async fn a_handshake_needs_a_session_courier_s_origin_and_a_websocket_service() 
             "{origin:?}"
         );
     }
+    // `Sec-Fetch-Site: same-origin` stands in for `Origin` on an event stream only: a browser's
+    // WebSocket handshake always carries `Origin`.
+    let mut request = handshake(&app, &browser, path);
+    request.headers_mut().remove("origin");
+    request
+        .headers_mut()
+        .insert("sec-fetch-site", "same-origin".parse().unwrap());
+    let (status, problem) = refused(request).await;
+    assert_eq!((status, &problem["code"]), (403, &json!("csrf_required")));
     let mut request = handshake(&app, &browser, path);
     request.headers_mut().remove("cookie");
     let (status, problem) = refused(request).await;
