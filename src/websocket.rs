@@ -267,7 +267,7 @@ async fn run(
     })
     .await;
     metrics::counter!("courier_live_closed_total", "kind" => binding.kind().label(),
-        "code" => code.to_string())
+        "code" => code_label(code))
     .increment(1);
     tracing::info!(
         service = %rules.service,
@@ -275,6 +275,20 @@ async fn run(
         duration_ms = opened.elapsed().as_millis() as u64,
         "WebSocket closed"
     );
+}
+
+/// A close code as a metric label: courier's own and the common ones by number; the codes a
+/// browser or service may choose freely (3000–4999) would make a label value each.
+fn code_label(code: u16) -> &'static str {
+    match code {
+        1000 => "1000",
+        1001 => "1001",
+        1005 => "1005",
+        1011 => "1011",
+        4401 => "4401",
+        4408 => "4408",
+        _ => "other",
+    }
 }
 
 fn reason_for_browser(code: u16, reason: &str) -> CloseReason {
