@@ -79,13 +79,7 @@ impl Limits {
             .strip_prefix("/api/services/")
             .and_then(|rest| rest.split('/').next())
             .is_some_and(|name| self.websocket_services.contains(name));
-        named && req.method() == actix_web::http::Method::GET && {
-            let upgrade = req.headers().get_all(UPGRADE).collect::<Vec<_>>();
-            upgrade.len() == 1
-                && upgrade[0]
-                    .to_str()
-                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-        }
+        named && crate::proxy::is_websocket_upgrade(req.request())
     }
 
     /// How long the body of a request to `path` may take to arrive: a proxied call's service

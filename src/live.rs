@@ -237,11 +237,6 @@ impl LiveConnections {
         metrics::gauge!("courier_live_connections", "kind" => entry.kind.label()).decrement(1.0);
     }
 
-    /// How many connections are open on this instance.
-    pub fn count(&self) -> usize {
-        self.lock().entries.len()
-    }
-
     /// Closes every connection that `cause_of` names a cause for.
     fn close_where(&self, cause_of: impl Fn(&Entry) -> Option<CloseCause>) -> usize {
         let inner = self.lock();
@@ -282,7 +277,8 @@ impl LiveConnections {
 
     /// One check of the bound sessions and linked accounts in Postgres; closes the
     /// connections of those that ended. Returns how many it closed.
-    pub async fn check(&self, pool: &PgPool, clock: &SharedClock) -> Result<usize, db::DbError> {
+    pub async fn check(&self, clock: &SharedClock) -> Result<usize, db::DbError> {
+        let pool = &self.pool;
         let (sessions, linked) = self.watched();
         if sessions.is_empty() {
             return Ok(0);
@@ -310,28 +306,25 @@ impl LiveConnections {
     /// `changes` wakes it (the cache's notification that a session or token changed on some
     /// instance: an ended session is then closed in milliseconds, not at the next poll), until
     /// the pool closes. A failed check is logged once per outage and closes nothing.
-    pub async fn watch(
-        self: Arc<Self>,
-        pool: PgPool,
-        clock: SharedClock,
-        changes: Arc<tokio::sync::Notify>,
-    ) {
+    pub async fn watch(self: Arc<Self>, clock: SharedClock, changes: Arc<tokio::sync::Notify>) {
         let mut ticker = tokio::time::interval(POLL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         let mut renewed = tokio::time::Instant::now();
-        while !pool.is_closed() {
+        while !self.pool.is_closed() {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = changes.notified() => {}
             }
             if renewed.elapsed() >= RENEW {
                 renewed = tokio::time::Instant::now();
-                if let Err(e) = db::live_connections::renew(&pool, self.instance, ROW_TTL).await {
+                if let Err(e) =
+                    db::live_connections::renew(&self.pool, self.instance, ROW_TTL).await
+                {
                     tracing::debug!(error = %e, "live connections: rows not renewed");
                 }
             }
-            match self.check(&pool, &clock).await {
+            match self.check(&clock).await {
                 Ok(closed) => {
                     if failing {
                         tracing::info!("live connections: sessions can be checked again");
@@ -399,29 +392,17 @@ impl Binding {
         self.kind
     }
 
-    /// Waits until the connection must close, and says why.
-    pub async fn closed(&mut self) -> CloseCause {
-        match self.closed.wait_for(Option::is_some).await {
-            Ok(cause) => cause.unwrap_or(CloseCause::Shutdown),
-            // The sender lives in the registry for as long as this binding does.
-            Err(_) => CloseCause::Shutdown,
-        }
-    }
-
-    /// `closed`, as a future that owns what it waits on (for a response body to hold).
-    pub fn closed_owned(&self) -> impl std::future::Future<Output = CloseCause> + Send + 'static {
+    /// Waits until the connection must close, and says why. The future owns what it waits on,
+    /// so that a response body can hold it beside the binding.
+    pub fn closed(&self) -> impl std::future::Future<Output = CloseCause> + Send + 'static {
         let mut closed = self.closed.clone();
         async move {
             match closed.wait_for(Option::is_some).await {
                 Ok(cause) => cause.unwrap_or(CloseCause::Shutdown),
+                // The sender lives in the registry for as long as this binding does.
                 Err(_) => CloseCause::Shutdown,
             }
         }
-    }
-
-    /// Whether it must close already.
-    pub fn must_close(&self) -> Option<CloseCause> {
-        *self.closed.borrow()
     }
 }
 
@@ -455,7 +436,7 @@ mod tests {
         ));
         assert_eq!(live.watched().0.len(), 2);
         drop(first);
-        assert_eq!(live.count(), 1);
+        assert_eq!(live.lock().entries.len(), 1);
         assert_eq!(live.watched().0, vec![b]);
         live.reserve(a, None, LiveKind::WebSocket).unwrap();
     }
@@ -463,10 +444,10 @@ mod tests {
     #[tokio::test]
     async fn shutting_down_closes_everything_once_and_refuses_new_ones() {
         let live = registry(10);
-        let mut binding = live
+        let binding = live
             .reserve(Uuid::new_v4(), None, LiveKind::WebSocket)
             .unwrap();
-        assert_eq!(binding.must_close(), None);
+        assert_eq!(*binding.closed.borrow(), None);
         assert_eq!(live.shut_down(), 1);
         assert_eq!(binding.closed().await, CloseCause::Shutdown);
         assert_eq!(live.shut_down(), 0, "a cause is given once");

@@ -212,7 +212,8 @@ fn live_request(req: &ServiceRequest) -> Option<LiveRequest> {
     if req.method() != actix_web::http::Method::GET {
         return None;
     }
-    if req.headers().contains_key(actix_web::http::header::UPGRADE) {
+    // Any other upgrade was refused by the request guard already.
+    if crate::proxy::is_websocket_upgrade(req.request()) {
         return Some(LiveRequest::WebSocket);
     }
     req.headers()

@@ -358,15 +358,14 @@ pub async fn send(
     Ok(response)
 }
 
-/// Whether a request asks to become a WebSocket (`Upgrade: websocket`, RFC 6455 §4.1).
+/// Whether a request asks to become a WebSocket (RFC 6455 §4.1): a `GET` with one `Upgrade`
+/// header, `websocket`. The one test for it: `limits` lets only these through (to services
+/// that take them), the CSRF guard and the handler tell them from other calls by it.
 pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
+    let mut upgrade = req.headers().get_all(actix_web::http::header::UPGRADE);
     req.method() == actix_web::http::Method::GET
-        && req
-            .headers()
-            .get_all(actix_web::http::header::UPGRADE)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && matches!((upgrade.next(), upgrade.next()), (Some(value), None)
+            if value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")))
 }
 
 /// How a response body may stream: closed after `idle` without a chunk, and, for a live
@@ -461,7 +460,7 @@ impl GuardedBody {
             closed: rules
                 .binding
                 .as_ref()
-                .map(|b| Box::pin(b.closed_owned()) as Pin<Box<_>>),
+                .map(|b| Box::pin(b.closed()) as Pin<Box<_>>),
             _binding: rules.binding,
         }
     }

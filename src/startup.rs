@@ -101,10 +101,7 @@ impl Application {
             config.server.max_live_connections,
             config.session.max_live_connections,
         );
-        tokio::spawn(
-            live.clone()
-                .watch(pool.clone(), clock.clone(), cache.changes()),
-        );
+        tokio::spawn(live.clone().watch(clock.clone(), cache.changes()));
         let state = web::Data::new(AppState {
             services: ServiceRegistry::new(&config)?,
             config: Arc::new(config),
@@ -260,11 +257,6 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
-    }
-
-    /// The live connections this instance carries (tests count them).
-    pub fn live_connections(&self) -> Arc<LiveConnections> {
-        self.live.clone()
     }
 
     /// Serves until SIGTERM or SIGINT (Ctrl-C), then stops gracefully: no new connections,

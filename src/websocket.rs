@@ -28,7 +28,6 @@ use tokio_tungstenite::tungstenite::{self, Message as ServiceMessage};
 use crate::error::ApiError;
 use crate::live::{Binding, CloseCause};
 use crate::proxy::WebSocketKey;
-pub use crate::proxy::is_websocket_upgrade as is_upgrade;
 
 /// The browser's side, accepted but not yet answered: its 101, and the two ends to relay.
 pub struct BrowserSide {
@@ -145,7 +144,7 @@ async fn run(
     browser: Session,
     mut from_browser: AggregatedMessageStream,
     service: ServiceSocket,
-    mut binding: Binding,
+    binding: Binding,
     rules: RelayRules,
 ) {
     let opened = std::time::Instant::now();

@@ -397,7 +397,7 @@ pub async fn call(
 ) -> Result<HttpResponse, ApiError> {
     let (service, target) = resolve(&req, &state)?;
     let max_message = state.config.server.max_body_bytes as usize;
-    let (live, payload) = if websocket::is_upgrade(&req) {
+    let (live, payload) = if proxy::is_websocket_upgrade(&req) {
         if !service.config.websocket {
             return Err(ApiError::BadRequest(format!(
                 "service `{}` takes no WebSocket",

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -14,15 +13,13 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use courier::clock::Clock;
 
-use crate::fake_provider::{FakeProvider, login_with_fake, now, private_pem};
+use crate::fake_provider::{FakeProvider, login_with_fake};
 use crate::helpers::{
     AppSettings, Browser, CLIENT_ID, NodeProvider, TestApp, spawn_demo_api, spawn_demo_api_with,
 };
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
 /// A live service named `live` at the demo API, with `fields` added.
 fn live_service(settings: AppSettings, demo: &str, fields: &str) -> AppSettings {
@@ -288,22 +285,9 @@ async fn a_handshake_needs_a_session_courier_s_origin_and_a_websocket_service() 
     assert_eq!(hello["hello"]["authorization"], "Bearer <redacted>");
 }
 
+/// A valid back-channel logout token for alice's session at the fake provider.
 fn logout_token(fake: &FakeProvider) -> String {
-    let claims = json!({
-        "iss": fake.issuer,
-        "aud": CLIENT_ID,
-        "iat": now(),
-        "exp": now() + 120,
-        "jti": uuid::Uuid::new_v4().to_string(),
-        "events": { BACKCHANNEL_EVENT: {} },
-        "sid": "provider-session-1",
-        "sub": "alice",
-    });
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("signing".into());
-    header.typ = Some("logout+jwt".into());
-    let key = EncodingKey::from_rsa_pem(&private_pem("signing")).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    crate::logout::sign_logout("signing", &crate::logout::logout_claims(fake))
 }
 
 /// Two instances on one database, a session on both, a WebSocket to each.

@@ -177,7 +177,7 @@ async fn a_back_channel_logout_from_the_provider_ends_the_session_on_every_insta
     assert_eq!(first.db.count("sessions").await, 0);
 }
 
-fn logout_claims(fake: &FakeProvider) -> Value {
+pub(crate) fn logout_claims(fake: &FakeProvider) -> Value {
     json!({
         "iss": fake.issuer,
         "aud": CLIENT_ID,
@@ -190,7 +190,7 @@ fn logout_claims(fake: &FakeProvider) -> Value {
     })
 }
 
-fn sign_logout(kid: &str, claims: &Value) -> String {
+pub(crate) fn sign_logout(kid: &str, claims: &Value) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
     header.typ = Some("logout+jwt".into());
