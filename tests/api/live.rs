@@ -15,7 +15,8 @@ use courier::clock::Clock;
 
 use crate::fake_provider::{FakeProvider, login_with_fake};
 use crate::helpers::{
-    AppSettings, Browser, CLIENT_ID, NodeProvider, TestApp, spawn_demo_api, spawn_demo_api_with,
+    AppSettings, Browser, CLIENT_ID, NodeProvider, TestApp, raw_request, spawn_demo_api,
+    spawn_demo_api_with,
 };
 
 type Socket =
@@ -278,6 +279,18 @@ async fn a_handshake_needs_a_session_courier_s_origin_and_a_websocket_service() 
         (400, &json!("bad_request")),
         "{problem}"
     );
+
+    // Any other protocol switch, even to the WebSocket service, is refused before anything
+    // reads its body: `h2c`, or `websocket` offered beside another protocol.
+    for upgrade in ["h2c", "websocket, h2c"] {
+        let request = format!(
+            "GET /api/services/live/_demo/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: upgrade\r\n\
+             Upgrade: {upgrade}\r\nOrigin: {}\r\nCookie: {}\r\n\r\n",
+            app.address,
+            cookie_header(&app, &browser)
+        );
+        assert_eq!(raw_request(app.port, &request).await, 400, "{upgrade}");
+    }
 
     // None of the refusals reached the service; a proper one does.
     assert_eq!(demo_live(&demo).await["open_sockets"], 0);
