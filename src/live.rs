@@ -16,6 +16,10 @@
 //! connections keep running on the state last read, and the next successful read catches up.
 //!
 //! Frames do not count as activity: the session's idle expiry moves only with requests.
+//!
+//! Any other proxied response body still open after `FOLLOW_AFTER` (a long download, an ndjson
+//! feed) is `follow`ed the same way, in memory only: it is cut off when its session ends, but it
+//! does not count against either cap, and binding it costs no database work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,12 +40,17 @@ const POLL: Duration = Duration::from_millis(250);
 const ROW_TTL: Duration = Duration::from_secs(30);
 const RENEW: Duration = Duration::from_secs(5);
 
-/// What a live connection is, for the caps' metrics.
+/// How long a proxied response body may stream before it is bound to its session.
+pub const FOLLOW_AFTER: Duration = Duration::from_secs(1);
+
+/// What a live connection is, for the caps and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveKind {
     WebSocket,
-    /// A streamed response: server-sent events, a long download.
+    /// A stream of server-sent events.
     Stream,
+    /// Any other response body still streaming after `FOLLOW_AFTER`: bound, but not counted.
+    Response,
 }
 
 impl LiveKind {
@@ -49,7 +58,14 @@ impl LiveKind {
         match self {
             LiveKind::WebSocket => "websocket",
             LiveKind::Stream => "stream",
+            LiveKind::Response => "response",
         }
+    }
+
+    /// Whether it counts against `max_live_connections` (and closes at once on shutdown:
+    /// other bodies are in-flight requests, which get the graceful stop's time to finish).
+    fn counted(self) -> bool {
+        self != LiveKind::Response
     }
 }
 
@@ -115,6 +131,8 @@ struct Entry {
 struct Inner {
     next_id: u64,
     entries: HashMap<u64, Entry>,
+    /// How many entries count against the instance's cap.
+    counted: usize,
     per_session: HashMap<Uuid, usize>,
 }
 
@@ -188,8 +206,11 @@ impl LiveConnections {
             return Err(Refused::ShuttingDown);
         }
         let mut inner = self.lock();
-        if inner.entries.len() >= self.instance_max {
-            return Err(Refused::InstanceFull);
+        if kind.counted() {
+            if inner.counted >= self.instance_max {
+                return Err(Refused::InstanceFull);
+            }
+            inner.counted += 1;
         }
         *inner.per_session.entry(session).or_insert(0) += 1;
         let id = inner.next_id;
@@ -215,6 +236,16 @@ impl LiveConnections {
         })
     }
 
+    /// Binds a response body that is still streaming after `FOLLOW_AFTER` to its session, in
+    /// memory only and outside the caps. `None` once courier is stopping.
+    pub fn follow(
+        self: &Arc<Self>,
+        session: Uuid,
+        linked: Option<LinkedAccount>,
+    ) -> Option<Binding> {
+        self.reserve(session, linked, LiveKind::Response).ok()
+    }
+
     fn unbind(&self, id: u64, row: Option<Uuid>) {
         if let Some(row) = row
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -227,6 +258,9 @@ impl LiveConnections {
         let Some(entry) = inner.entries.remove(&id) else {
             return;
         };
+        if entry.kind.counted() {
+            inner.counted -= 1;
+        }
         if let Some(held) = inner.per_session.get_mut(&entry.session) {
             *held -= 1;
             if *held == 0 {
@@ -257,10 +291,11 @@ impl LiveConnections {
         closed
     }
 
-    /// Closes every connection with 1001 and refuses new ones: courier is stopping.
+    /// Closes every WebSocket and event stream with 1001 and refuses new ones: courier is
+    /// stopping. Other response bodies are left to finish within the graceful stop's time.
     pub fn shut_down(&self) -> usize {
         self.stopping.store(true, Ordering::Release);
-        self.close_where(|_| Some(CloseCause::Shutdown))
+        self.close_where(|entry| entry.kind.counted().then_some(CloseCause::Shutdown))
     }
 
     /// What the bound sessions and linked accounts are, for one check.
@@ -435,8 +470,13 @@ mod tests {
             Err(Refused::InstanceFull)
         ));
         assert_eq!(live.watched().0.len(), 2);
+        // A followed response body is watched but takes no place.
+        let body = live.follow(a, None).unwrap();
+        assert_eq!(live.lock().entries.len(), 3);
         drop(first);
-        assert_eq!(live.lock().entries.len(), 1);
+        assert_eq!(live.lock().entries.len(), 2);
+        assert_eq!(live.watched().0.len(), 2);
+        drop(body);
         assert_eq!(live.watched().0, vec![b]);
         live.reserve(a, None, LiveKind::WebSocket).unwrap();
     }
@@ -447,9 +487,16 @@ mod tests {
         let binding = live
             .reserve(Uuid::new_v4(), None, LiveKind::WebSocket)
             .unwrap();
+        let download = live.follow(Uuid::new_v4(), None).unwrap();
         assert_eq!(*binding.closed.borrow(), None);
-        assert_eq!(live.shut_down(), 1);
+        assert_eq!(
+            live.shut_down(),
+            1,
+            "a download finishes within the graceful stop"
+        );
         assert_eq!(binding.closed().await, CloseCause::Shutdown);
+        assert_eq!(*download.closed.borrow(), None);
+        assert!(live.follow(Uuid::new_v4(), None).is_none());
         assert_eq!(live.shut_down(), 0, "a cause is given once");
         assert!(matches!(
             live.reserve(Uuid::new_v4(), None, LiveKind::Stream),

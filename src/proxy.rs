@@ -1,9 +1,11 @@
 //! Forwarding a browser's request to a dependent service and the answer back, as streams.
 //!
-//! Dropped on the way out: the browser's `Cookie` and `Authorization`, hop-by-hop headers,
-//! courier's own `X-CSRF`, any `Forwarded`/`X-Forwarded-*` the browser sent (courier sets its
-//! own), and `X-Original-URL`/`X-Rewrite-URL`. Dropped on the way back: hop-by-hop headers and
-//! `Set-Cookie`. Redirects are not followed: the SPA gets the service's 3xx as it is.
+//! Dropped on the way out: the browser's `Cookie`, `Authorization` and `DPoP`, hop-by-hop
+//! headers, courier's own `X-CSRF`, any `Forwarded`/`X-Forwarded-*` the browser sent (courier
+//! sets its own), and `X-Original-URL`/`X-Rewrite-URL`. Dropped on the way back: hop-by-hop
+//! headers, `Set-Cookie`, and every header that would act on courier's own origin rather than
+//! describe the service's answer (`DROPPED_RESPONSE_HEADERS`, a `WWW-Authenticate` challenge of
+//! a scheme other than Bearer or DPoP). Redirects are not followed: `/api/*` never redirects.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,9 +22,10 @@ use futures_util::{Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use url::Url;
+use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::live::{Binding, CloseCause};
+use crate::live::{Binding, CloseCause, LinkedAccount, LiveConnections};
 use crate::request_context::{Proxied, TraceContext};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus ones courier
@@ -42,6 +45,9 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "expect",
     "cookie",
     "authorization",
+    // courier's own proof is the only one a service may see: a browser's would sit beside
+    // courier's token as if courier had made it.
+    "dpop",
     "x-csrf",
     "forwarded",
     "x-forwarded-for",
@@ -78,7 +84,22 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
     "sec-websocket-accept",
     "sec-websocket-extensions",
+    // Each of these would act on courier's origin, the SPA's and every other service's: a
+    // redirect the proxy otherwise refuses, wiping courier's cookie and the SPA's storage,
+    // pinning transport or CORS policy, widening a service worker's scope, reporting
+    // endpoints, alternative services, client hints.
+    "refresh",
+    "clear-site-data",
+    "strict-transport-security",
+    "service-worker-allowed",
+    "nel",
+    "report-to",
+    "alt-svc",
+    "accept-ch",
 ];
+
+/// Prefixes of response headers dropped for the same reason (CORS is courier's to answer).
+const DROPPED_RESPONSE_PREFIXES: &[&str] = &["access-control-"];
 
 /// The client for service calls on this thread: one per actix worker. reqwest runs each pooled
 /// connection on the runtime that opened it, so one client shared by the workers has a request
@@ -368,11 +389,20 @@ pub fn is_websocket_upgrade(req: &HttpRequest) -> bool {
             if value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")))
 }
 
-/// How a response body may stream: closed after `idle` without a chunk, and, for a live
-/// connection (server-sent events), when its binding says so.
+/// How a response body may stream: cut off after `idle` without a chunk, and when its
+/// session ends — at once for a live connection (server-sent events, `binding`), and for any
+/// other body still open after `live::FOLLOW_AFTER` (`follow`).
 pub struct StreamRules {
     pub idle: Duration,
     pub binding: Option<Binding>,
+    pub follow: Option<Follow>,
+}
+
+/// What binds a response body to its session once it has streamed for `live::FOLLOW_AFTER`.
+pub struct Follow {
+    pub live: Arc<LiveConnections>,
+    pub session: Uuid,
+    pub linked: Option<LinkedAccount>,
 }
 
 /// The service's answer, streamed back without hop-by-hop headers and cookies. A redirect is
@@ -398,13 +428,26 @@ pub fn respond(upstream: reqwest::Response, rules: StreamRules) -> Result<HttpRe
         .collect();
     for (name, value) in upstream.headers() {
         let lower = name.as_str();
-        if DROPPED_RESPONSE_HEADERS.contains(&lower) || connection_listed.iter().any(|c| c == lower)
+        if DROPPED_RESPONSE_HEADERS.contains(&lower)
+            || DROPPED_RESPONSE_PREFIXES
+                .iter()
+                .any(|p| lower.starts_with(p))
+            || connection_listed.iter().any(|c| c == lower)
         {
             continue;
         }
-        if let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) {
-            response.append_header((name, value.as_bytes()));
+        let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) else {
+            continue;
+        };
+        if name == actix_web::http::header::WWW_AUTHENTICATE {
+            // A Basic (or any other) challenge would pop the browser's password prompt on
+            // courier's origin; Bearer and DPoP challenges are the service's word to the SPA.
+            if let Some(kept) = value.to_str().ok().and_then(token_challenges) {
+                response.append_header((name, kept));
+            }
+            continue;
         }
+        response.append_header((name, value.as_bytes()));
     }
     let length = upstream.content_length();
     // actix logs a failed response stream with the error's Debug, which would show a URL;
@@ -421,6 +464,43 @@ pub fn respond(upstream: reqwest::Response, rules: StreamRules) -> Result<HttpRe
     Ok(response)
 }
 
+/// The Bearer and DPoP challenges of a `WWW-Authenticate` value (RFC 9110 §11.6.1: one or more
+/// challenges, each a scheme followed by a token68 or comma-separated parameters), or `None`
+/// when it has none. A comma inside a quoted string separates nothing.
+fn token_challenges(value: &str) -> Option<String> {
+    let mut items = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                items.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&value[start..]);
+    let mut kept: Vec<&str> = Vec::new();
+    let mut keeping = false;
+    for item in items.into_iter().map(str::trim).filter(|i| !i.is_empty()) {
+        // A challenge starts with its scheme: a token followed by a space or nothing. An
+        // item whose first token is followed by `=` is a parameter of the challenge before.
+        let token_end = item.find([' ', '\t', '=']).unwrap_or(item.len());
+        let starts_challenge = !item[token_end..].starts_with('=');
+        if starts_challenge {
+            let scheme = &item[..token_end];
+            keeping = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop");
+        }
+        if keeping {
+            kept.push(item);
+        }
+    }
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 /// Whether a response is a stream of server-sent events (bound to the session as a live
 /// connection).
 pub fn is_event_stream(response: &reqwest::Response) -> bool {
@@ -434,18 +514,23 @@ pub fn is_event_stream(response: &reqwest::Response) -> bool {
 
 type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
-/// A service's response body on its way to the browser, under its `StreamRules`. A body idle
-/// for too long fails (the browser sees the response cut short, not a complete one); a live
-/// connection told to close ends cleanly, so that an `EventSource` tries again and then learns
-/// that the session is gone.
+/// A service's response body on its way to the browser, under its `StreamRules`. A body cut
+/// off — idle too long, or its session ended — fails, so that the browser sees the response
+/// cut short (no final chunk), never a complete one; an `EventSource` then tries again and
+/// learns that the session is gone.
 struct GuardedBody {
     inner: BodyStream,
     idle: Duration,
     /// Armed when the body first waits, so that an answer that is there at once costs no timer.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     closed: Option<Pin<Box<dyn Future<Output = CloseCause> + Send>>>,
-    /// Holds the connection's place among the live connections while the body streams.
-    _binding: Option<Binding>,
+    /// The body's place among the live connections while it streams.
+    binding: Option<Binding>,
+    /// Not bound yet: bound when still streaming at `follow_at`.
+    follow: Option<Follow>,
+    follow_at: tokio::time::Instant,
+    /// Armed only when the body waits before `follow_at`.
+    follow_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl GuardedBody {
@@ -453,16 +538,76 @@ impl GuardedBody {
         inner: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
         rules: StreamRules,
     ) -> Self {
-        Self {
+        let mut body = Self {
             inner: Box::pin(inner),
             idle: rules.idle,
             deadline: None,
-            closed: rules
-                .binding
-                .as_ref()
-                .map(|b| Box::pin(b.closed()) as Pin<Box<_>>),
-            _binding: rules.binding,
+            closed: None,
+            binding: None,
+            follow: rules.follow,
+            follow_at: tokio::time::Instant::now() + crate::live::FOLLOW_AFTER,
+            follow_timer: None,
+        };
+        if let Some(binding) = rules.binding {
+            body.bind(binding);
+            body.follow = None;
         }
+        body
+    }
+
+    fn bind(&mut self, binding: Binding) {
+        self.closed = Some(Box::pin(binding.closed()));
+        self.binding = Some(binding);
+    }
+
+    /// Binds the body once it has streamed for `FOLLOW_AFTER`; before that, makes sure it is
+    /// woken then when it waits (`waiting`).
+    fn follow_when_due(&mut self, cx: &mut Context<'_>, waiting: bool) {
+        let Some(follow) = &self.follow else {
+            return;
+        };
+        let due = tokio::time::Instant::now() >= self.follow_at
+            || (waiting
+                && self
+                    .follow_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(self.follow_at)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready());
+        if !due {
+            return;
+        }
+        let binding = follow.live.follow(follow.session, follow.linked.clone());
+        self.follow = None;
+        self.follow_timer = None;
+        if let Some(binding) = binding {
+            self.bind(binding);
+        }
+    }
+
+    /// Cuts the body off when its binding says the session ended (or courier stops).
+    fn cut_off_when_closed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Option<Poll<Option<Result<Bytes, std::io::Error>>>> {
+        let cause = match self.closed.as_mut()?.as_mut().poll(cx) {
+            Poll::Ready(cause) => cause,
+            Poll::Pending => return None,
+        };
+        tracing::info!(
+            code = cause.code(),
+            reason = cause.reason(),
+            "streamed response cut off"
+        );
+        Some(self.cut_off(std::io::Error::other(cause.reason())))
+    }
+
+    /// Ends the body with an error: what reaches the browser is incomplete.
+    fn cut_off(&mut self, why: std::io::Error) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.inner = Box::pin(futures_util::stream::empty());
+        self.closed = None;
+        self.follow = None;
+        Poll::Ready(Some(Err(why)))
     }
 }
 
@@ -471,17 +616,9 @@ impl Stream for GuardedBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(closed) = &mut this.closed
-            && let Poll::Ready(cause) = closed.as_mut().poll(cx)
-        {
-            tracing::info!(
-                code = cause.code(),
-                reason = cause.reason(),
-                "streamed response closed"
-            );
-            this.closed = None;
-            this.inner = Box::pin(futures_util::stream::empty());
-            return Poll::Ready(None);
+        this.follow_when_due(cx, false);
+        if let Some(cut) = this.cut_off_when_closed(cx) {
+            return cut;
         }
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(item) => {
@@ -493,6 +630,13 @@ impl Stream for GuardedBody {
                 Poll::Ready(item)
             }
             Poll::Pending => {
+                if this.follow.is_some() {
+                    this.follow_when_due(cx, true);
+                    // Just bound: its close signal wakes this body from now on.
+                    if let Some(cut) = this.cut_off_when_closed(cx) {
+                        return cut;
+                    }
+                }
                 let idle = this.idle;
                 let deadline = this
                     .deadline
@@ -501,18 +645,45 @@ impl Stream for GuardedBody {
                     Poll::Ready(()) => {
                         tracing::info!(
                             idle_secs = idle.as_secs(),
-                            "streamed response closed: idle"
+                            "streamed response cut off: idle"
                         );
-                        this.inner = Box::pin(futures_util::stream::empty());
-                        this.closed = None;
-                        Poll::Ready(Some(Err(std::io::Error::new(
+                        this.cut_off(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the service sent nothing for stream_idle_timeout_secs",
-                        ))))
+                        ))
                     }
                     Poll::Pending => Poll::Pending,
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_challenges;
+
+    #[test]
+    fn only_bearer_and_dpop_challenges_pass() {
+        assert_eq!(
+            token_challenges(r#"Bearer realm="api", error="invalid_token""#).as_deref(),
+            Some(r#"Bearer realm="api", error="invalid_token""#)
+        );
+        assert_eq!(
+            token_challenges(r#"DPoP algs="ES256", error="use_dpop_nonce""#).as_deref(),
+            Some(r#"DPoP algs="ES256", error="use_dpop_nonce""#)
+        );
+        assert_eq!(token_challenges(r#"Basic realm="x""#), None);
+        assert_eq!(token_challenges("Negotiate abc=="), None);
+        assert_eq!(
+            token_challenges(r#"Basic realm="a, b", Bearer error="insufficient_user_authentication", acr_values="mfa", NTLM"#)
+                .as_deref(),
+            Some(r#"Bearer error="insufficient_user_authentication", acr_values="mfa""#)
+        );
+        assert_eq!(
+            token_challenges(r#"bearer, Digest realm="x", nonce="y""#).as_deref(),
+            Some("bearer")
+        );
+        assert_eq!(token_challenges(""), None);
     }
 }

@@ -516,7 +516,10 @@ impl TokenService {
                 if !access.is(rejected) && self.is_unexpired(access.expires_at) {
                     return Ok(access.token());
                 }
-                return Err(self.end_grant(owner, &key, stored.generation).await);
+                match self.end_grant(owner, &key, stored.generation).await {
+                    Some(ended) => return Err(ended),
+                    None => continue,
+                }
             }
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
@@ -528,9 +531,13 @@ impl TokenService {
                         self.release(&key).await;
                         continue;
                     }
-                    return self
+                    match self
                         .refresh_under_lease(owner, &key, stored, None, rejected)
-                        .await;
+                        .await?
+                    {
+                        Some(token) => return Ok(token),
+                        None => continue,
+                    }
                 }
                 Some(blocked) => {
                     let meanwhile = Some(&access);
@@ -597,7 +604,10 @@ impl TokenService {
                 if !own.is(rejected) && self.is_unexpired(own.expires_at) {
                     return Ok(own.token());
                 }
-                return Err(self.end_grant(owner, &key, stored.generation).await);
+                match self.end_grant(owner, &key, stored.generation).await {
+                    Some(ended) => return Err(ended),
+                    None => continue,
+                }
             }
             match refresh_leases::acquire(&self.pool, &key.to_string(), self.instance).await? {
                 None => {
@@ -613,9 +623,13 @@ impl TokenService {
                         self.release(&key).await;
                         continue;
                     }
-                    return self
+                    match self
                         .refresh_under_lease(owner, &key, stored, Some((resource, mine)), rejected)
-                        .await;
+                        .await?
+                    {
+                        Some(token) => return Ok(token),
+                        None => continue,
+                    }
                 }
                 Some(blocked) => {
                     if let Some(token) = self
@@ -853,7 +867,8 @@ impl TokenService {
     /// gives. With `for_resource` (the resource and its current token), the grant asks for a
     /// token restricted to that resource: it is stored for the resource, while the owner's row
     /// takes only the rotated refresh token (and a new ID token). No database connection is
-    /// held while the provider answers.
+    /// held while the provider answers. `None` when the provider refused a refresh token that
+    /// newer stored tokens have replaced: the caller reads them again.
     async fn refresh_under_lease(
         &self,
         owner: Owner<'_>,
@@ -861,7 +876,7 @@ impl TokenService {
         stored: Stored,
         for_resource: Option<(&str, Option<CachedAccess>)>,
         rejected: Option<&SecretString>,
-    ) -> Result<AccessToken, TokenError> {
+    ) -> Result<Option<AccessToken>, TokenError> {
         let resource = for_resource.as_ref().map(|(r, _)| *r);
         let Some(provider) = self.providers.get(&stored.provider) else {
             // A rolling deploy removed the provider: nothing to refresh with, nothing to delete.
@@ -937,17 +952,20 @@ impl TokenService {
                         tracing::warn!(provider = %provider.id(), "a newer refresh was stored first; this one serves one request");
                     }
                 }
-                Ok(AccessToken {
+                Ok(Some(AccessToken {
                     secret: refreshed.access_token,
                     after_rejection: forced,
                     dpop: stored.dpop.clone(),
-                })
+                }))
             }
             Err(GrantError::Dead(reason)) => {
-                tracing::info!(provider = %provider.id(), %reason, "refresh refused: the grant has ended");
+                tracing::info!(provider = %provider.id(), %reason, "refresh refused");
                 let ended = self.end_grant(owner, key, stored.generation).await;
                 self.release(key).await;
-                Err(ended)
+                match ended {
+                    Some(ended) => Err(ended),
+                    None => Ok(None),
+                }
             }
             Err(GrantError::InvalidTarget) => {
                 tracing::warn!(provider = %provider.id(), resource, "the provider will not issue a token for this resource");
@@ -966,7 +984,7 @@ impl TokenService {
                     && !access.is(rejected)
                     && self.is_unexpired(access.expires_at)
                 {
-                    return Ok(access.token());
+                    return Ok(Some(access.token()));
                 }
                 Err(self.retry_after(retry_at))
             }
@@ -1034,11 +1052,26 @@ impl TokenService {
         Ok(stored)
     }
 
-    /// The provider ended the grant. A session ends with it (on every instance before this
-    /// returns); a linked account waits for the user to connect it again.
-    async fn end_grant(&self, owner: Owner<'_>, key: &OwnerKey, generation: i64) -> TokenError {
+    /// The provider ended the grant of the tokens at `generation`. A session ends with it (on
+    /// every instance before this returns); a linked account waits for the user to connect it
+    /// again. `None` when newer tokens were stored meanwhile: an instance that outlived its
+    /// lease sent a refresh token that another had already rotated, and the newer tokens stand.
+    async fn end_grant(
+        &self,
+        owner: Owner<'_>,
+        key: &OwnerKey,
+        generation: i64,
+    ) -> Option<TokenError> {
         let ended = match owner {
-            Owner::Session(id) => self.end_session(id).await,
+            Owner::Session(id) => {
+                crate::session::end::end_session_at_generation(
+                    &self.pool,
+                    &self.cache,
+                    id,
+                    generation,
+                )
+                .await
+            }
             Owner::Linked { user_id, provider } => {
                 db::linked_accounts::mark_reauth_required(&self.pool, user_id, provider, generation)
                     .await
@@ -1046,13 +1079,15 @@ impl TokenService {
         };
         self.cache.invalidate(key);
         match ended {
-            Ok(()) => owner.dead(),
-            Err(e) => e.into(),
+            Ok(true) => Some(owner.dead()),
+            Ok(false) => {
+                tracing::warn!(
+                    "a refresh was refused, but newer tokens were stored meanwhile: they stand"
+                );
+                None
+            }
+            Err(e) => Some(e.into()),
         }
-    }
-
-    async fn end_session(&self, id: Uuid) -> Result<(), DbError> {
-        crate::session::end::end_session(&self.pool, &self.cache, id).await
     }
 
     async fn release(&self, key: &OwnerKey) {

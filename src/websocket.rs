@@ -78,6 +78,7 @@ pub async fn relay(
             crate::proxy::StreamRules {
                 idle: rules.idle,
                 binding: None,
+                follow: None,
             },
         );
     }

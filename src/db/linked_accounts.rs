@@ -139,8 +139,8 @@ pub async fn mark_reauth_required(
     user_id: Uuid,
     provider: &str,
     generation: i64,
-) -> Result<(), DbError> {
-    sqlx::query(
+) -> Result<bool, DbError> {
+    let marked = sqlx::query(
         "UPDATE linked_accounts SET status = 'reauth_required', updated_at = now()
          WHERE user_id = $1 AND provider = $2 AND generation = $3",
     )
@@ -149,7 +149,7 @@ pub async fn mark_reauth_required(
     .bind(generation)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(marked.rows_affected() > 0)
 }
 
 #[derive(sqlx::FromRow)]

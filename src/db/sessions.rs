@@ -221,6 +221,25 @@ pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Deletes the session only while its tokens are still at `generation`: a refresh refused
+/// with `invalid_grant` ends the session only when no newer tokens were stored meanwhile.
+/// Returns whether it was deleted.
+pub async fn delete_at_generation(
+    conn: &mut PgConnection,
+    id: Uuid,
+    generation: i64,
+) -> Result<bool, DbError> {
+    let deleted = sqlx::query(
+        "DELETE FROM sessions s USING session_tokens t
+         WHERE s.id = $1 AND t.session_id = s.id AND t.generation = $2",
+    )
+    .bind(id)
+    .bind(generation)
+    .execute(conn)
+    .await?;
+    Ok(deleted.rows_affected() > 0)
+}
+
 /// Ends the sessions a provider's back-channel logout names: by its session id (`sid`), by
 /// the user's subject (`sub`), or by both. Returns the ids of those that ended.
 pub async fn delete_for_provider_logout(

@@ -367,22 +367,30 @@ async fn bind_live(
         })
 }
 
-/// How the service's answer streams back: with the service's idle bound, and, for server-sent
-/// events, bound to the session.
+/// How the service's answer streams back: with the service's idle bound, and bound to the
+/// session — server-sent events at once, as a live connection within the caps; any other body
+/// once it has streamed for a second, outside them.
 async fn stream_rules(
     state: &AppState,
     service: &Service,
     current: &CurrentSession,
     response: &reqwest::Response,
 ) -> Result<proxy::StreamRules, ApiError> {
-    let binding = if proxy::is_event_stream(response) {
-        Some(bind_live(state, service, current, LiveKind::Stream).await?)
+    let (binding, follow) = if proxy::is_event_stream(response) {
+        let binding = bind_live(state, service, current, LiveKind::Stream).await?;
+        (Some(binding), None)
     } else {
-        None
+        let follow = proxy::Follow {
+            live: state.live.clone(),
+            session: current.id,
+            linked: linked_account(service, current),
+        };
+        (None, Some(follow))
     };
     Ok(proxy::StreamRules {
         idle: Duration::from_secs(service.config.stream_idle_timeout_secs),
         binding,
+        follow,
     })
 }
 

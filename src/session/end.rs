@@ -55,6 +55,22 @@ pub async fn end_session(pool: &PgPool, cache: &AppCache, id: Uuid) -> Result<()
     announce_and_commit(tx, pool, cache, &[id]).await
 }
 
+/// Ends one session on every instance, only while its tokens are still at `generation`
+/// (`db::sessions::delete_at_generation`). Returns whether it ended.
+pub async fn end_session_at_generation(
+    pool: &PgPool,
+    cache: &AppCache,
+    id: Uuid,
+    generation: i64,
+) -> Result<bool, DbError> {
+    let mut tx = pool.begin().await?;
+    if !db::sessions::delete_at_generation(&mut tx, id, generation).await? {
+        return Ok(false);
+    }
+    announce_and_commit(tx, pool, cache, &[id]).await?;
+    Ok(true)
+}
+
 /// What a verified back-channel logout token did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderLogout {

@@ -284,6 +284,95 @@ async fn bodies_are_forwarded_both_ways_small_and_large() {
 }
 
 #[tokio::test]
+async fn the_services_headers_that_act_on_courier_s_origin_are_dropped() {
+    let mut w = world().await;
+    let response = w
+        .browser
+        .send(
+            Method::GET,
+            &w.app.url("/api/services/orders/_demo/origin-headers"),
+            &[("x-csrf", "1"), ("dpop", "a-proof-the-browser-made")],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    for name in [
+        "refresh",
+        "clear-site-data",
+        "strict-transport-security",
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "service-worker-allowed",
+        "nel",
+        "report-to",
+        "alt-svc",
+        "accept-ch",
+    ] {
+        assert!(headers.get(name).is_none(), "{name} reached the browser");
+    }
+    let challenges: Vec<&str> = headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        challenges,
+        [r#"Bearer realm="demo", error="invalid_token""#],
+        "no Basic challenge: it would open a password prompt on courier's origin"
+    );
+    assert_eq!(headers.get("x-demo").unwrap(), "echo", "others pass");
+    let echo: Value = response.json().await.unwrap();
+    assert!(
+        echo["headers"].get("dpop").is_none(),
+        "the browser's DPoP header never reaches a service: {}",
+        echo["headers"]
+    );
+    assert!(
+        echo["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_off_when_its_session_ends() {
+    let mut w = world().await;
+    let cookie = w.browser.cookie(&w.app.address, "__Host-courier").unwrap();
+    let mut feed = reqwest::Client::new()
+        .get(
+            w.app
+                .url("/api/services/orders/_demo/ndjson?interval_ms=100"),
+        )
+        .header("x-csrf", "1")
+        .header("cookie", format!("__Host-courier={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    // Past the second after which a body is bound to its session.
+    let mut lines = 0;
+    while lines < 15 {
+        let chunk = feed.chunk().await.unwrap().expect("the feed flows");
+        lines += chunk.iter().filter(|b| **b == b'\n').count();
+    }
+    let response = w.call(Method::POST, "/auth/logout").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let outcome = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), feed.chunk()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => break other,
+            Err(_) => panic!("the feed still flows 5 s after the logout"),
+        }
+    };
+    assert!(
+        outcome.is_err(),
+        "cut off, not ended cleanly: the browser must not take it for complete"
+    );
+}
+
+#[tokio::test]
 async fn the_services_cookies_and_redirects_do_not_reach_the_browser() {
     let mut w = world().await;
     let response = w

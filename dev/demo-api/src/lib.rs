@@ -9,7 +9,10 @@
 //! `cnf.jkt`).
 //!
 //! Paths under `/_demo/` misbehave on purpose: `status/{code}`, `slow?ms=`, `cookie`,
-//! `redirect`, `stream?chunks=&size=`.
+//! `redirect`, `stream?chunks=&size=`, `origin-headers` (an echo that also sends every response
+//! header that would act on courier's origin: `Refresh`, `Clear-Site-Data`, HSTS, CORS, …, and
+//! a Basic challenge beside a Bearer one), `ndjson?count=&interval_ms=` (a JSON line every
+//! `interval_ms`, `count` of them, 0: without end; counted in `/_demo/live`'s `open_streams`).
 //!
 //! Live connections (courier's `websocket = true` services and streamed responses):
 //! - `/_demo/ws`: a WebSocket, its token checked like any call's. Its first message is a JSON
@@ -366,15 +369,7 @@ async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     let count = query_param(&req, "count").unwrap_or(10);
     let interval = Duration::from_millis(query_param(&req, "interval_ms").unwrap_or(200));
     let silence_after = query_param(&req, "silence_after");
-    /// Counts the stream as open while it lives.
-    struct Open(web::Data<State>);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.live.open_streams.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-    state.live.open_streams.fetch_add(1, Ordering::SeqCst);
-    let open = Open(state.clone());
+    let open = OpenStream::new(&state);
     let stream = futures_util::stream::unfold((0u64, open), move |(n, open)| async move {
         if count != 0 && n >= count {
             return None;
@@ -392,6 +387,22 @@ async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .streaming(stream)
+}
+
+/// Counts a streamed response as open while it lives.
+struct OpenStream(web::Data<State>);
+
+impl OpenStream {
+    fn new(state: &web::Data<State>) -> Self {
+        state.live.open_streams.fetch_add(1, Ordering::SeqCst);
+        OpenStream(state.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.live.open_streams.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// `/_demo/live`: see the module's comment.
@@ -435,6 +446,24 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpR
                 .insert_header(("location", "http://evil.example/"))
                 .finish();
         }
+        "/_demo/ndjson" => {
+            let count = query_param(&req, "count").unwrap_or(0);
+            let interval = Duration::from_millis(query_param(&req, "interval_ms").unwrap_or(100));
+            let open = OpenStream::new(&state);
+            let stream = futures_util::stream::unfold((0u64, open), move |(n, open)| async move {
+                if count != 0 && n >= count {
+                    return None;
+                }
+                if n > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                let line = format!("{{\"n\":{n}}}\n");
+                Some((Ok::<_, std::io::Error>(Bytes::from(line)), (n + 1, open)))
+            });
+            return HttpResponse::Ok()
+                .content_type("application/x-ndjson")
+                .streaming(stream);
+        }
         "/_demo/stream" => {
             let chunks = query_param(&req, "chunks").unwrap_or(10);
             let size = query_param(&req, "size").unwrap_or(1024) as usize;
@@ -474,6 +503,33 @@ async fn handle(req: HttpRequest, body: Bytes, state: web::Data<State>) -> HttpR
     let mut response = HttpResponse::Ok();
     if path == "/_demo/cookie" {
         response.insert_header(("set-cookie", "demo=1; Path=/"));
+    }
+    if path == "/_demo/origin-headers" {
+        for (name, value) in [
+            ("refresh", "0; url=http://evil.example/"),
+            ("clear-site-data", "\"cookies\", \"storage\""),
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains",
+            ),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("service-worker-allowed", "/"),
+            ("nel", "{\"report_to\":\"x\",\"max_age\":86400}"),
+            (
+                "report-to",
+                "{\"group\":\"x\",\"max_age\":86400,\"endpoints\":[]}",
+            ),
+            ("alt-svc", "h3=\":443\""),
+            ("accept-ch", "Sec-CH-UA-Model"),
+        ] {
+            response.insert_header((name, value));
+        }
+        response.append_header(("www-authenticate", "Basic realm=\"demo\""));
+        response.append_header((
+            "www-authenticate",
+            "Bearer realm=\"demo\", error=\"invalid_token\"",
+        ));
     }
     response.insert_header(("x-demo", "echo"));
     response.json(json!({
