@@ -108,6 +108,10 @@ pub struct ServerConfig {
     /// is refused 429. Each holds two sockets and a few buffers.
     #[serde(default = "default_server_max_live")]
     pub max_live_connections: usize,
+    /// The largest WebSocket message relayed either way; a larger one closes the connection
+    /// with 1009. What a connection may hold queued is bounded by it (docs/live.md).
+    #[serde(default = "default_websocket_max_message")]
+    pub websocket_max_message_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +344,13 @@ fn default_stream_idle_timeout() -> u64 {
 fn default_server_max_live() -> usize {
     10_000
 }
+/// The largest `websocket_max_message_bytes` accepted: the instance's WebSocket budget
+/// (`live::budget`) must hold a few such messages.
+const MAX_WEBSOCKET_MESSAGE: usize = 64 * 1024 * 1024;
+
+fn default_websocket_max_message() -> usize {
+    1024 * 1024
+}
 fn default_session_max_live() -> usize {
     32
 }
@@ -481,6 +492,12 @@ impl Config {
         }
         if self.session.max_live_connections == 0 {
             return fail("session.max_live_connections", "must be at least 1");
+        }
+        if !(1024..=MAX_WEBSOCKET_MESSAGE).contains(&self.server.websocket_max_message_bytes) {
+            return fail(
+                "server.websocket_max_message_bytes",
+                "must be between 1024 and 67108864 (64 MiB)",
+            );
         }
         if self.rate_limit.requests_per_minute == 0 || self.rate_limit.burst == 0 {
             return fail(

@@ -136,6 +136,38 @@ struct Inner {
     per_session: HashMap<Uuid, usize>,
 }
 
+/// The bytes every relayed WebSocket of this instance may hold queued together, whatever
+/// `max_live_connections` × the per-connection budget adds up to (docs/live.md). A relay that
+/// finds it spent waits, reading nothing more, until others' bytes are written; a peer that
+/// takes nothing is disconnected after `websocket::STALLED_AFTER`, which frees its part.
+#[derive(Clone)]
+pub struct WebSocketBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+/// A message's place in the instance's budget, given back when dropped.
+pub struct BudgetPermit(
+    #[allow(dead_code, reason = "held for its Drop")] Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+impl WebSocketBudget {
+    pub fn new(bytes: usize) -> Self {
+        let total = u32::try_from(bytes).unwrap_or(u32::MAX);
+        WebSocketBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until `bytes` fit the budget (a message larger than the whole takes all of it).
+    pub async fn acquire(&self, bytes: usize) -> BudgetPermit {
+        let wanted = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.total);
+        // The semaphore is never closed.
+        BudgetPermit(self.bytes.clone().acquire_many_owned(wanted).await.ok())
+    }
+}
+
 /// This instance's live connections.
 pub struct LiveConnections {
     pool: PgPool,
@@ -145,10 +177,16 @@ pub struct LiveConnections {
     session_max: usize,
     stopping: AtomicBool,
     inner: Mutex<Inner>,
+    websocket_budget: WebSocketBudget,
 }
 
 impl LiveConnections {
-    pub fn new(pool: PgPool, instance_max: usize, session_max: usize) -> Arc<Self> {
+    pub fn new(
+        pool: PgPool,
+        instance_max: usize,
+        session_max: usize,
+        websocket_budget: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             instance: Uuid::new_v4(),
@@ -156,7 +194,13 @@ impl LiveConnections {
             session_max,
             stopping: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
+            websocket_budget: WebSocketBudget::new(websocket_budget),
         })
+    }
+
+    /// The bytes all relayed WebSockets of this instance may hold queued together.
+    pub fn websocket_budget(&self) -> WebSocketBudget {
+        self.websocket_budget.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -456,7 +500,7 @@ mod tests {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
-        LiveConnections::new(pool, instance_max, 1)
+        LiveConnections::new(pool, instance_max, 1, 1 << 20)
     }
 
     #[tokio::test]

@@ -100,6 +100,7 @@ impl Application {
             pool.clone(),
             config.server.max_live_connections,
             config.session.max_live_connections,
+            crate::websocket::instance_budget(config.server.websocket_max_message_bytes),
         );
         tokio::spawn(live.clone().watch(clock.clone(), cache.changes()));
         let state = web::Data::new(AppState {
@@ -239,6 +240,8 @@ impl Application {
                 .wrap(from_fn(middleware::request_log))
                 .wrap(from_fn(close_after_unread_body))
         })
+        // A relayed WebSocket whose browser stops reading is ended by closing its socket.
+        .on_connect(crate::websocket::remember_connection)
         .listen(listener)?
         // actix-server's own handlers stop forcefully on SIGINT; `run_until_signalled` treats
         // SIGINT like SIGTERM instead. Without them, an in-process server (the tests') leaves

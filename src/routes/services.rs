@@ -404,7 +404,7 @@ pub async fn call(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (service, target) = resolve(&req, &state)?;
-    let max_message = state.config.server.max_body_bytes as usize;
+    let max_message = state.config.server.websocket_max_message_bytes;
     let (live, payload) = if proxy::is_websocket_upgrade(&req) {
         if !service.config.websocket {
             return Err(ApiError::BadRequest(format!(
@@ -460,6 +460,7 @@ pub async fn call(
                 service: service.name().to_owned(),
                 idle: Duration::from_secs(service.config.stream_idle_timeout_secs),
                 max_message,
+                budget: state.live.websocket_budget(),
             };
             websocket::relay(browser, response, binding, rules).await
         }

@@ -876,3 +876,144 @@ async fn an_expired_token_does_not_cut_a_websocket_but_a_dead_refresh_on_another
     assert_eq!(code, 4401);
     assert!(after < Duration::from_secs(1), "{after:?}");
 }
+
+#[tokio::test]
+async fn a_message_over_websocket_max_message_bytes_closes_the_websocket_with_1009() {
+    let One {
+        demo, app, browser, ..
+    } = one_instance("", |s| {
+        s.server_toml = "websocket_max_message_bytes = 4096".into();
+    })
+    .await;
+
+    // Up to the limit, either way.
+    let (mut socket, _) = open(&app, &browser).await;
+    socket.send(Message::binary(vec![7u8; 4000])).await.unwrap();
+    match socket.next().await {
+        Some(Ok(Message::Binary(echo))) => assert_eq!(echo.len(), 4000),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+
+    // One frame over it from the browser.
+    socket.send(Message::binary(vec![7u8; 5000])).await.unwrap();
+    let (code, _) = closed_with(&mut socket, Instant::now()).await;
+    assert_eq!(code, 1009);
+
+    // A message of several frames, over it only when put together.
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (mut socket, _) = open(&app, &browser).await;
+    let first = Frame::message(vec![1u8; 3000], OpCode::Data(Data::Binary), false);
+    let rest = Frame::message(vec![2u8; 3000], OpCode::Data(Data::Continue), true);
+    socket.send(Message::Frame(first)).await.unwrap();
+    socket.send(Message::Frame(rest)).await.unwrap();
+    let (code, _) = closed_with(&mut socket, Instant::now()).await;
+    assert_eq!(code, 1009, "the continuation limit is the message limit");
+
+    // One over it from the service.
+    let (mut socket, _) = open(&app, &browser).await;
+    socket.send(Message::text("flood:1:5000")).await.unwrap();
+    let (code, _) = closed_with(&mut socket, Instant::now()).await;
+    assert_eq!(code, 1009);
+
+    // The service was told why, each time it could be (its own oversized message leaves
+    // its connection to courier failed).
+    let started = Instant::now();
+    loop {
+        let codes = demo_live(&demo).await["close_codes"].clone();
+        let told = codes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == 1009)
+            .count();
+        if told >= 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the service got no 1009: {codes}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_browser_that_reads_nothing_keeps_its_place_until_it_is_disconnected() {
+    let One {
+        demo, app, browser, ..
+    } = one_instance("stream_idle_timeout_secs = 2", |s| {
+        s.session_toml = "max_live_connections = 1".into();
+    })
+    .await;
+    let (mut socket, _) = open(&app, &browser).await;
+    // The service floods without end; the browser reads nothing.
+    socket
+        .send(Message::text("flood:1000000:65536"))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = demo_live(&demo).await["flood_sent_bytes"].as_u64().unwrap();
+    assert!(
+        sent < 32 * 1024 * 1024,
+        "the service sent {sent} bytes to a browser that read nothing"
+    );
+    // Past the idle close (nothing could pass for two seconds): the close frame waits behind
+    // what the browser has not read, and the connection still holds its place.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = refused(handshake(&app, &browser, "/api/services/live/_demo/ws")).await;
+    assert_eq!(
+        status, 429,
+        "a connection whose body still holds data keeps its place"
+    );
+
+    // Ten seconds without a byte taken while data waits: courier drops the TCP connection,
+    // which frees the place.
+    let started = Instant::now();
+    loop {
+        match tokio_tungstenite::connect_async(handshake(
+            &app,
+            &browser,
+            "/api/services/live/_demo/ws",
+        ))
+        .await
+        {
+            Ok(_) => break,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("the stalled connection was never dropped: {e}"),
+        }
+    }
+    // What the browser's socket still held arrives, then the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was dropped");
+}
+
+#[tokio::test]
+async fn a_logout_closes_flooded_websockets_after_the_frame_each_has_begun() {
+    let One {
+        app, mut browser, ..
+    } = one_instance("", |_| {}).await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let (mut socket, _) = open(&app, &browser).await;
+        socket
+            .send(Message::text("flood:1000000:65536"))
+            .await
+            .unwrap();
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let response = app.api(&mut browser, Method::POST, "/auth/logout").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let since = Instant::now();
+    for mut socket in sockets {
+        let (code, _) = closed_with(&mut socket, since).await;
+        assert_eq!(code, 4401);
+    }
+}
