@@ -33,6 +33,7 @@ const LOGIN_ERRORS = {
   invalid_id_token: 'The sign-in provider’s answer did not check out, so you were not signed in.',
   invalid_userinfo: 'The sign-in provider’s answer did not check out, so you were not signed in.',
   token_exchange_failed: 'Sign-in could not be completed with the provider. Please try again.',
+  unmet_authentication_requirements: 'The sign-in provider did not confirm a fresh sign-in, so you were not signed in. Please try again.',
 };
 
 const CONNECT_ERRORS = {
@@ -149,10 +150,13 @@ function here() {
   return location.pathname + location.search;
 }
 
-function loginUrl({ provider, prompt, returnTo = here() } = {}) {
+// `maxAge` (seconds) asks the provider for an authentication at most that old; courier then
+// refuses a login whose ID token does not show one (`unmet_authentication_requirements`).
+function loginUrl({ provider, prompt, maxAge, returnTo = here() } = {}) {
   const params = new URLSearchParams();
   if (provider) params.set('provider', provider);
   if (prompt) params.set('prompt', prompt);
+  if (maxAge !== undefined) params.set('max_age', String(maxAge));
   params.set('return_to', returnTo);
   return `/auth/login?${params}`;
 }
@@ -805,7 +809,9 @@ async function start() {
 function wire() {
   $('sign-out').addEventListener('click', signOut);
   $('retry').addEventListener('click', () => location.reload());
-  $('reauth').addEventListener('click', () => location.assign(loginUrl({ provider: state.me?.provider, prompt: 'login', returnTo: `${location.pathname}#sessions-section` })));
+  // Ending the other sessions needs a sign-in under 10 minutes old: a fresh one, not the
+  // provider's single sign-on (prompt=login), and max_age=0 so that courier checks it was.
+  $('reauth').addEventListener('click', () => location.assign(loginUrl({ provider: state.me?.provider, prompt: 'login', maxAge: 0, returnTo: `${location.pathname}#sessions-section` })));
   $('sign-out-others').addEventListener('click', () => endOtherSessions().catch(ignoreEnded));
   $('notice').querySelector('.notice-close').addEventListener('click', () => notice(null));
   $('call-service').addEventListener('change', updatePrefix);

@@ -15,8 +15,9 @@ pub struct NewSession<'a> {
     pub provider_sid: Option<&'a str>,
     /// A summary of the login request's User-Agent (`domain::user_agent`), never the header.
     pub user_agent: Option<&'a str>,
-    /// When the user authenticated at the provider (the ID token's `auth_time`, else `now`).
-    pub auth_time: DateTime<Utc>,
+    /// When the user authenticated at the provider: the ID token's `auth_time`; `None` when it
+    /// had none (the session then counts as authenticated long ago, never as `now`).
+    pub auth_time: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
@@ -396,14 +397,15 @@ pub async fn delete_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<u64, D
         .rows_affected())
 }
 
-/// When the session's user last authenticated at the provider (`None`: no such session).
+/// When the session's user last authenticated at the provider (`None`: no such session, or
+/// its login's ID token named no `auth_time`).
 pub async fn auth_time(pool: &PgPool, id: Uuid) -> Result<Option<DateTime<Utc>>, DbError> {
-    Ok(
+    let found: Option<Option<DateTime<Utc>>> =
         sqlx::query_scalar("SELECT auth_time FROM sessions WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
-            .await?,
-    )
+            .await?;
+    Ok(found.flatten())
 }
 
 /// What `standing` found of a session that live connections are bound to.

@@ -1,6 +1,6 @@
 //! ID token checks: signature from the provider's JWKS (re-fetched once on an unknown `kid`),
 //! pinned asymmetric algorithms (never `none`, never HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
-//! and, at login, `nonce`.
+//! and, at login, `nonce`; reading `auth_time`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,8 +12,9 @@ use serde_json::{Map, Value};
 use crate::oidc::http::ProviderHttp;
 use crate::oidc::registry::{Metadata, Provider, error_chain};
 
-/// How far in the future an `iat` may be, for clock skew between courier and the provider.
-const IAT_FUTURE_SKEW: Duration = Duration::seconds(60);
+/// Clock skew allowed between courier and the provider: how far in the future an `iat` may be,
+/// and how much older than a login's `max_age` its `auth_time` may be.
+pub const CLOCK_SKEW: Duration = Duration::seconds(60);
 /// How old an ID token may be when it arrives: it was minted by the exchange just made.
 const IAT_MAX_AGE: Duration = Duration::minutes(10);
 
@@ -107,7 +108,7 @@ pub async fn verify(
         .set_allowed_algs(allowed_algs(provider, &metadata))
         .set_time_fn(move || now)
         .set_issue_time_verifier_fn(move |iat| {
-            if iat > now + IAT_FUTURE_SKEW {
+            if iat > now + CLOCK_SKEW {
                 Err(format!("issued in the future ({iat})"))
             } else if iat < now - IAT_MAX_AGE {
                 Err(format!("issued too long ago ({iat})"))
@@ -161,6 +162,15 @@ fn publishes_key(metadata: &Metadata, kid: &str) -> bool {
 
 pub type JsonObject = Map<String, Value>;
 
+/// The ID token's `auth_time` (seconds since the epoch), when it names a usable one.
+pub fn auth_time(claims: &JsonObject) -> Option<DateTime<Utc>> {
+    let seconds = claims.get("auth_time")?.as_f64()?;
+    if !seconds.is_finite() {
+        return None;
+    }
+    DateTime::from_timestamp(seconds.floor() as i64, 0)
+}
+
 /// Decodes a compact JWS's header and payload as JSON objects, without checking anything.
 pub fn decode_parts(raw: &str) -> Result<(JsonObject, JsonObject), IdTokenError> {
     let mut parts = raw.split('.');
@@ -176,4 +186,28 @@ pub fn decode_parts(raw: &str) -> Result<(JsonObject, JsonObject), IdTokenError>
         serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
     };
     Ok((decode(header)?, decode(payload)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn auth_time_is_read_from_the_claims_when_it_is_a_time() {
+        let claims = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000}))).map(|t| t.timestamp()),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": 1_700_000_000.7}))).map(|t| t.timestamp()),
+            Some(1_700_000_000)
+        );
+        assert_eq!(super::auth_time(&claims(json!({}))), None);
+        assert_eq!(
+            super::auth_time(&claims(json!({"auth_time": "yesterday"}))),
+            None
+        );
+        assert_eq!(super::auth_time(&claims(json!({"auth_time": 1e300}))), None);
+    }
 }

@@ -67,6 +67,10 @@ pub struct PendingLogin {
     /// back to `return_to`, not to `/`. (Absent from cookies made before it existed.)
     #[serde(default)]
     pub silent: bool,
+    /// The `max_age` the authorization request carried: the ID token must then name an
+    /// `auth_time` at most this old. (Absent from cookies made before it existed.)
+    #[serde(default)]
+    pub max_age: Option<u32>,
 }
 
 /// `prompt` values `/auth/login` accepts (OpenID Connect Core §3.1.2.1, and `create` from
@@ -111,6 +115,11 @@ pub const SILENT_LOGIN_ERRORS: &[&str] = &[
     "consent_required",
     "account_selection_required",
 ];
+
+/// The `claims` authorization parameter (OpenID Connect Core §5.5) that asks for `auth_time`
+/// in the ID token: without it most providers omit it, and a session would not know how old
+/// its authentication is.
+const CLAIMS_AUTH_TIME: &str = r#"{"id_token":{"auth_time":{"essential":true}}}"#;
 
 /// The longest `login_hint` or `acr_values` accepted (an e-mail address is at most 254).
 const MAX_HINT_CHARS: usize = 256;
@@ -249,8 +258,10 @@ impl PendingLogin {
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
 /// OpenID Connect providers always get) with the provider's `authorize_params`, `options`
 /// replacing those it names, and, with RFC 8707 resource indicators, for tokens usable at
-/// `resources`: returns the authorization URL and the pending login. `None` when the
-/// provider's metadata is not loaded yet.
+/// `resources`: returns the authorization URL and the pending login. An OpenID Connect provider
+/// that supports the `claims` parameter is asked for `auth_time` as an essential claim, unless
+/// its `authorize_params` set `claims` themselves. `None` when the provider's metadata is not
+/// loaded yet.
 pub fn start(
     provider: &Provider,
     scopes: &[String],
@@ -267,6 +278,15 @@ pub fn start(
         .filter(|s| *s != "openid")
         .map(|s| Scope::new(s.clone()));
     let requested = options.params();
+    // The `max_age` sent, whether the request or the configuration set it: what comes back is
+    // checked against it.
+    let max_age = options.max_age.or_else(|| {
+        provider
+            .config
+            .authorize_params
+            .get("max_age")
+            .and_then(|age| age.parse().ok())
+    });
     let extra: Vec<(String, String)> = provider
         .config
         .authorize_params
@@ -309,6 +329,10 @@ pub fn start(
         for (name, value) in extra {
             request = request.add_extra_param(name, value);
         }
+        let claims_supported = metadata.claims_parameter_supported() == Some(true);
+        if claims_supported && !provider.config.authorize_params.contains_key("claims") {
+            request = request.add_extra_param("claims", CLAIMS_AUTH_TIME);
+        }
         (request.url().0, Some(nonce))
     };
     let pending = PendingLogin {
@@ -320,6 +344,7 @@ pub fn start(
         started_at: now,
         purpose,
         silent: options.is_silent(),
+        max_age,
     };
     Some((url, pending))
 }
@@ -432,6 +457,10 @@ pub enum LoginError {
     IdToken(#[from] IdTokenError),
     #[error("the userinfo response is unusable: {0}")]
     Userinfo(String),
+    /// The login asked for an authentication at most `max_age` old, and the ID token does not
+    /// show one (OpenID Connect Core §3.1.2.1: with `max_age`, `auth_time` is required).
+    #[error("the authentication does not meet the request: {0}")]
+    UnmetAuthenticationRequirements(&'static str),
 }
 
 impl LoginError {
@@ -442,6 +471,7 @@ impl LoginError {
             LoginError::Exchange(_) => "token_exchange_failed",
             LoginError::MissingIdToken | LoginError::IdToken(_) => "invalid_id_token",
             LoginError::Userinfo(_) => "invalid_userinfo",
+            LoginError::UnmetAuthenticationRequirements(_) => "unmet_authentication_requirements",
         }
     }
 }
@@ -599,6 +629,9 @@ pub async fn complete(
         .map(Nonce::new)
         .ok_or(LoginError::MissingIdToken)?;
     let verified = id_token::verify(provider, http, id_token, Some(&nonce), now).await?;
+    if let Some(max_age) = pending.max_age {
+        check_max_age(&verified.claims, max_age, now)?;
+    }
 
     let dpop_key = bound_key(provider, dpop_key, response.token_type().as_ref());
     let tokens = grants::token_set(
@@ -632,6 +665,26 @@ pub async fn complete(
         tokens,
         dpop_key,
     })
+}
+
+/// A login sent with `max_age` must come back with an `auth_time` at most that old (plus clock
+/// skew): else the provider let an older authentication through, as a silent single sign-on
+/// would, and the session must not count as freshly authenticated.
+fn check_max_age(
+    claims: &Map<String, Value>,
+    max_age: u32,
+    now: DateTime<Utc>,
+) -> Result<(), LoginError> {
+    let auth_time =
+        id_token::auth_time(claims).ok_or(LoginError::UnmetAuthenticationRequirements(
+            "max_age was sent, and the ID token has no auth_time",
+        ))?;
+    if now - auth_time > Duration::seconds(i64::from(max_age)) + id_token::CLOCK_SKEW {
+        return Err(LoginError::UnmetAuthenticationRequirements(
+            "the ID token's auth_time is older than max_age",
+        ));
+    }
+    Ok(())
 }
 
 /// Completes a connection: exchanges the code and finds who the account is — the ID token's
@@ -877,6 +930,41 @@ mod tests {
             let options = parse(&format!("prompt={prompt}")).unwrap();
             assert_eq!(options.prompt.map(Prompt::as_str), Some(prompt));
         }
+    }
+
+    #[test]
+    fn a_login_sent_with_max_age_needs_an_auth_time_that_recent() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let claims = |v: Value| v.as_object().cloned().unwrap();
+        let at = |seconds_ago: i64| {
+            claims(serde_json::json!({"auth_time": 1_700_000_000 - seconds_ago}))
+        };
+        assert!(check_max_age(&at(0), 0, now).is_ok());
+        assert!(
+            check_max_age(&at(60), 0, now).is_ok(),
+            "within the clock skew"
+        );
+        assert!(check_max_age(&at(61), 0, now).is_err());
+        assert!(check_max_age(&at(360), 300, now).is_ok());
+        assert!(check_max_age(&at(361), 300, now).is_err());
+        for missing in [
+            serde_json::json!({}),
+            serde_json::json!({"auth_time": "now"}),
+        ] {
+            let error = check_max_age(&claims(missing), 300, now).unwrap_err();
+            assert_eq!(error.code(), "unmet_authentication_requirements");
+        }
+    }
+
+    #[test]
+    fn a_pending_login_sealed_before_max_age_was_kept_still_opens() {
+        let old = serde_json::json!({
+            "provider": "main", "state": "s", "nonce": "n", "pkce_verifier": "v",
+            "return_to": "/", "started_at": "2026-12-01T00:00:00Z", "purpose": {"kind": "login"},
+        });
+        let pending: PendingLogin = serde_json::from_value(old).unwrap();
+        assert_eq!(pending.max_age, None);
+        assert!(!pending.silent);
     }
 
     #[test]

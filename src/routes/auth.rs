@@ -499,6 +499,7 @@ fn provider_error_code(error: &str) -> String {
         "consent_required",
         "interaction_required",
         "account_selection_required",
+        "unmet_authentication_requirements",
         "invalid_request",
         "invalid_scope",
         "unauthorized_client",

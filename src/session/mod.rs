@@ -11,7 +11,7 @@ use actix_identity::Identity;
 use actix_session::SessionExt;
 use actix_web::http::header::USER_AGENT;
 use actix_web::{HttpMessage, HttpRequest};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ use crate::config::SessionConfig;
 use crate::crypto::KeyRing;
 use crate::db;
 use crate::domain::user_agent;
+use crate::oidc::id_token;
 use crate::oidc::login::CompletedLogin;
 
 pub use store::{PgSessionStore, SESSION_ENDED_KEY, SESSION_ID_KEY, SESSION_PROVIDER_KEY};
@@ -60,6 +61,10 @@ pub async fn start(
     {
         absolute_timeout = absolute_timeout.min(expires_at - now);
     }
+    // No `auth_time`, no time: a silent login's "now" is not an authentication (it rides on the
+    // provider's single sign-on), so such a session counts as authenticated long ago. One from
+    // a provider whose clock runs ahead counts from now, not from later.
+    let auth_time = id_token::auth_time(&login.claims).map(|t| t.min(now));
     let claims = serde_json::Value::Object(login.claims.clone());
     let mut tx = pool.begin().await?;
     let user_id = db::users::upsert_identity(&mut tx, provider, &login.subject, &claims).await?;
@@ -73,7 +78,7 @@ pub async fn start(
             provider_sid: login.sid.as_deref(),
             public_id: Uuid::new_v4(),
             user_agent: user_agent.as_deref(),
-            auth_time: auth_time(&login.claims).unwrap_or(now),
+            auth_time,
             now,
             idle_timeout: Duration::seconds(config.idle_timeout_secs as i64),
             absolute_timeout,
@@ -94,37 +99,4 @@ pub async fn start(
     Identity::login(&req.extensions(), user_id.to_string())?;
     req.get_session().insert(SESSION_ID_KEY, session_id)?;
     Ok(session_id)
-}
-
-/// The ID token's `auth_time` (seconds since the epoch), when the provider sent a usable one.
-fn auth_time(claims: &serde_json::Map<String, serde_json::Value>) -> Option<DateTime<Utc>> {
-    let seconds = claims.get("auth_time")?.as_f64()?;
-    if !seconds.is_finite() {
-        return None;
-    }
-    DateTime::from_timestamp(seconds.floor() as i64, 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    #[test]
-    fn auth_time_is_read_from_the_claims_when_it_is_a_time() {
-        let claims = |v: serde_json::Value| v.as_object().cloned().unwrap();
-        assert_eq!(
-            super::auth_time(&claims(json!({"auth_time": 1_700_000_000}))).map(|t| t.timestamp()),
-            Some(1_700_000_000)
-        );
-        assert_eq!(
-            super::auth_time(&claims(json!({"auth_time": 1_700_000_000.7}))).map(|t| t.timestamp()),
-            Some(1_700_000_000)
-        );
-        assert_eq!(super::auth_time(&claims(json!({}))), None);
-        assert_eq!(
-            super::auth_time(&claims(json!({"auth_time": "yesterday"}))),
-            None
-        );
-        assert_eq!(super::auth_time(&claims(json!({"auth_time": 1e300}))), None);
-    }
 }

@@ -1,5 +1,6 @@
 //! courier's API tests: one binary; each test gets its own database, port and provider.
 
+mod auth_time;
 mod cache;
 mod check_online;
 mod config;

@@ -362,7 +362,7 @@ allowed_paths = ["/ws", "/events"]
   assert.equal(await apiStatus(page, 'GET', '/api/me'), 200);
 
   // When courier wants a fresh login for it (401 reauth_required), the page explains and offers
-  // one with prompt=login. (The answer is made up here: the real one needs a login 10 minutes old.)
+  // one with prompt=login and max_age=0. (The answer is made up here: the real one needs a login 10 minutes old.)
   await page.route(`${app}/api/sessions`, (route) => (route.request().method() === 'DELETE'
     ? route.fulfill({
       status: 401,
@@ -378,6 +378,7 @@ allowed_paths = ["/ws", "/events"]
   await page.click('#reauth');
   const reauthUrl = new URL((await reauth).url());
   assert.equal(reauthUrl.searchParams.get('prompt'), 'login');
+  assert.equal(reauthUrl.searchParams.get('max_age'), '0');
   assert.equal(reauthUrl.searchParams.get('provider'), 'main');
   await providerLogin(page, mainIssuer, 'alice');
   await page.waitForURL(`${app}/#sessions-section`);

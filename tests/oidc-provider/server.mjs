@@ -256,6 +256,9 @@ function buildConfiguration() {
         },
       },
       userinfo: { enabled: true },
+      // OpenID Connect Core §5.5: courier asks for `auth_time` as an essential ID-token claim,
+      // which node-oidc-provider otherwise sends only with max_age or prompt=login.
+      claimsParameter: { enabled: true },
       // RFC 9449: tokens requested with a DPoP proof are bound to its key (cnf.jkt).
       dPoP: {
         enabled: true,
