@@ -62,6 +62,9 @@ const cfg = {
   require_par: input.require_par ?? false,
   client_auth_signing_algs: input.client_auth_signing_algs,
   fapi: input.fapi ?? false,
+  // false: no `claims` parameter, so `auth_time` comes only with max_age or prompt=login (as
+  // with many providers); tests/blackbox/hardening.py's silent login needs that.
+  claims_parameter: input.claims_parameter ?? true,
   clients: input.clients ?? [{
     client_id: 'courier',
     client_secret: 'courier-secret',
@@ -258,7 +261,7 @@ function buildConfiguration() {
       userinfo: { enabled: true },
       // OpenID Connect Core §5.5: courier asks for `auth_time` as an essential ID-token claim,
       // which node-oidc-provider otherwise sends only with max_age or prompt=login.
-      claimsParameter: { enabled: true },
+      claimsParameter: { enabled: cfg.claims_parameter },
       // RFC 9449: tokens requested with a DPoP proof are bound to its key (cnf.jkt).
       dPoP: {
         enabled: true,
