@@ -196,9 +196,39 @@ pub struct ProviderConfig {
     pub dpop: bool,
     /// This provider's security profile; default: `[security] profile`.
     pub profile: Option<Profile>,
+    /// The one algorithm its ID tokens and logout tokens must use; default: any asymmetric
+    /// algorithm it advertises. `none` only for ID tokens from the token endpoint.
+    pub id_token_signed_response_alg: Option<IdTokenAlg>,
     /// Whether the FAPI 2.0 profile applies to this provider (set by `apply_profiles`).
     #[serde(skip)]
     pub fapi2: bool,
+}
+
+/// A provider's `id_token_signed_response_alg`: an asymmetric JWS algorithm, or `none`
+/// (OIDC Core §3.1.3.7 step 6: an ID token from the token endpoint over TLS may be unsigned).
+/// Shared-secret (HS*) algorithms are not offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum IdTokenAlg {
+    #[serde(rename = "RS256")]
+    Rs256,
+    #[serde(rename = "RS384")]
+    Rs384,
+    #[serde(rename = "RS512")]
+    Rs512,
+    #[serde(rename = "PS256")]
+    Ps256,
+    #[serde(rename = "PS384")]
+    Ps384,
+    #[serde(rename = "PS512")]
+    Ps512,
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "ES384")]
+    Es384,
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+    #[serde(rename = "none")]
+    None,
 }
 
 /// A security profile (the SPEC's `profile`).
@@ -356,6 +386,45 @@ fn default_session_max_live() -> usize {
 }
 fn default_retry_buffer_bytes() -> usize {
     64 * 1024
+}
+
+/// Where a provider's `id_token_signed_response_alg` cannot hold: `none` for a provider
+/// without ID tokens, off TLS (off loopback), or under FAPI 2.0; anything but PS256 and ES256
+/// under FAPI 2.0.
+fn check_id_token_alg(p: &ProviderConfig, alg: IdTokenAlg) -> Result<(), String> {
+    if p.fapi2 && !matches!(alg, IdTokenAlg::Ps256 | IdTokenAlg::Es256) {
+        return Err("must be PS256 or ES256 under the FAPI 2.0 profile".into());
+    }
+    if alg != IdTokenAlg::None {
+        return Ok(());
+    }
+    // The token endpoint is the issuer's (its metadata's), or the configured one.
+    let Some(endpoint) = p.issuer.as_ref().or(p.token_endpoint.as_ref()) else {
+        return Err("needs an issuer or a token endpoint".into());
+    };
+    if p.issuer.is_none() {
+        return Err("applies to OpenID Connect providers (`issuer`) only".into());
+    }
+    if endpoint.scheme() != "https" && !is_loopback(endpoint) {
+        return Err(
+            "\"none\" (unsigned ID tokens) needs a provider reached over https, or on loopback: \
+             the token endpoint's TLS is then what vouches for the ID token"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The key of `field` in the `i`th entry of the array of tables `table`, followed by the
+/// entry's own name (a provider's `id`, a service's `name`), so that an error points at it
+/// both ways: `providers[1].client_secret (provider "github")`.
+fn entry_key(table: &str, i: usize, name: &str, field: &str) -> String {
+    let kind = table.strip_suffix('s').unwrap_or(table);
+    if name.is_empty() {
+        format!("{table}[{i}].{field}")
+    } else {
+        format!("{table}[{i}].{field} ({kind} \"{name}\")")
+    }
 }
 
 /// A configuration error: which file, which key, what is wrong. Never holds a secret value.
@@ -561,7 +630,7 @@ impl Config {
                 && secret.expose_secret().trim().is_empty()
             {
                 return Err((
-                    format!("providers[{i}].client_secret"),
+                    entry_key("providers", i, &p.id, "client_secret"),
                     "is empty (an unset or empty `${VAR}`?); leave the key out for a \
                      client without a secret"
                         .into(),
@@ -581,7 +650,7 @@ impl Config {
             if p.profile.unwrap_or(default) != Profile::Fapi2 {
                 continue;
             }
-            let key = |field: &str| format!("providers[{i}].{field}");
+            let key = |field: &str| entry_key("providers", i, &p.id, field);
             let why = if p.profile.is_some() {
                 "profile = \"fapi2\""
             } else {
@@ -636,7 +705,7 @@ impl Config {
     /// taken from the working directory, as `static_dir` is.
     fn read_client_keys(&mut self) -> Result<(), (String, String)> {
         for (i, p) in self.providers.iter_mut().enumerate() {
-            let base = format!("providers[{i}].client_key");
+            let base = entry_key("providers", i, &p.id, "client_key");
             let entries: Vec<(String, &toml::Value)> = match &p.client_key {
                 None => Vec::new(),
                 Some(toml::Value::Array(values)) if values.is_empty() => {
@@ -645,7 +714,12 @@ impl Config {
                 Some(toml::Value::Array(values)) => values
                     .iter()
                     .enumerate()
-                    .map(|(j, v)| (format!("{base}[{j}]"), v))
+                    .map(|(j, v)| {
+                        (
+                            entry_key("providers", i, &p.id, &format!("client_key[{j}]")),
+                            v,
+                        )
+                    })
                     .collect(),
                 Some(value) => vec![(base.clone(), value)],
             };
@@ -663,7 +737,7 @@ impl Config {
                 keys.push(ClientKey::from_pem(&pem).map_err(|m| (key, m))?);
             }
             p.client_keys = keys;
-            let key = |field: &str| format!("providers[{i}].{field}");
+            let key = |field: &str| entry_key("providers", i, &p.id, field);
             match p.client_auth {
                 Some(ClientAuth::PrivateKeyJwt) if p.client_keys.is_empty() => {
                     return Err((
@@ -708,7 +782,7 @@ impl Config {
                     && !is_loopback(url)
                 {
                     warn(
-                        format!("providers[{i}].{field}"),
+                        entry_key("providers", i, &p.id, field),
                         "is http:// on a non-loopback host: codes, tokens and the client \
                          secret would cross the network unencrypted",
                     );
@@ -724,7 +798,7 @@ impl Config {
         for (i, s) in self.services.iter().enumerate() {
             if s.audience.is_some() && s.token != TokenMode::Exchange {
                 warn(
-                    format!("services[{i}].audience"),
+                    entry_key("services", i, &s.name, "audience"),
                     "applies only to token = \"exchange\" and is ignored here; tokens \
                      restricted to this service otherwise come with `resource`",
                 );
@@ -746,7 +820,10 @@ impl Config {
         }
         let mut ids = HashSet::new();
         for (i, p) in self.providers.iter().enumerate() {
-            let key = |field: &str| format!("providers[{i}].{field}");
+            let key = |field: &str| entry_key("providers", i, &p.id, field);
+            if let Some(alg) = p.id_token_signed_response_alg {
+                check_id_token_alg(p, alg).map_err(|m| (key("id_token_signed_response_alg"), m))?;
+            }
             if !is_identifier(&p.id) {
                 return Err((
                     key("id"),
@@ -834,7 +911,7 @@ impl Config {
     fn validate_services(&self) -> Result<(), (String, String)> {
         let mut names = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
-            let key = |field: &str| format!("services[{i}].{field}");
+            let key = |field: &str| entry_key("services", i, &s.name, field);
             if !is_identifier(&s.name) {
                 return Err((
                     key("name"),
@@ -862,7 +939,7 @@ impl Config {
                     let valid = !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase());
                     if !valid || m == "CONNECT" || m == "TRACE" {
                         return Err((
-                            format!("services[{i}].allowed_methods[{j}]"),
+                            entry_key("services", i, &s.name, &format!("allowed_methods[{j}]")),
                             "must be an uppercase HTTP method other than CONNECT and TRACE".into(),
                         ));
                     }
@@ -870,7 +947,7 @@ impl Config {
             }
             if let Some(paths) = &s.allowed_paths {
                 for (j, p) in paths.iter().enumerate() {
-                    let key = format!("services[{i}].allowed_paths[{j}]");
+                    let key = entry_key("services", i, &s.name, &format!("allowed_paths[{j}]"));
                     if !p.starts_with('/') {
                         return Err((key, "must start with /".into()));
                     }
@@ -1167,8 +1244,8 @@ login = true
         );
         let e = parse(&text).unwrap_err().to_string();
         assert!(
-            e.contains("providers[1].login") && e.contains("issuer"),
-            "{e}"
+            e.contains("providers[1].login (provider \"gh\")") && e.contains("issuer"),
+            "the provider is named by its id too: {e}"
         );
     }
 
@@ -1219,5 +1296,22 @@ login = true
         );
         assert!(expand_string("${SECRET", &env).is_err());
         assert!(expand_string("${1X}", &env).is_err());
+    }
+
+    #[test]
+    fn under_fapi2_the_id_token_algorithm_is_ps256_or_es256_and_never_none() {
+        let mut provider: ProviderConfig = toml::from_str(
+            "id = \"bank\"\nissuer = \"https://bank.example\"\nclient_id = \"courier\"",
+        )
+        .unwrap();
+        assert!(check_id_token_alg(&provider, IdTokenAlg::None).is_ok());
+        assert!(check_id_token_alg(&provider, IdTokenAlg::Rs256).is_ok());
+        provider.fapi2 = true;
+        for alg in [IdTokenAlg::None, IdTokenAlg::Rs256, IdTokenAlg::EdDsa] {
+            assert!(check_id_token_alg(&provider, alg).is_err(), "{alg:?}");
+        }
+        for alg in [IdTokenAlg::Ps256, IdTokenAlg::Es256] {
+            assert!(check_id_token_alg(&provider, alg).is_ok(), "{alg:?}");
+        }
     }
 }

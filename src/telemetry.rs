@@ -113,7 +113,13 @@ impl Telemetry {
 pub fn init(format: LogFormat, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let buffer = BufferedStderr::start();
-    let lines = tracing_subscriber::fmt::layer().with_writer(buffer.clone());
+    // Colours only for a person at a terminal: in a file or a pipe the escape codes are noise
+    // that every reader and log collector must strip (`NO_COLOR` turns them off there too).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let lines = tracing_subscriber::fmt::layer()
+        .with_ansi(colour)
+        .with_writer(buffer.clone());
     let lines = match format {
         LogFormat::Text => lines.boxed(),
         LogFormat::Json => lines.json().boxed(),

@@ -1,6 +1,7 @@
-//! ID token checks: signature from the provider's JWKS (re-fetched once on an unknown `kid`),
-//! pinned asymmetric algorithms (never `none`, never HMAC), `iss`, `aud`, `azp`, `exp`, `iat`
-//! and, at login, `nonce`; reading `auth_time`.
+//! ID token checks: signature from the provider's JWKS (re-fetched at once on an unknown
+//! `kid`), pinned asymmetric algorithms (the provider's `id_token_signed_response_alg`, else
+//! those it advertises; never HMAC, and `none` only where that setting says so), `iss`, `aud`,
+//! `azp`, `exp`, `iat` and, at login, `nonce`; reading `auth_time`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,6 +10,7 @@ use openidconnect::core::{CoreIdToken, CoreJwsSigningAlgorithm};
 use openidconnect::{JsonWebKey, Nonce};
 use serde_json::{Map, Value};
 
+use crate::config::IdTokenAlg;
 use crate::oidc::http::ProviderHttp;
 use crate::oidc::registry::{Metadata, Provider, error_chain};
 
@@ -57,10 +59,19 @@ const FAPI2_ALGS: &[CoreJwsSigningAlgorithm] = &[
     CoreJwsSigningAlgorithm::EcdsaP256Sha256,
 ];
 
-/// The signing algorithms courier accepts from this provider: the asymmetric ones it
-/// advertises, RS256 when it advertises none; under the FAPI 2.0 profile only PS256 and ES256
-/// (both, when it advertises neither: a token signed otherwise is refused).
+/// The signing algorithms courier accepts from this provider for signed tokens (ID tokens and
+/// logout tokens): its `id_token_signed_response_alg` alone when set; else the asymmetric ones
+/// it advertises, RS256 when it advertises none; under the FAPI 2.0 profile only PS256 and
+/// ES256 (both, when it advertises neither: a token signed otherwise is refused). With
+/// `none` configured, signed tokens (logout tokens) take what it advertises.
 pub fn allowed_algs(provider: &Provider, metadata: &Metadata) -> Vec<CoreJwsSigningAlgorithm> {
+    if let Some(pinned) = provider
+        .config
+        .id_token_signed_response_alg
+        .and_then(signing_alg)
+    {
+        return vec![pinned];
+    }
     let fapi2 = provider.config.fapi2;
     let advertised: Vec<_> = metadata
         .id_token_signing_alg_values_supported()
@@ -78,6 +89,57 @@ pub fn allowed_algs(provider: &Provider, metadata: &Metadata) -> Vec<CoreJwsSign
     }
 }
 
+/// The JWS algorithm a configured `id_token_signed_response_alg` names (`None` for `none`).
+fn signing_alg(alg: IdTokenAlg) -> Option<CoreJwsSigningAlgorithm> {
+    Some(match alg {
+        IdTokenAlg::Rs256 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        IdTokenAlg::Rs384 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+        IdTokenAlg::Rs512 => CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+        IdTokenAlg::Ps256 => CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+        IdTokenAlg::Ps384 => CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+        IdTokenAlg::Ps512 => CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+        IdTokenAlg::Es256 => CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+        IdTokenAlg::Es384 => CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+        IdTokenAlg::EdDsa => CoreJwsSigningAlgorithm::EdDsa,
+        IdTokenAlg::None => return None,
+    })
+}
+
+/// Whether this provider's ID tokens come unsigned (`id_token_signed_response_alg = "none"`),
+/// which courier takes only from a token endpoint it reaches over TLS or on loopback (OIDC Core
+/// §3.1.3.7 step 6: TLS then vouches for the issuer). Every ID token courier checks comes from
+/// the token endpoint: it uses neither the implicit nor the hybrid flow.
+fn unsigned(
+    provider: &Provider,
+    metadata: &Metadata,
+    header: &Map<String, Value>,
+) -> Result<bool, IdTokenError> {
+    if provider.config.id_token_signed_response_alg != Some(IdTokenAlg::None) {
+        return Ok(false);
+    }
+    if header.get("alg").and_then(Value::as_str) != Some("none") {
+        return Err(IdTokenError::Rejected(
+            "the provider's ID tokens are configured unsigned (`none`), and this one is not".into(),
+        ));
+    }
+    let endpoint = metadata
+        .token_endpoint()
+        .map(|e| e.url().clone())
+        .ok_or_else(|| IdTokenError::Rejected("the provider has no token endpoint".into()))?;
+    let loopback = match endpoint.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    if endpoint.scheme() != "https" && !loopback {
+        return Err(IdTokenError::Rejected(
+            "an unsigned ID token from a token endpoint reached without TLS".into(),
+        ));
+    }
+    Ok(true)
+}
+
 pub async fn verify(
     provider: &Provider,
     http: &ProviderHttp,
@@ -91,21 +153,29 @@ pub async fn verify(
         .metadata()
         .ok_or_else(|| IdTokenError::Keys("provider metadata is not loaded".into()))?;
 
-    if let Some(kid) = header.get("kid").and_then(Value::as_str)
+    let unsigned = unsigned(provider, &metadata, &header)?;
+    if !unsigned
+        && let Some(kid) = header.get("kid").and_then(Value::as_str)
         && !publishes_key(&metadata, kid)
     {
-        metadata = provider
-            .refetch_jwks(http)
-            .await
-            .map_err(|e| IdTokenError::Keys(e.to_string()))?
-            .filter(|m| publishes_key(m, kid))
-            .ok_or_else(|| IdTokenError::UnknownKey(kid.to_owned()))?;
+        metadata = Some(
+            provider
+                .refetch_jwks(http)
+                .await
+                .map_err(|e| IdTokenError::Keys(e.to_string()))?,
+        )
+        .filter(|m| publishes_key(m, kid))
+        .ok_or_else(|| IdTokenError::UnknownKey(kid.to_owned()))?;
     }
 
     let client = provider.client(&metadata);
-    let verifier = client
-        .id_token_verifier()
-        .set_allowed_algs(allowed_algs(provider, &metadata))
+    let verifier = client.id_token_verifier();
+    let verifier = if unsigned {
+        verifier.insecure_disable_signature_check()
+    } else {
+        verifier.set_allowed_algs(allowed_algs(provider, &metadata))
+    };
+    let verifier = verifier
         .set_time_fn(move || now)
         .set_issue_time_verifier_fn(move |iat| {
             if iat > now + CLOCK_SKEW {

@@ -3,6 +3,7 @@
 //! "missing" for `/readyz` and logins through it answer 503.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,8 +72,9 @@ pub type PlainClient = oauth2::basic::BasicClient<
 >;
 
 /// The least time between two JWKS fetches caused by an unknown `kid`, so that tokens with
-/// made-up key ids cannot make courier hammer the provider.
-const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// made-up key ids cannot make courier hammer the provider; short enough that two key
+/// rotations in a row are each picked up at once (OIDC Core §10.1.1).
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -84,7 +86,12 @@ pub struct Provider {
     pub config: ProviderConfig,
     pub redirect_uri: RedirectUrl,
     metadata: RwLock<Option<Arc<Metadata>>>,
-    last_jwks_refetch: Mutex<Option<Instant>>,
+    /// Held while the JWKS is fetched again (one fetch per provider at a time); when the last
+    /// one started.
+    jwks_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// How many fetches of the JWKS have started: a token that waited while one started after
+    /// it asked uses that fetch's result rather than causing another.
+    jwks_fetches: AtomicU64,
     /// The last DPoP nonce the provider sent (RFC 9449 §8), sent up front with the next proof.
     dpop_nonce: Mutex<Option<String>>,
 }
@@ -248,35 +255,35 @@ impl Provider {
         Ok(())
     }
 
-    /// Fetches the JWKS again after a token named a key it does not hold. Returns the new
-    /// metadata, or `None` when a fetch happened too recently to try again.
-    pub async fn refetch_jwks(
-        &self,
-        http: &ProviderHttp,
-    ) -> Result<Option<Arc<Metadata>>, HttpError> {
-        {
-            let mut last = self
-                .last_jwks_refetch
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL) {
-                return Ok(None);
-            }
-            *last = Some(Instant::now());
+    /// Fetches the JWKS again after a token named a key it does not hold, and returns the
+    /// metadata with the keys as the provider now publishes them. One fetch per provider at a
+    /// time, at most one a second: a token that arrives while a fetch is under way, or within a
+    /// second of the last, waits for the next fetch, and every token that waited shares it.
+    pub async fn refetch_jwks(&self, http: &ProviderHttp) -> Result<Arc<Metadata>, HttpError> {
+        let asked_after = self.jwks_fetches.load(Ordering::Acquire);
+        let mut last = self.jwks_refetch.lock().await;
+        let current = self
+            .metadata()
+            .ok_or_else(|| HttpError::Malformed("provider metadata is not loaded".into()))?;
+        if self.jwks_fetches.load(Ordering::Acquire) != asked_after {
+            // A fetch started after this token asked, and is done (its holder let go of the
+            // lock): its keys are the answer.
+            return Ok(current);
         }
-        let Some(current) = self.metadata() else {
-            return Ok(None);
-        };
-        let jwks = JsonWebKeySet::fetch_async(current.jwks_uri(), http)
-            .await
-            .map_err(|e| HttpError::Malformed(error_chain(&e)))?;
+        if let Some(at) = *last {
+            tokio::time::sleep(JWKS_REFETCH_INTERVAL.saturating_sub(at.elapsed())).await;
+        }
+        *last = Some(Instant::now());
+        self.jwks_fetches.fetch_add(1, Ordering::AcqRel);
+        let fetched = JsonWebKeySet::fetch_async(current.jwks_uri(), http).await;
+        let jwks = fetched.map_err(|e| HttpError::Malformed(error_chain(&e)))?;
         let updated = Arc::new((*current).clone().set_jwks(jwks));
         *self
             .metadata
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(updated.clone());
         tracing::info!(provider = %self.config.id, "provider keys re-fetched");
-        Ok(Some(updated))
+        Ok(updated)
     }
 }
 
@@ -303,7 +310,8 @@ impl ProviderRegistry {
                     config: p.clone(),
                     redirect_uri,
                     metadata: RwLock::new(None),
-                    last_jwks_refetch: Mutex::new(None),
+                    jwks_refetch: tokio::sync::Mutex::new(None),
+                    jwks_fetches: AtomicU64::new(0),
                     dpop_nonce: Mutex::new(None),
                 };
                 (p.id.clone(), Arc::new(provider))

@@ -414,7 +414,9 @@ fn the_specs_whole_example_loads_and_only_what_is_ignored_is_named() {
     // `audience` is warned about as ignored: its service does not exchange tokens.
     assert!(!out.contains("services[0].resource"), "{out}");
     assert!(
-        out.contains("services[0].audience: applies only to token = \"exchange\""),
+        out.contains(
+            "services[0].audience (service \"orders\"): applies only to token = \"exchange\""
+        ),
         "{out}"
     );
     let exchange = SPEC_EXAMPLE.replace("token = \"user\"", "token = \"exchange\"");

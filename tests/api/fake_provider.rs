@@ -32,6 +32,8 @@ pub struct FakeProvider {
     published: std::sync::Mutex<Vec<String>>,
     /// Extra discovery metadata (see `advertise`).
     extra_metadata: std::sync::Mutex<serde_json::Map<String, Value>>,
+    /// Whether the published keys name their `alg` (see `publish_keys_for_any_alg`).
+    key_algs: std::sync::atomic::AtomicBool,
 }
 
 impl FakeProvider {
@@ -44,6 +46,7 @@ impl FakeProvider {
             issuer,
             published: Default::default(),
             extra_metadata: Default::default(),
+            key_algs: std::sync::atomic::AtomicBool::new(true),
         };
         provider.publish_keys(&["signing"]).await;
         provider
@@ -71,12 +74,32 @@ impl FakeProvider {
             .respond_with(ResponseTemplate::new(200).set_body_json(metadata))
             .mount(&self.server)
             .await;
-        let keys: Vec<Value> = kids.iter().map(|k| jwk(k)).collect();
+        let named = self.key_algs.load(std::sync::atomic::Ordering::SeqCst);
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|k| {
+                let mut key = jwk(k);
+                if !named {
+                    key.as_object_mut().unwrap().remove("alg");
+                }
+                key
+            })
+            .collect();
         Mock::given(method("GET"))
             .and(path("/jwks"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "keys": keys })))
             .mount(&self.server)
             .await;
+    }
+
+    /// Publishes the keys without their `alg` member from now on, so that an RSA key may sign
+    /// PS256 as well as RS256 (providers that rotate algorithms publish keys so).
+    pub async fn publish_keys_for_any_alg(&self) {
+        self.key_algs
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let published = self.published.lock().unwrap().clone();
+        let kids: Vec<&str> = published.iter().map(String::as_str).collect();
+        self.publish_keys(&kids).await;
     }
 
     /// Adds (or overrides) members of the discovery metadata from now on. courier reads the

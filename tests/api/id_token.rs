@@ -157,6 +157,26 @@ async fn an_unknown_kid_refetches_the_keys_after_the_provider_rotates() {
 }
 
 #[tokio::test]
+async fn two_key_rotations_in_a_row_are_both_picked_up() {
+    let (app, fake) = spawn_app_with_fake().await;
+    // Two rotations within a few seconds (OIDC Core §10.1.1): each login meets a key courier
+    // has not seen, and each fetches the keys again at once.
+    for (published, new_key) in [
+        (["signing", "rotated"], "rotated"),
+        (["rotated", "attacker"], "attacker"),
+    ] {
+        fake.publish_keys(&published).await;
+        let mut browser = Browser::new();
+        let login = start_login(&app, &mut browser, "/").await;
+        fake.answer_token_with(&fake.sign(new_key, &fake.claims(&login.nonce)))
+            .await;
+        let response = browser.get(&app.url(&login.callback_path())).await;
+        assert_eq!(response.headers()[LOCATION], "/", "signed with {new_key}");
+        assert_eq!(app.me(&mut browser).await.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
 async fn an_id_token_with_an_empty_subject_makes_no_session() {
     let (app, fake) = spawn_app_with_fake().await;
     let location = login_with_token(&app, &fake, |fake, nonce| {

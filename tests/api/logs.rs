@@ -188,3 +188,51 @@ async fn failed_service_calls_leave_their_query_out_of_the_log() {
     );
     assert!(!log.contains("SECRET"), "a query string is in the log");
 }
+
+/// Log lines written to a file or a pipe carry no colour codes: only a terminal gets them.
+#[tokio::test]
+async fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    use crate::helpers::{CourierProcess, TestDb, config_text};
+    let fake = FakeProvider::start().await;
+    let db = TestDb::new().await;
+    let port = CourierProcess::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("courier.toml");
+    std::fs::write(
+        &config,
+        config_text(port, &db.url, &AppSettings::new(&fake.issuer)),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "courier starts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM: courier flushes its lines and exits.
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("INFO"), "courier logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no escape codes in a piped log: {log:?}"
+    );
+}

@@ -38,6 +38,7 @@ mod services;
 mod session;
 mod sessions_api;
 mod shutdown;
+mod signing_alg;
 mod silent_login;
 mod token_exchange;
 mod trace;
