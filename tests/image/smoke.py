@@ -8,7 +8,7 @@ Runs IMAGE with podman on the host's network against a fresh database on the loc
 configuration passes `courier check-config` in the image; `/healthz` and `/readyz` answer 200,
 and so does the image's own HEALTHCHECK; a user logs in through the provider's pages and
 `/api/me` names them; courier runs as a non-root user; the runtime image does not trust the
-local CAs this machine re-signs HTTPS with (only the builder stage may). Removes the container,
+host's extra CAs (a proxy's that re-signs HTTPS; only the builder stage may). Removes the container,
 the provider and the database afterwards. Exits non-zero with the container's log on failure.
 """
 
