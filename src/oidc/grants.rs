@@ -1,12 +1,15 @@
 //! Token grants after login: refresh (RFC 6749 §6) and client credentials (§4.4), for
 //! OpenID Connect providers and plain OAuth 2.0 ones alike.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
-use openidconnect::core::CoreIdToken;
+use openidconnect::core::{CoreIdToken, CoreIdTokenClaims};
 use openidconnect::{
     ErrorResponseType, OAuth2TokenResponse, RequestTokenError, StandardErrorResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
 
 use crate::domain::tokens::TokenSet;
 use crate::dpop::DpopKey;
@@ -29,11 +32,116 @@ pub fn classify<T: ErrorResponseType + std::fmt::Display>(
             Some(r.error().to_string().as_str()),
         ),
         RequestTokenError::Request(_) => GrantError::Unavailable("the request failed".into()),
-        RequestTokenError::Parse(_, _) => {
-            GrantError::Unavailable("the token response does not parse".into())
+        // As `token_endpoint::read_answer` takes an answer that is no token response; the code
+        // exchange reads this one itself (`unreadable`), since a bad ID token in it is no outage.
+        RequestTokenError::Parse(error, body) => {
+            GrantError::Unavailable(match unreadable(error.path(), &body) {
+                UnreadableResponse::IdToken(defect) => format!("the ID token {defect}"),
+                UnreadableResponse::Response(detail) => detail,
+            })
         }
         RequestTokenError::Other(detail) => GrantError::Unavailable(detail),
     }
+}
+
+/// Why openidconnect could not read a token endpoint's answer (`RequestTokenError::Parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnreadableResponse {
+    /// A token response whose ID token openidconnect cannot read (it reads the ID token's
+    /// claims while parsing the response, so a missing `iat` fails the whole response): what
+    /// is wrong with it, naming the claim.
+    IdToken(String),
+    /// The answer is no token response: where reading it stopped (member names, no values).
+    Response(String),
+}
+
+/// Sorts an answer openidconnect could not read (`path` is where its parser stopped): a bad
+/// ID token in it is the ID token's fault, not the response's.
+pub fn unreadable(path: &serde_path_to_error::Path, body: &[u8]) -> UnreadableResponse {
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(body) else {
+        return UnreadableResponse::Response("the answer is not a JSON object".into());
+    };
+    // A member that is no JWT at all (neither a JWS nor a JWE) makes no ID token to judge:
+    // the response is malformed.
+    if let Some(defect) = answer
+        .get("id_token")
+        .and_then(Value::as_str)
+        .filter(|raw| matches!(raw.split('.').count(), 3 | 5))
+        .and_then(id_token_defect)
+    {
+        return UnreadableResponse::IdToken(defect);
+    }
+    let path = path.to_string();
+    let path = if path.len() <= 64 && path.bytes().all(|b| b.is_ascii_graphic()) {
+        path
+    } else {
+        "an unreadable member".to_owned()
+    };
+    UnreadableResponse::Response(format!("the token response does not parse (at `{path}`)"))
+}
+
+/// What makes `raw` an ID token that openidconnect cannot read, as the end of a sentence
+/// starting "the ID token" ("has no `iat`"); `None` when it reads it. Claim names only,
+/// never their values: claims describe a person.
+pub fn id_token_defect(raw: &str) -> Option<String> {
+    if raw.parse::<CoreIdToken>().is_ok() {
+        return None;
+    }
+    let parts: Vec<&str> = raw.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => return Some("is encrypted (a JWE), which courier does not decrypt".into()),
+        _ => return Some("is not a signed JWT".into()),
+    }
+    let object = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
+    };
+    if object(parts[0]).is_none() {
+        return Some("has a header that is not a JSON object".into());
+    }
+    let Some(claims) = object(parts[1]) else {
+        return Some("has claims that are not a JSON object".into());
+    };
+    // OpenID Connect Core §2: the claims every ID token carries, and their JSON types.
+    let audience =
+        |v: &Value| v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    type WellTyped = fn(&Value) -> bool;
+    let required: [(&str, WellTyped); 5] = [
+        ("iss", Value::is_string),
+        ("sub", Value::is_string),
+        ("aud", audience),
+        ("exp", Value::is_number),
+        ("iat", Value::is_number),
+    ];
+    for (name, well_typed) in required {
+        match claims.get(name) {
+            None => return Some(format!("has no `{name}`")),
+            Some(value) if !well_typed(value) => return Some(format!("has a malformed `{name}`")),
+            Some(_) => {}
+        }
+    }
+    // Another claim of a type openidconnect refuses (`email_verified` as a string, say): the
+    // one without which the claims read.
+    let reads = |claims: Map<String, Value>| {
+        serde_json::from_value::<CoreIdTokenClaims>(Value::Object(claims)).is_ok()
+    };
+    if reads(claims.clone()) {
+        return Some("has a header openidconnect does not accept".into());
+    }
+    let culprit = claims.keys().find(|name| {
+        let mut without = claims.clone();
+        without.remove(name.as_str());
+        reads(without)
+    });
+    Some(match culprit {
+        Some(name) if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic()) => {
+            format!("has a malformed `{name}`")
+        }
+        _ => "has claims that do not parse".into(),
+    })
 }
 
 fn expires_at(
@@ -141,10 +249,17 @@ pub async fn refresh(
                     ),
                 }
             }
-            Err(_) => tracing::warn!(
-                provider = %provider.id(),
-                "refreshed ID token is not a JWT; kept the old one"
-            ),
+            // A provider's glitch in one ID token: the grant itself is good, so the session
+            // keeps its new access token and its old ID token (and claims).
+            Err(_) => {
+                let defect =
+                    id_token_defect(raw.expose_secret()).unwrap_or_else(|| "does not parse".into());
+                tracing::warn!(
+                    provider = %provider.id(),
+                    error = %format_args!("the ID token {defect}"),
+                    "refreshed ID token rejected; kept the old one"
+                );
+            }
         }
     }
     Ok(token_set_of(
@@ -227,4 +342,86 @@ pub async fn exchange(
     let mut tokens = token_set_of(&response, None, None, target.scopes, now);
     tokens.refresh_token = None;
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jwt(claims: Value) -> String {
+        let part = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let header = json!({"alg": "RS256", "kid": "k"});
+        format!("{}.{}.c2ln", part(header), part(claims))
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://op.example", "sub": "alice", "aud": "courier",
+               "exp": 2_000_000_000, "iat": 1_700_000_000, "email_verified": true})
+    }
+
+    fn without(name: &str) -> Value {
+        let mut claims = claims();
+        claims.as_object_mut().unwrap().remove(name);
+        claims
+    }
+
+    fn with(name: &str, value: Value) -> Value {
+        let mut claims = claims();
+        claims[name] = value;
+        claims
+    }
+
+    /// What openidconnect's own parse of a token response carrying `id_token` makes of it.
+    fn read(id_token: &str) -> UnreadableResponse {
+        let body =
+            json!({"access_token": "a", "token_type": "Bearer", "id_token": id_token}).to_string();
+        let mut deserializer = serde_json::Deserializer::from_slice(body.as_bytes());
+        let error = serde_path_to_error::deserialize::<_, openidconnect::core::CoreTokenResponse>(
+            &mut deserializer,
+        )
+        .unwrap_err();
+        unreadable(error.path(), body.as_bytes())
+    }
+
+    #[test]
+    fn an_id_token_openidconnect_cannot_read_is_described_by_the_claim_at_fault() {
+        assert_eq!(id_token_defect(&jwt(claims())), None);
+        for (claims, defect) in [
+            (without("iat"), "has no `iat`"),
+            (without("sub"), "has no `sub`"),
+            (with("exp", json!("soon")), "has a malformed `exp`"),
+            (with("aud", json!(["courier", 7])), "has a malformed `aud`"),
+            (
+                with("email_verified", json!("yes")),
+                "has a malformed `email_verified`",
+            ),
+        ] {
+            assert_eq!(
+                id_token_defect(&jwt(claims.clone())).as_deref(),
+                Some(defect)
+            );
+            let expected = UnreadableResponse::IdToken(defect.to_owned());
+            assert_eq!(read(&jwt(claims)), expected);
+        }
+        assert_eq!(
+            id_token_defect("e30.bm90IGpzb24.c2ln").as_deref(),
+            Some("has claims that are not a JSON object")
+        );
+    }
+
+    #[test]
+    fn a_token_response_that_is_not_one_is_no_id_token_fault() {
+        assert!(matches!(read("not-a-jwt"), UnreadableResponse::Response(_)));
+        let body = b"<html>Bad Gateway</html>";
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let error = serde_path_to_error::deserialize::<_, openidconnect::core::CoreTokenResponse>(
+            &mut deserializer,
+        )
+        .unwrap_err();
+        assert_eq!(
+            unreadable(error.path(), body),
+            UnreadableResponse::Response("the answer is not a JSON object".into())
+        );
+    }
 }

@@ -23,7 +23,7 @@ use url::Url;
 use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
 use crate::domain::tokens::TokenSet;
 use crate::dpop::DpopKey;
-use crate::oidc::grants;
+use crate::oidc::grants::{self, UnreadableResponse};
 use crate::oidc::http::{HttpError, ProviderHttp, read_limited};
 use crate::oidc::id_token::{self, IdTokenError};
 use crate::oidc::registry::Provider;
@@ -115,6 +115,31 @@ pub const SILENT_LOGIN_ERRORS: &[&str] = &[
     "consent_required",
     "account_selection_required",
 ];
+
+/// The provider's `error` as the browser is told it (`login_error`, `connect_error`): a
+/// registered OAuth error code as it is, anything else `provider_error`. The value goes into a
+/// URL the SPA reads, so arbitrary text is not passed on.
+pub fn provider_error_code(error: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "access_denied",
+        "login_required",
+        "consent_required",
+        "interaction_required",
+        "account_selection_required",
+        "unmet_authentication_requirements",
+        "invalid_request",
+        "invalid_scope",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "server_error",
+        "temporarily_unavailable",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == error)
+        .copied()
+        .unwrap_or("provider_error")
+}
 
 /// The `claims` authorization parameter (OpenID Connect Core §5.5) that asks for `auth_time`
 /// in the ID token: without it most providers omit it, and a session would not know how old
@@ -455,6 +480,10 @@ pub enum LoginError {
     MissingIdToken,
     #[error(transparent)]
     IdToken(#[from] IdTokenError),
+    /// The token response carried an ID token openidconnect cannot read (a required claim
+    /// missing, say): the sentence names what is wrong, never a claim's value.
+    #[error("the ID token {0}")]
+    MalformedIdToken(String),
     #[error("the userinfo response is unusable: {0}")]
     Userinfo(String),
     /// The login asked for an authentication at most `max_age` old, and the ID token does not
@@ -469,7 +498,9 @@ impl LoginError {
         match self {
             LoginError::ProviderUnavailable(_) => "provider_unavailable",
             LoginError::Exchange(_) => "token_exchange_failed",
-            LoginError::MissingIdToken | LoginError::IdToken(_) => "invalid_id_token",
+            LoginError::MissingIdToken
+            | LoginError::IdToken(_)
+            | LoginError::MalformedIdToken(_) => "invalid_id_token",
             LoginError::Userinfo(_) => "invalid_userinfo",
             LoginError::UnmetAuthenticationRequirements(_) => "unmet_authentication_requirements",
         }
@@ -578,6 +609,11 @@ fn exchange_error<T: openidconnect::ErrorResponseType + std::fmt::Display>(
         RequestTokenError::Request(e) if e.is_unreachable() => {
             LoginError::ProviderUnavailable(e.to_string())
         }
+        // The provider answered: what it sent is at fault, not its availability.
+        RequestTokenError::Parse(error, body) => match grants::unreadable(error.path(), &body) {
+            UnreadableResponse::IdToken(defect) => LoginError::MalformedIdToken(defect),
+            UnreadableResponse::Response(detail) => LoginError::Exchange(detail),
+        },
         other => LoginError::Exchange(grants::classify(other).to_string()),
     }
 }
@@ -643,7 +679,7 @@ pub async fn complete(
     );
     let mut claims = verified.claims;
     if let Some(endpoint) = provider.userinfo_endpoint() {
-        let userinfo = fetch_userinfo(
+        let answer = fetch_userinfo(
             http,
             provider,
             &endpoint,
@@ -651,12 +687,22 @@ pub async fn complete(
             dpop_key.as_deref(),
         )
         .await?;
-        if userinfo.get("sub").and_then(Value::as_str) != Some(verified.subject.as_str()) {
-            return Err(LoginError::Userinfo(
-                "its `sub` differs from the ID token's".into(),
-            ));
+        match answer {
+            Userinfo::Claims(userinfo) => {
+                if userinfo.get("sub").and_then(Value::as_str) != Some(verified.subject.as_str()) {
+                    return Err(LoginError::Userinfo(
+                        "its `sub` differs from the ID token's".into(),
+                    ));
+                }
+                merge_userinfo(&mut claims, userinfo);
+            }
+            Userinfo::Refused(status) => tracing::warn!(
+                provider = %provider.id(),
+                %status,
+                "userinfo refused the login's access token (one made for another resource?); \
+                 the ID token's claims are used"
+            ),
         }
-        merge_userinfo(&mut claims, userinfo);
     }
     Ok(CompletedLogin {
         subject: verified.subject,
@@ -775,7 +821,7 @@ pub async fn complete_connect(
         .map(|v| v.claims.clone())
         .unwrap_or_default();
     if let Some(endpoint) = provider.userinfo_endpoint() {
-        let userinfo = fetch_userinfo(
+        let answer = fetch_userinfo(
             http,
             provider,
             &endpoint,
@@ -783,14 +829,28 @@ pub async fn complete_connect(
             dpop_key.as_deref(),
         )
         .await?;
-        if let Some(v) = &verified
-            && userinfo.get("sub").and_then(Value::as_str) != Some(v.subject.as_str())
-        {
-            return Err(LoginError::Userinfo(
-                "its `sub` differs from the ID token's".into(),
-            ));
+        match answer {
+            Userinfo::Claims(userinfo) => {
+                if let Some(v) = &verified
+                    && userinfo.get("sub").and_then(Value::as_str) != Some(v.subject.as_str())
+                {
+                    return Err(LoginError::Userinfo(
+                        "its `sub` differs from the ID token's".into(),
+                    ));
+                }
+                merge_userinfo(&mut claims, userinfo);
+            }
+            // Not a failed connection: the tokens are what the service needs. Without an ID
+            // token the account has no subject then, and is recorded as the courier user's
+            // (below), as at a provider without userinfo.
+            Userinfo::Refused(status) => tracing::warn!(
+                provider = %provider.id(),
+                %status,
+                id_token = verified.is_some(),
+                "userinfo refused the connection's access token (one made for another \
+                 resource?); the ID token's claims are used, if any"
+            ),
         }
-        merge_userinfo(&mut claims, userinfo);
     }
     // An empty `sub` or `id` names no one: it would make every such account the same one.
     let subject = match (&verified, claims.get("sub"), claims.get("id")) {
@@ -812,15 +872,26 @@ pub async fn complete_connect(
     })
 }
 
+/// What a userinfo endpoint made of the access token.
+enum Userinfo {
+    Claims(Map<String, Value>),
+    /// 401 or 403: it does not take this token. A provider that issues the token for the
+    /// granted resource at the code exchange (RFC 8707; node-oidc-provider's
+    /// `useGrantedResource`) refuses it at userinfo, and the login stands on its ID token.
+    Refused(reqwest::StatusCode),
+}
+
 /// Userinfo with the access token: `Bearer`, or `DPoP` with a proof for a DPoP-bound token
-/// (sent again once with the nonce a `use_dpop_nonce` answer brought).
+/// (sent again once with the nonce a `use_dpop_nonce` answer brought, which is no refusal). An
+/// endpoint that cannot be reached, or fails (5xx, 408, 429), is the provider being
+/// unavailable; any other answer that is not a JSON object is unusable.
 async fn fetch_userinfo(
     http: &ProviderHttp,
     provider: &Provider,
     endpoint: &Url,
     access_token: &SecretString,
     dpop: Option<&DpopKey>,
-) -> Result<Map<String, Value>, LoginError> {
+) -> Result<Userinfo, LoginError> {
     let mut retried = false;
     let response = loop {
         let request = http
@@ -861,16 +932,23 @@ async fn fetch_userinfo(
         }
         break response;
     };
-    if !response.status().is_success() {
-        return Err(LoginError::Userinfo(format!(
-            "status {}",
-            response.status()
-        )));
+    let status = response.status();
+    match status.as_u16() {
+        200..=299 => {}
+        401 | 403 => return Ok(Userinfo::Refused(status)),
+        408 | 429 | 500..=599 => {
+            return Err(LoginError::ProviderUnavailable(format!(
+                "userinfo answered {status}"
+            )));
+        }
+        _ => return Err(LoginError::Userinfo(format!("status {status}"))),
     }
     let body = read_limited(response)
         .await
         .map_err(|e| LoginError::Userinfo(e.to_string()))?;
-    serde_json::from_slice(&body).map_err(|_| LoginError::Userinfo("not a JSON object".into()))
+    serde_json::from_slice(&body)
+        .map(Userinfo::Claims)
+        .map_err(|_| LoginError::Userinfo("not a JSON object".into()))
 }
 
 /// Claims that describe the ID token itself, which userinfo must not overwrite.

@@ -11,6 +11,7 @@ use url::Url;
 
 use crate::config::ParMode;
 use crate::oidc::http::{HttpError, ProviderHttp, read_limited};
+use crate::oidc::login::provider_error_code;
 use crate::oidc::registry::Provider;
 use crate::oidc::token_endpoint::{self, GrantError};
 
@@ -25,9 +26,14 @@ pub enum ParError {
     /// The provider could not be reached or failed (5xx, timeout).
     #[error("the pushed authorization request failed: {0}")]
     Unavailable(String),
-    /// The provider refused the request (its client authentication, say).
-    #[error("the provider refused the pushed authorization request: {0}")]
-    Refused(String),
+    /// courier could not authenticate as its client: it cannot make its client assertion, or
+    /// the provider refused its credentials (`invalid_client`, a bare 401).
+    #[error("the pushed authorization request was not authenticated: {0}")]
+    ClientAuthentication(String),
+    /// The provider refused the request itself (node-oidc-provider answers a `prompt` it does
+    /// not support with `invalid_request`): `code` is its error as a callback reports it.
+    #[error("the provider refused the pushed authorization request ({detail})")]
+    Refused { code: &'static str, detail: String },
 }
 
 impl ParError {
@@ -35,8 +41,11 @@ impl ParError {
     pub fn code(&self) -> &'static str {
         match self {
             ParError::Unavailable(_) => "provider_unavailable",
-            // courier's configuration or registration is wrong: nothing the user can do.
-            ParError::NotSupported | ParError::Refused(_) => "server_error",
+            // courier's configuration, registration or keys are wrong: nothing the user can do.
+            ParError::NotSupported | ParError::ClientAuthentication(_) => "server_error",
+            // What the request asked for: the same answer at the authorization endpoint would
+            // have come back to the callback with this code.
+            ParError::Refused { code, .. } => code,
         }
     }
 }
@@ -81,7 +90,7 @@ pub async fn authorization_url(
         http.0.post(endpoint).header(ACCEPT, "application/json"),
         &mut form,
     )
-    .map_err(|e| ParError::Refused(e.to_string()))?;
+    .map_err(|e| ParError::ClientAuthentication(e.to_string()))?;
     // RFC 9126 §2.1: the pushed request names its client even when HTTP Basic authenticates
     // it (node-oidc-provider refuses it otherwise).
     if !form.iter().any(|(name, _)| *name == "client_id") {
@@ -123,10 +132,56 @@ pub async fn authorization_url(
     let error = serde_json::from_slice::<serde_json::Value>(&answer)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-    Err(match token_endpoint::classify(status, error.as_deref()) {
-        GrantError::Unavailable(detail) => ParError::Unavailable(detail),
-        GrantError::Dead(detail) | GrantError::Misconfigured(detail) => ParError::Refused(detail),
-        // A resource indicator the provider will not serve (RFC 8707).
-        GrantError::InvalidTarget => ParError::Refused("invalid_target".into()),
-    })
+    Err(refusal(status, error.as_deref()))
+}
+
+/// Sorts a PAR endpoint's answer that holds no `request_uri`: an outage as at the token
+/// endpoint; a refusal of courier's client authentication as courier's own failure; any other
+/// refusal by the provider's error code.
+fn refusal(status: reqwest::StatusCode, error: Option<&str>) -> ParError {
+    let detail = match token_endpoint::classify(status, error) {
+        GrantError::Unavailable(detail) => return ParError::Unavailable(detail),
+        GrantError::Dead(detail) | GrantError::Misconfigured(detail) => detail,
+        GrantError::InvalidTarget => "invalid_target".into(),
+    };
+    let client_refused = match error {
+        Some(code) => code == "invalid_client",
+        None => status == reqwest::StatusCode::UNAUTHORIZED,
+    };
+    if client_refused {
+        return ParError::ClientAuthentication(detail);
+    }
+    ParError::Refused {
+        code: provider_error_code(error.unwrap_or_default()),
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn a_refused_push_is_reported_by_the_providers_code() {
+        let code = |status: u16, error: Option<&str>| {
+            refusal(StatusCode::from_u16(status).unwrap(), error).code()
+        };
+        assert_eq!(code(400, Some("invalid_request")), "invalid_request");
+        assert_eq!(code(400, Some("invalid_scope")), "invalid_scope");
+        assert_eq!(code(400, Some("something_else")), "provider_error");
+        assert_eq!(code(400, Some("invalid_target")), "provider_error");
+        assert_eq!(code(400, None), "provider_error");
+        assert_eq!(code(403, None), "provider_error");
+        assert_eq!(code(401, Some("invalid_client")), "server_error");
+        assert_eq!(code(400, Some("invalid_client")), "server_error");
+        assert_eq!(code(401, None), "server_error");
+        assert_eq!(code(503, None), "provider_unavailable");
+        assert_eq!(
+            code(400, Some("temporarily_unavailable")),
+            "provider_unavailable"
+        );
+        assert_eq!(code(500, Some("server_error")), "provider_unavailable");
+        assert_eq!(code(200, None), "provider_unavailable");
+    }
 }

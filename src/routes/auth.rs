@@ -228,7 +228,13 @@ async fn push_and_go(
     match par::authorization_url(provider, &state.providers.http, url).await {
         Ok(url) => to_provider(req, state, url, pending),
         Err(e) => {
-            tracing::error!(provider = %provider.id(), error = %e, "login not started");
+            // A request the provider refuses (a `prompt` it does not support, say) is the
+            // user's or the SPA's to change; everything else needs an operator.
+            if matches!(e, par::ParError::Refused { .. }) {
+                tracing::warn!(provider = %provider.id(), error = %e, "login not started");
+            } else {
+                tracing::error!(provider = %provider.id(), error = %e, "login not started");
+            }
             let location = match &pending.purpose {
                 Purpose::Login if pending.silent => with_login_error(&pending.return_to, e.code()),
                 Purpose::Login => login_error(e.code()),
@@ -266,7 +272,7 @@ enum CallbackError {
     InvalidState,
     IssuerMismatch,
     /// The provider's own `error`, when it is a registered OAuth code (`provider_error_code`).
-    Provider(String),
+    Provider(&'static str),
     InvalidRequest,
     Login(&'static str),
     LoginRequired,
@@ -385,7 +391,7 @@ async fn complete_callback(
     }
     check_issuer(req, provider)?;
     if let Some(error) = query_param(req, "error") {
-        return Err(CallbackError::Provider(provider_error_code(&error)));
+        return Err(CallbackError::Provider(login::provider_error_code(&error)));
     }
     let code = query_param(req, "code").ok_or(CallbackError::InvalidRequest)?;
     let (kind, outcome) = match pending.purpose.clone() {
@@ -488,30 +494,6 @@ async fn finish_connect(
         })?;
     tracing::info!(provider = %provider.id(), %service, "account connected");
     Ok(())
-}
-
-/// The provider's `error` when it is a registered OAuth error code, else a generic one: the
-/// value goes into a URL the SPA reads, so arbitrary text is not passed on.
-fn provider_error_code(error: &str) -> String {
-    const KNOWN: &[&str] = &[
-        "access_denied",
-        "login_required",
-        "consent_required",
-        "interaction_required",
-        "account_selection_required",
-        "unmet_authentication_requirements",
-        "invalid_request",
-        "invalid_scope",
-        "unauthorized_client",
-        "unsupported_response_type",
-        "server_error",
-        "temporarily_unavailable",
-    ];
-    if KNOWN.contains(&error) {
-        error.to_owned()
-    } else {
-        "provider_error".to_owned()
-    }
 }
 
 #[cfg(test)]

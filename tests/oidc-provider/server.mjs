@@ -81,6 +81,9 @@ const cfg = {
   // default the indicator). Any other indicator is invalid_target. Token exchange finds them
   // by `resource` or by `audience` (the indicator).
   resource_servers: input.resource_servers ?? {},
+  // true: a code exchange without `resource` gets a token for the one resource the login was
+  // granted (features.resourceIndicators.useGrantedResource), which userinfo then refuses.
+  use_granted_resource: input.use_granted_resource ?? false,
   // RFC 9449: demand a server nonce in every DPoP proof (the client must retry once with it).
   dpop_require_nonce: input.dpop_require_nonce ?? false,
 };
@@ -272,6 +275,7 @@ function buildConfiguration() {
       // introspect them (their `aud` is the indicator).
       resourceIndicators: {
         enabled: true,
+        useGrantedResource: async () => cfg.use_granted_resource,
         async getResourceServerInfo(ctx, indicator) {
           const server = cfg.resource_servers[indicator];
           if (!server) throw new errors.InvalidTarget();
