@@ -482,8 +482,28 @@ impl Config {
                 format!("not valid TOML{at}: {}", e.message().trim()),
             )
         })?;
+        // Every `${VAR}` is looked at before refusing, so that one run names every missing
+        // variable.
+        let mut unexpanded = Vec::new();
         for (key, value) in table.iter_mut() {
-            expand_value(value, key, env).map_err(|(k, m)| err(k, m))?;
+            expand_value(value, key, env, &mut unexpanded);
+        }
+        match unexpanded.len() {
+            0 => {}
+            1 => {
+                let (key, message) = unexpanded.remove(0);
+                return Err(err(key, message));
+            }
+            n => {
+                let each: Vec<String> = unexpanded
+                    .iter()
+                    .map(|(key, message)| format!("{key}: {message}"))
+                    .collect();
+                return Err(err(
+                    String::new(),
+                    format!("{n} values cannot be expanded:\n  {}", each.join("\n  ")),
+                ));
+            }
         }
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -1096,22 +1116,25 @@ fn expand_value(
     value: &mut toml::Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), (String, String)> {
+    failed: &mut Vec<(String, String)>,
+) {
     match value {
-        toml::Value::String(s) => *s = expand_string(s, env).map_err(|m| (path.to_owned(), m))?,
+        toml::Value::String(s) => match expand_string(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => failed.push((path.to_owned(), message)),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item, &format!("{path}[{i}]"), env)?;
+                expand_value(item, &format!("{path}[{i}]"), env, failed);
             }
         }
         toml::Value::Table(table) => {
             for (k, v) in table.iter_mut() {
-                expand_value(v, &format!("{path}.{k}"), env)?;
+                expand_value(v, &format!("{path}.{k}"), env, failed);
             }
         }
         _ => {}
     }
-    Ok(())
 }
 
 /// Replaces each `${NAME}` with the environment variable NAME.
@@ -1313,5 +1336,17 @@ login = true
         for alg in [IdTokenAlg::Ps256, IdTokenAlg::Es256] {
             assert!(check_id_token_alg(&provider, alg).is_ok(), "{alg:?}");
         }
+    }
+
+    #[test]
+    fn every_missing_variable_is_named_in_one_error() {
+        let text = MINIMAL
+            .replace("${KEY}", "${NO_SUCH_KEY}")
+            .replace("${SECRET}", "${NO_SUCH_SECRET}");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("NO_SUCH_KEY") && e.contains("NO_SUCH_SECRET") && e.contains("2 values"),
+            "{e}"
+        );
     }
 }

@@ -108,7 +108,12 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&config.server.listen)?;
+    let listener = TcpListener::bind(&config.server.listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (server.listen): {e}",
+            config.server.listen
+        )
+    })?;
     tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url, "courier starting");
     let app = Application::build(config, listener).await?;
     app.run_until_signalled().await?;
