@@ -64,7 +64,11 @@ pub fn run(path: &Path, config: &Config, online: bool) -> ExitCode {
             .any(|f| f.severity == Severity::Error);
     }
     if refused {
-        eprintln!("{file}: refused: `courier serve` would fail with these providers");
+        eprintln!(
+            "{file}: refused: as these providers answer now, `courier serve` would start but \
+             answer 503 on /readyz, and refuse logins and calls through them, until they \
+             answer as the configuration expects"
+        );
         ExitCode::from(EXIT_REFUSED)
     } else {
         println!("{file}: ok (online)");
@@ -506,13 +510,33 @@ fn plain_oauth(provider: &ProviderConfig, report: &mut ProviderReport) {
 }
 
 /// GETs `url` as courier's provider client does (no redirects, timeouts) and parses JSON.
+/// A connection error, with the likely mistake named where the error text alone would not tell
+/// it (TLS spoken to a plain-HTTP port, or the other way round).
+fn with_hint(error: String, url: &str) -> String {
+    let hint = if error.contains("InvalidContentType") || error.contains("corrupt message") {
+        Some("the server there does not speak TLS: is it `http://`, or the wrong port?")
+    } else if url.starts_with("http://")
+        && error.contains("connection closed before message completed")
+    {
+        Some("the server there may speak TLS only: is it `https://`?")
+    } else if error.contains("Connection refused") {
+        Some("nothing listens there: is the provider running, and is the port right?")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error,
+    }
+}
+
 async fn fetch_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
     let response = http
         .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| with_hint(error_chain(&e), url))?;
     let status = response.status();
     if status.is_redirection() {
         let to = response

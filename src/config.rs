@@ -510,7 +510,16 @@ impl Config {
                 // toml appends "in `table`"; the path already says where.
                 let message = e.inner().to_string();
                 let message = message.split("\nin `").next().unwrap_or_default().trim();
-                err(e.path().to_string(), message.to_owned())
+                // url's words for `http//id.example` or `id.example` name no likely mistake.
+                let message = if message.starts_with("relative URL without a base") {
+                    format!(
+                        "{message}: a URL here starts with its scheme, as in \
+                         `https://id.example.com` (is the `:` after `http` or `https` missing?)"
+                    )
+                } else {
+                    message.to_owned()
+                };
+                err(e.path().to_string(), message)
             })?;
         let mut config = config;
         config.read_client_keys().map_err(|(k, m)| err(k, m))?;
@@ -1346,6 +1355,16 @@ login = true
         let e = parse(&text).unwrap_err().to_string();
         assert!(
             e.contains("NO_SUCH_KEY") && e.contains("NO_SUCH_SECRET") && e.contains("2 values"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_url_without_its_scheme_is_named_with_the_likely_mistake() {
+        let text = MINIMAL.replace("http://127.0.0.1:9000", "http//127.0.0.1:9000");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("providers[0].issuer") && e.contains("is the `:` after `http`"),
             "{e}"
         );
     }

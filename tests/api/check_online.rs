@@ -221,6 +221,21 @@ async fn check_config_online_refuses_a_provider_it_cannot_reach() {
         "{}",
         out.stderr
     );
+    assert!(
+        out.stderr.contains("nothing listens there")
+            && out.stderr.contains("would start but answer 503 on /readyz"),
+        "says what is likely wrong and what `serve` would really do: {}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn check_config_online_names_tls_spoken_to_a_plain_http_port() {
+    let server = wiremock_provider(IssuerInMetadata::Itself, &["authorization_code"]).await;
+    let issuer = server.uri().replace("http://", "https://");
+    let out = check_online(&config(&issuer, r#""openid""#, "")).await;
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("does not speak TLS"), "{}", out.stderr);
 }
 
 #[tokio::test]
