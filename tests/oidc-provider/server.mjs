@@ -581,11 +581,15 @@ const server = http.createServer(async (req, res) => {
   // Signs any JWT with the provider's own key: black-box tests forge logout tokens with it.
   if (url.pathname === '/__test/sign' && req.method === 'POST') {
     const { header = {}, claims } = JSON.parse((await readBytes(req)).toString('utf8'));
-    const jwk = signingJwks.keys[0];
+    // RS256 with the first key, or ES256 (header.alg) with the first P-256 key.
+    const es256 = header.alg === 'ES256';
+    const jwk = es256 ? signingJwks.keys.find((k) => k.kty === 'EC') : signingJwks.keys[0];
     const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
     const input = `${enc({ alg: 'RS256', kid: jwk.kid, ...header })}.${enc(claims)}`;
     const key = crypto.createPrivateKey({ key: jwk, format: 'jwk' });
-    const signature = crypto.sign('sha256', Buffer.from(input), key).toString('base64url');
+    const signature = crypto
+      .sign('sha256', Buffer.from(input), es256 ? { key, dsaEncoding: 'ieee-p1363' } : key)
+      .toString('base64url');
     res.end(`${input}.${signature}`);
     return;
   }
