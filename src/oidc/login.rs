@@ -1,13 +1,7 @@
 //! The authorization-code flow with PKCE: starting a login (authorization URL plus the pending
-//! login the browser keeps in a sealed cookie) and completing it (code exchange, ID token
-//! checks, userinfo).
+//! login the browser keeps in a sealed cookie, `pending`, with the options `login_options`
+//! reads) and completing it (code exchange, ID token checks, userinfo).
 
-use std::collections::HashMap;
-
-use actix_web::HttpRequest;
-use actix_web::cookie::{Cookie, SameSite, time::Duration as CookieDuration};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use openidconnect::OAuth2TokenResponse;
 use openidconnect::core::CoreAuthenticationFlow;
@@ -16,11 +10,10 @@ use openidconnect::{
     Scope, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::crypto::{KeyRing, constant_time_eq, random_token, sha256};
+use crate::crypto::random_token;
 use crate::domain::tokens::TokenSet;
 use crate::dpop::DpopKey;
 use crate::oidc::grants::{self, UnreadableResponse};
@@ -31,81 +24,12 @@ use openidconnect::{AsyncHttpClient, HttpRequest as OidcRequest, HttpResponse as
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use uuid::Uuid;
 
-/// How long a started login may take to come back.
-pub const PENDING_LOGIN_TTL: Duration = Duration::minutes(10);
-
-/// How many pending logins (one cookie each) a browser keeps. Enough for logins in several tabs
-/// at once; few enough that abandoned ones can never push the request head past
-/// `max_header_bytes` or `max_cookies` and lock the browser out (431).
-pub const MAX_PENDING_LOGINS: usize = 10;
-
-/// Why the browser went to the provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Purpose {
-    /// Signing in with a login provider (the pending login names which).
-    Login,
-    /// Connecting the session user's account at another provider, for `service`.
-    Connect { service: String, user_id: Uuid },
-}
-
-/// What the browser holds, sealed, between `/auth/login` (or `/auth/connect/…`) and the
-/// callback.
-#[derive(Serialize, Deserialize)]
-pub struct PendingLogin {
-    pub provider: String,
-    pub state: String,
-    /// Set when the provider speaks OpenID Connect.
-    pub nonce: Option<String>,
-    pub pkce_verifier: String,
-    pub return_to: String,
-    pub started_at: DateTime<Utc>,
-    pub purpose: Purpose,
-    /// A silent login (`prompt=none`): the provider's "the user must interact" answers go
-    /// back to `return_to`, not to `/`. (Absent from cookies made before it existed.)
-    #[serde(default)]
-    pub silent: bool,
-    /// The `max_age` the authorization request carried: the ID token must then name an
-    /// `auth_time` at most this old. (Absent from cookies made before it existed.)
-    #[serde(default)]
-    pub max_age: Option<u32>,
-}
-
-/// `prompt` values `/auth/login` accepts (OpenID Connect Core §3.1.2.1, and `create` from
-/// Initiating User Registration 1.0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prompt {
-    None,
-    Login,
-    Consent,
-    SelectAccount,
-    Create,
-}
-
-impl Prompt {
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "none" => Prompt::None,
-            "login" => Prompt::Login,
-            "consent" => Prompt::Consent,
-            "select_account" => Prompt::SelectAccount,
-            "create" => Prompt::Create,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Prompt::None => "none",
-            Prompt::Login => "login",
-            Prompt::Consent => "consent",
-            Prompt::SelectAccount => "select_account",
-            Prompt::Create => "create",
-        }
-    }
-}
+pub use crate::oidc::login_options::{InvalidLoginOption, LoginOptions, Prompt};
+pub use crate::oidc::pending::{
+    MAX_PENDING_LOGINS, PENDING_LOGIN_TTL, PendingLogin, Purpose, evict_oldest, find_pending,
+    pending_cookie, removal_cookie,
+};
 
 /// The provider's answers to a silent login that mean "the user must interact": they send
 /// the browser back to where it was, with `login_error`, so that the SPA shows its sign-in.
@@ -145,140 +69,6 @@ pub fn provider_error_code(error: &str) -> &'static str {
 /// in the ID token: without it most providers omit it, and a session would not know how old
 /// its authentication is.
 const CLAIMS_AUTH_TIME: &str = r#"{"id_token":{"auth_time":{"essential":true}}}"#;
-
-/// The longest `login_hint` or `acr_values` accepted (an e-mail address is at most 254).
-const MAX_HINT_CHARS: usize = 256;
-
-/// What a login request adds to the authorization request: `prompt` (replacing the
-/// provider's configured one), `login_hint`, `max_age` and `acr_values` (step-up login). Each
-/// replaces a configured `authorize_params` entry of the same name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoginOptions {
-    pub prompt: Option<Prompt>,
-    pub login_hint: Option<String>,
-    pub max_age: Option<u32>,
-    pub acr_values: Option<String>,
-}
-
-/// A login option that is malformed; the message names the parameter, never its value.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidLoginOption(pub String);
-
-impl LoginOptions {
-    /// Reads the options from a request's query parameters (`values(name)`: every value given
-    /// for `name`). Each may be given once; `prompt` must be one of the known values, `max_age`
-    /// a non-negative integer of at most 10 digits that fits 32 bits, `login_hint` at most 256
-    /// characters without control characters, `acr_values` at most 256 characters of
-    /// space-separated visible ASCII.
-    pub fn parse(values: impl Fn(&str) -> Vec<String>) -> Result<Self, InvalidLoginOption> {
-        let single = |name: &str| -> Result<Option<String>, InvalidLoginOption> {
-            let mut all = values(name);
-            match all.len() {
-                0 => Ok(None),
-                1 => Ok(all.pop()),
-                _ => Err(InvalidLoginOption(format!(
-                    "`{name}` is given more than once"
-                ))),
-            }
-        };
-        let prompt = single("prompt")?
-            .map(|p| {
-                Prompt::parse(&p).ok_or_else(|| {
-                    InvalidLoginOption(
-                        "`prompt` must be one of none, login, consent, select_account, create"
-                            .into(),
-                    )
-                })
-            })
-            .transpose()?;
-        let login_hint = single("login_hint")?
-            .map(|hint| {
-                let length = hint.chars().count();
-                if length == 0 || length > MAX_HINT_CHARS || hint.chars().any(char::is_control) {
-                    Err(InvalidLoginOption(format!(
-                        "`login_hint` must be 1 to {MAX_HINT_CHARS} characters without control characters"
-                    )))
-                } else {
-                    Ok(hint)
-                }
-            })
-            .transpose()?;
-        let max_age = single("max_age")?
-            .map(|age| {
-                let digits =
-                    !age.is_empty() && age.len() <= 10 && age.bytes().all(|b| b.is_ascii_digit());
-                digits
-                    .then(|| age.parse::<u32>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        InvalidLoginOption(
-                            "`max_age` must be a non-negative integer of seconds".into(),
-                        )
-                    })
-            })
-            .transpose()?;
-        let acr_values = single("acr_values")?
-            .map(|acr| {
-                let well_formed = !acr.is_empty()
-                    && acr.len() <= MAX_HINT_CHARS
-                    && acr.split(' ').all(|value| {
-                        !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic())
-                    });
-                if well_formed {
-                    Ok(acr)
-                } else {
-                    Err(InvalidLoginOption(format!(
-                        "`acr_values` must be up to {MAX_HINT_CHARS} characters of space-separated values"
-                    )))
-                }
-            })
-            .transpose()?;
-        Ok(LoginOptions {
-            prompt,
-            login_hint,
-            max_age,
-            acr_values,
-        })
-    }
-
-    /// Whether this is a silent login (`prompt=none`).
-    pub fn is_silent(&self) -> bool {
-        self.prompt == Some(Prompt::None)
-    }
-
-    /// The authorization-request parameters these options set.
-    fn params(&self) -> Vec<(&'static str, String)> {
-        let mut params = Vec::new();
-        if let Some(prompt) = self.prompt {
-            params.push(("prompt", prompt.as_str().to_owned()));
-        }
-        if let Some(hint) = &self.login_hint {
-            params.push(("login_hint", hint.clone()));
-        }
-        if let Some(age) = self.max_age {
-            params.push(("max_age", age.to_string()));
-        }
-        if let Some(acr) = &self.acr_values {
-            params.push(("acr_values", acr.clone()));
-        }
-        params
-    }
-}
-
-impl PendingLogin {
-    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
-        now >= self.started_at + PENDING_LOGIN_TTL || now < self.started_at - Duration::minutes(1)
-    }
-
-    /// Records that this login has come back, once for all instances: `false` when its state
-    /// was used before (a replayed callback). Kept until the login would have expired anyway.
-    pub async fn claim(&self, pool: &sqlx::PgPool) -> Result<bool, crate::db::DbError> {
-        let hash = sha256(self.state.as_bytes());
-        let until = self.started_at + PENDING_LOGIN_TTL;
-        crate::db::login_states::mark_used(pool, &hash, until).await
-    }
-}
 
 /// Starts a login or a connection at `provider`, asking for `scopes` (plus `openid`, which
 /// OpenID Connect providers always get) with the provider's `authorize_params`, `options`
@@ -372,102 +162,6 @@ pub fn start(
         max_age,
     };
     Some((url, pending))
-}
-
-/// The name of the cookie that holds the pending login for `state`: one cookie per login, so
-/// that logins started in two tabs both complete.
-fn cookie_name(base: &str, state: &str) -> String {
-    let digest = hex::encode(sha256(state.as_bytes()));
-    format!("{base}-login-{}", &digest[..16])
-}
-
-fn cookie_aad(name: &str) -> Vec<u8> {
-    format!("pending_login:{name}").into_bytes()
-}
-
-fn base_cookie(name: String, value: String) -> Cookie<'static> {
-    Cookie::build(name, value)
-        .path("/")
-        .secure(true)
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .finish()
-}
-
-/// The sealed cookie that binds a pending login to this browser.
-#[allow(
-    clippy::expect_used,
-    reason = "a struct of strings, numbers and string maps always serializes to JSON"
-)]
-pub fn pending_cookie(keys: &KeyRing, base: &str, pending: &PendingLogin) -> Cookie<'static> {
-    let name = cookie_name(base, &pending.state);
-    let json = serde_json::to_vec(pending).expect("a pending login serializes");
-    let value = URL_SAFE_NO_PAD.encode(keys.seal(&json, &cookie_aad(&name)));
-    let mut cookie = base_cookie(name, value);
-    cookie.set_max_age(CookieDuration::seconds(PENDING_LOGIN_TTL.num_seconds()));
-    cookie
-}
-
-/// The cookie that clears the pending login for `state`.
-pub fn removal_cookie(base: &str, state: &str) -> Cookie<'static> {
-    removal_cookie_named(cookie_name(base, state))
-}
-
-/// Removal cookies for the browser's oldest pending logins, so that with one more started it
-/// holds at most `MAX_PENDING_LOGINS`. A cookie that does not open (tampered with, or sealed
-/// under a retired key) counts as the oldest.
-pub fn evict_oldest(req: &HttpRequest, keys: &KeyRing, base: &str) -> Vec<Cookie<'static>> {
-    let prefix = format!("{base}-login-");
-    let Ok(cookies) = req.cookies() else {
-        return Vec::new();
-    };
-    // By name (a cookie sent twice counts once), then oldest first; unreadable ones (`None`)
-    // sort before every readable one.
-    let by_name: HashMap<&str, Option<DateTime<Utc>>> = cookies
-        .iter()
-        .filter(|c| c.name().starts_with(&prefix))
-        .map(|c| {
-            let started = open_pending(keys, c.name(), c.value()).map(|p| p.started_at);
-            (c.name(), started)
-        })
-        .collect();
-    let mut pending: Vec<(Option<DateTime<Utc>>, &str)> = by_name
-        .into_iter()
-        .map(|(name, started)| (started, name))
-        .collect();
-    pending.sort();
-    let excess = (pending.len() + 1).saturating_sub(MAX_PENDING_LOGINS);
-    pending
-        .into_iter()
-        .take(excess)
-        .map(|(_, name)| removal_cookie_named(name.to_owned()))
-        .collect()
-}
-
-fn open_pending(keys: &KeyRing, name: &str, value: &str) -> Option<PendingLogin> {
-    let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
-    let json = keys.open(&sealed, &cookie_aad(name)).ok()?;
-    serde_json::from_slice(&json).ok()
-}
-
-fn removal_cookie_named(name: String) -> Cookie<'static> {
-    let mut cookie = base_cookie(name, String::new());
-    cookie.make_removal();
-    cookie
-}
-
-/// Finds and opens this browser's pending login for `state`. `None` when the browser has no
-/// such login, or the cookie was tampered with.
-pub fn find_pending(
-    req: &HttpRequest,
-    keys: &KeyRing,
-    base: &str,
-    state: &str,
-) -> Option<PendingLogin> {
-    let name = cookie_name(base, state);
-    let cookie = req.cookie(&name)?;
-    let pending = open_pending(keys, &name, cookie.value())?;
-    constant_time_eq(pending.state.as_bytes(), state.as_bytes()).then_some(pending)
 }
 
 #[derive(Debug, thiserror::Error)]
